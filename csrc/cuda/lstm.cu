@@ -1,0 +1,32 @@
+// Fused LSTM step kernels: the math is lstm_{forward,backward}_point of cell_math.h.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "fastrnn/cell_math.h"
+#include "kernel_utils.cuh"
+#include "launch.h"
+
+namespace fastrnn {
+namespace cuda {
+
+template <typename T>
+void launch_lstm_forward(const LstmForwardStep<T>& a) {
+  launch_step<LstmForwardStep<T>, lstm_forward_point<T>>(a);
+}
+
+template <typename T>
+void launch_lstm_backward(const LstmBackwardStep<T>& a) {
+  launch_step<LstmBackwardStep<T>, lstm_backward_point<T>>(a);
+}
+
+#define FASTRNN_INSTANTIATE(T)                                      \
+  template void launch_lstm_forward<T>(const LstmForwardStep<T>&); \
+  template void launch_lstm_backward<T>(const LstmBackwardStep<T>&);
+FASTRNN_INSTANTIATE(float)
+FASTRNN_INSTANTIATE(double)
+FASTRNN_INSTANTIATE(c10::Half)
+FASTRNN_INSTANTIATE(c10::BFloat16)
+#undef FASTRNN_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace fastrnn

@@ -1,0 +1,28 @@
+// CUDA registration: the shared sequence loops of sequence.h (GEMMs via ATen/cuBLAS on the
+// current stream) with the fused step kernels of lstm.cu / gru.cu. Kept in a .cpp so nvcc only
+// compiles the small kernel files.
+#include <torch/library.h>
+
+#include "fastrnn/sequence.h"
+#include "launch.h"
+
+namespace fastrnn {
+namespace {
+
+struct CudaLaunch {
+  template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { cuda::launch_lstm_forward(a); }
+  template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { cuda::launch_lstm_backward(a); }
+  template <typename T> static void gru_forward(const GruForwardStep<T>& a) { cuda::launch_gru_forward(a); }
+  template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { cuda::launch_gru_backward(a); }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
+  m.impl("lstm_forward", &lstm_forward<CudaLaunch>);
+  m.impl("lstm_backward", &lstm_backward<CudaLaunch>);
+  m.impl("gru_forward", &gru_forward<CudaLaunch>);
+  m.impl("gru_backward", &gru_backward<CudaLaunch>);
+}
+
+}  // namespace fastrnn

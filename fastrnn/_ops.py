@@ -1,0 +1,111 @@
+"""Fake (meta) kernels and autograd formulas for the ops registered by fastrnn._C.
+
+Shapes are computed from input shapes alone, the same on every device, so torch.compile can
+trace the ops without running them. Autograd calls the matching backward op; differentiating
+that backward again is not supported and says so.
+"""
+import torch
+
+_lib = torch.ops.fastrnn
+
+
+# --------------------------------------------------------------------------------------------
+# fake kernels
+
+
+@torch.library.register_fake("fastrnn::lstm_forward")
+def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    ws = x.new_empty((T, B, 5 * H)) if save else x.new_empty((0,))
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((B, H)), ws
+
+
+@torch.library.register_fake("fastrnn::gru_forward")
+def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    ws = x.new_empty((T, B, 4 * H)) if save else x.new_empty((0,))
+    return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
+
+
+def _bias_grads(x, w_hh, gates, has_bias):
+    n = gates * w_hh.shape[1] if has_bias else 0
+    return x.new_empty((n,)), x.new_empty((n,))
+
+
+@torch.library.register_fake("fastrnn::lstm_backward")
+def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), *_bias_grads(x, w_hh, 4, has_bias))
+
+
+@torch.library.register_fake("fastrnn::gru_backward")
+def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
+    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
+            *_bias_grads(x, w_hh, 3, has_bias))
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+
+
+def _or_zeros(grad, like):
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _lstm_setup(ctx, inputs, output):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
+    y, _, _, ws = output
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, ws, lengths)
+    ctx.reverse = reverse
+    ctx.biases = (b_ih is not None, b_hh is not None)
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
+    x, h0, c0, w_ih, w_hh, y, ws, lengths = ctx.saved_tensors
+    has_ih, has_hh = ctx.biases
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _lib.lstm_backward(
+        _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, y, ws,
+        lengths, ctx.reverse, has_ih or has_hh)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
+            None, None, None)
+
+
+def _gru_setup(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
+    y, _, ws = output
+    ctx.save_for_backward(x, h0, w_ih, w_hh, y, ws, lengths)
+    ctx.reverse = reverse
+    ctx.biases = (b_ih is not None, b_hh is not None)
+
+
+def _gru_backward(ctx, dy, dh_n, _dws):
+    x, h0, w_ih, w_hh, y, ws, lengths = ctx.saved_tensors
+    has_ih, has_hh = ctx.biases
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
+        _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
+        has_ih or has_hh)
+    return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
+            None, None, None)
+
+
+def _no_double_backward(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastrnn::{name} has no derivative: double backward (e.g. create_graph=True followed "
+            f"by a second backward through an LSTM/GRU) is not supported by fastrnn")
+
+    return backward
+
+
+def _noop_setup(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("fastrnn::lstm_forward", _lstm_backward, setup_context=_lstm_setup)
+torch.library.register_autograd("fastrnn::gru_forward", _gru_backward, setup_context=_gru_setup)
+torch.library.register_autograd("fastrnn::lstm_backward", _no_double_backward("lstm_backward"),
+                                setup_context=_noop_setup)
+torch.library.register_autograd("fastrnn::gru_backward", _no_double_backward("gru_backward"),
+                                setup_context=_noop_setup)

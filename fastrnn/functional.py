@@ -1,0 +1,80 @@
+"""Layer-level functions over the fused ops: one layer, one direction, the whole sequence.
+
+Shapes (time-major): x [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih, b_hh [G*H]
+with G = 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n) — torch.nn's layouts, so
+nn.LSTM / nn.GRU parameters are passed as they are.
+
+``lengths`` (optional): one length per batch entry, 1 <= L <= T, as a list or an int64 tensor
+(CPU, or the device of x). Entry b then only sees steps 0..L-1: outputs at t >= L are zero, the
+returned state is the one after step L-1, and no gradient reaches padded inputs. With
+``reverse=True`` each entry is read from its own step L-1 down to 0 (the backward direction
+of a bidirectional layer). This equals nn.LSTM / nn.GRU over
+``pack_padded_sequence(x, lengths, enforce_sorted=False)``.
+
+Activations are saved for backward only when autograd needs them (grad mode on and some input
+requires grad), so inference saves nothing.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.fastrnn
+
+Lengths = Optional[Union[Tensor, Sequence[int]]]
+
+__all__ = ["lstm_layer", "gru_layer", "lstm_cell", "gru_cell"]
+
+
+def _lengths(lengths: Lengths) -> Optional[Tensor]:
+    if lengths is None or isinstance(lengths, Tensor):
+        return lengths
+    return torch.as_tensor(list(lengths), dtype=torch.int64)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _zeros_state(x: Tensor, w_hh: Tensor) -> Tensor:
+    return x.new_zeros((x.shape[1], w_hh.shape[1]))
+
+
+def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, lengths: Lengths = None,
+               reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H], c_n [B, H]).
+    h0 / c0 default to zeros."""
+    if h0 is None:
+        h0 = _zeros_state(x, w_hh)
+    if c0 is None:
+        c0 = _zeros_state(x, w_hh)
+    save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    y, h_n, c_n, _ = _ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
+    return y, h_n, c_n
+
+
+def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None, lengths: Lengths = None,
+              reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 defaults to zeros."""
+    if h0 is None:
+        h0 = _zeros_state(x, w_hh)
+    save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
+    y, h_n, _ = _ops.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
+    return y, h_n
+
+
+def lstm_cell(x: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
+    through the same fused kernels."""
+    _, h, c = lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh)
+    return h, c
+
+
+def gru_cell(x: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+             b_hh: Optional[Tensor] = None) -> Tensor:
+    """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
+    _, h = gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)
+    return h
