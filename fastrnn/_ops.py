@@ -14,11 +14,12 @@ _lib = torch.ops.fastrnn
 
 
 @torch.library.register_fake("fastrnn::lstm_forward")
-def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
     T, B, _ = x.shape
-    H = w_hh.shape[1]
-    ws = x.new_empty((T, B, 5 * H)) if save else x.new_empty((0,))
-    return x.new_empty((T, B, H)), x.new_empty((B, H)), x.new_empty((B, H)), ws
+    H = w_hh.shape[0] // 4
+    P = H if w_hr is None else w_hr.shape[0]  # hidden state size (projection)
+    ws = x.new_empty((T, B, (5 if w_hr is None else 6) * H)) if save else x.new_empty((0,))
+    return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
@@ -29,21 +30,22 @@ def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
 
-def _bias_grads(x, w_hh, gates, has_bias):
-    n = gates * w_hh.shape[1] if has_bias else 0
+def _bias_grads(x, state, gates, has_bias):
+    n = gates * state.shape[1] if has_bias else 0
     return x.new_empty((n,)), x.new_empty((n,))
 
 
 @torch.library.register_fake("fastrnn::lstm_backward")
-def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
+def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
+    dw_hr = x.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), *_bias_grads(x, w_hh, 4, has_bias))
+            torch.empty_like(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
-            *_bias_grads(x, w_hh, 3, has_bias))
+            *_bias_grads(x, h0, 3, has_bias))
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,21 +57,21 @@ def _or_zeros(grad, like):
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
     y, _, _, ws = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, ws, lengths)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths)
     ctx.reverse = reverse
     ctx.biases = (b_ih is not None, b_hh is not None)
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, y, ws, lengths = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths = ctx.saved_tensors
     has_ih, has_hh = ctx.biases
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = _lib.lstm_backward(
-        _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, y, ws,
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
+        _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
         lengths, ctx.reverse, has_ih or has_hh)
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None)
 
 
 def _gru_setup(ctx, inputs, output):

@@ -36,21 +36,24 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _zeros_state(x: Tensor, w_hh: Tensor) -> Tensor:
-    return x.new_zeros((x.shape[1], w_hh.shape[1]))
+def _zeros_state(x: Tensor, size: int) -> Tensor:
+    return x.new_zeros((x.shape[1], size))
 
 
 def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, lengths: Lengths = None,
-               reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
-    """One LSTM layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H], c_n [B, H]).
-    h0 / c0 default to zeros."""
+               reverse: bool = False, w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer over x [T, B, I]. Returns (y [T, B, P], h_n [B, P], c_n [B, H]) where
+    P = H, or with a projection w_hr [P, H] (nn.LSTM's proj_size) P = w_hr.shape[0] and
+    w_hh is [4H, P]. h0 / c0 default to zeros."""
+    H = w_hh.shape[0] // 4
     if h0 is None:
-        h0 = _zeros_state(x, w_hh)
+        h0 = _zeros_state(x, H if w_hr is None else w_hr.shape[0])
     if c0 is None:
-        c0 = _zeros_state(x, w_hh)
-    save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    y, h_n, c_n, _ = _ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
+        c0 = _zeros_state(x, H)
+    save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    y, h_n, c_n, _ = _ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths), reverse,
+                                       save)
     return y, h_n, c_n
 
 
@@ -59,21 +62,21 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
               reverse: bool = False) -> Tuple[Tensor, Tensor]:
     """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 defaults to zeros."""
     if h0 is None:
-        h0 = _zeros_state(x, w_hh)
+        h0 = _zeros_state(x, w_hh.shape[1])
     save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     y, h_n, _ = _ops.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
     return y, h_n
 
 
-def lstm_cell(x: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-              b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
     through the same fused kernels."""
     _, h, c = lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh)
     return h, c
 
 
-def gru_cell(x: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
     _, h = gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)

@@ -26,6 +26,8 @@ void for_each_pair(const Args& a, Fn fn) {
 struct CpuLaunch {
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { for_each_pair(a, lstm_forward_point<T>); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { for_each_pair(a, lstm_backward_point<T>); }
+  template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { for_each_pair(a, lstm_proj_commit_point<T>); }
+  template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { for_each_pair(a, lstm_proj_backward_point<T>); }
   template <typename T> static void gru_forward(const GruForwardStep<T>& a) { for_each_pair(a, gru_forward_point<T>); }
   template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { for_each_pair(a, gru_backward_point<T>); }
 };

@@ -9,6 +9,8 @@ namespace cuda {
 
 template <typename T> void launch_lstm_forward(const LstmForwardStep<T>& a);
 template <typename T> void launch_lstm_backward(const LstmBackwardStep<T>& a);
+template <typename T> void launch_lstm_proj_commit(const LstmProjCommitStep<T>& a);
+template <typename T> void launch_lstm_proj_backward(const LstmProjBackwardStep<T>& a);
 template <typename T> void launch_gru_forward(const GruForwardStep<T>& a);
 template <typename T> void launch_gru_backward(const GruBackwardStep<T>& a);
 

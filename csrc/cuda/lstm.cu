@@ -19,9 +19,21 @@ void launch_lstm_backward(const LstmBackwardStep<T>& a) {
   launch_step<LstmBackwardStep<T>, lstm_backward_point<T>>(a);
 }
 
-#define FASTRNN_INSTANTIATE(T)                                      \
-  template void launch_lstm_forward<T>(const LstmForwardStep<T>&); \
-  template void launch_lstm_backward<T>(const LstmBackwardStep<T>&);
+template <typename T>
+void launch_lstm_proj_commit(const LstmProjCommitStep<T>& a) {
+  launch_step<LstmProjCommitStep<T>, lstm_proj_commit_point<T>>(a);
+}
+
+template <typename T>
+void launch_lstm_proj_backward(const LstmProjBackwardStep<T>& a) {
+  launch_step<LstmProjBackwardStep<T>, lstm_proj_backward_point<T>>(a);
+}
+
+#define FASTRNN_INSTANTIATE(T)                                                \
+  template void launch_lstm_forward<T>(const LstmForwardStep<T>&);           \
+  template void launch_lstm_backward<T>(const LstmBackwardStep<T>&);         \
+  template void launch_lstm_proj_commit<T>(const LstmProjCommitStep<T>&);    \
+  template void launch_lstm_proj_backward<T>(const LstmProjBackwardStep<T>&);
 FASTRNN_INSTANTIATE(float)
 FASTRNN_INSTANTIATE(double)
 FASTRNN_INSTANTIATE(c10::Half)

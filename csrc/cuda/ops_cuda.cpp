@@ -12,6 +12,8 @@ namespace {
 struct CudaLaunch {
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { cuda::launch_lstm_forward(a); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { cuda::launch_lstm_backward(a); }
+  template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { cuda::launch_lstm_proj_commit(a); }
+  template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { cuda::launch_lstm_proj_backward(a); }
   template <typename T> static void gru_forward(const GruForwardStep<T>& a) { cuda::launch_gru_forward(a); }
   template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { cuda::launch_gru_backward(a); }
 };

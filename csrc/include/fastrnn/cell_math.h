@@ -80,11 +80,18 @@ struct LstmForwardStep {
   scalar_t* h;             // [B, H]     running hidden state, updated in place
   scalar_t* c;             // [B, H]     running cell state, updated in place
   scalar_t* y;             // [T, B, H]  outputs, time order
-  scalar_t* ws;            // [T, B, 5H] saved i, f, g, o, c for backward; nullptr: save nothing
+  scalar_t* ws;            // [T, B, 5H] saved i, f, g, o, c for backward (6H with projection:
+                           //            adds o * tanh(c)); nullptr: save nothing
+  scalar_t* hfull;         // [B, H] with projection: o * tanh(c), the input of the projection
+                           //            GEMM (h, y are then written by lstm_proj_commit_point);
+                           //            nullptr without projection
   const int64_t* lengths;  // [B] or nullptr (every entry has length T)
   int64_t s, T, B, H;
   bool reverse;
 };
+
+// Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
+C10_HOST_DEVICE inline int64_t lstm_ws_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
 
 template <typename scalar_t>
 C10_HOST_DEVICE inline void lstm_forward_point(const LstmForwardStep<scalar_t>& a, int64_t b, int64_t j) {
@@ -103,16 +110,72 @@ C10_HOST_DEVICE inline void lstm_forward_point(const LstmForwardStep<scalar_t>& 
   const acc_t c = f * acc_t(a.c[k]) + i * g;
   const acc_t h = o * tanh_(c);
   a.c[k] = scalar_t(c);
-  a.h[k] = scalar_t(h);
-  a.y[row * H + j] = scalar_t(h);
+  if (a.hfull != nullptr) {
+    a.hfull[k] = scalar_t(h);
+  } else {
+    a.h[k] = scalar_t(h);
+    a.y[row * H + j] = scalar_t(h);
+  }
   if (a.ws != nullptr) {
-    scalar_t* w = a.ws + row * 5 * H;
+    scalar_t* w = a.ws + row * lstm_ws_width(H, a.hfull != nullptr);
     w[j] = scalar_t(i);
     w[H + j] = scalar_t(f);
     w[2 * H + j] = scalar_t(g);
     w[3 * H + j] = scalar_t(o);
     w[4 * H + j] = scalar_t(c);
+    if (a.hfull != nullptr) w[5 * H + j] = scalar_t(h);
   }
+}
+
+// Projection (nn.LSTM's proj_size = P): after the GEMM hnew = hfull W_hr^T, active entries take
+// hnew as their state and output; finished ones keep theirs.
+template <typename scalar_t>
+struct LstmProjCommitStep {
+  const scalar_t* hnew;    // [B, P]    projected hidden state of this iteration
+  scalar_t* h;             // [B, P]    running hidden state, updated in place
+  scalar_t* y;             // [T, B, P] outputs, time order
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t s, T, B, H;      // H is the projected width P here (the launch covers B x P)
+  bool reverse;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline void lstm_proj_commit_point(const LstmProjCommitStep<scalar_t>& a, int64_t b, int64_t p) {
+  int64_t t;
+  if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
+  const int64_t k = b * a.H + p;
+  a.h[k] = a.hnew[k];
+  a.y[(t * a.B + b) * a.H + p] = a.hnew[k];
+}
+
+// Backward through the projection: the grad of this iteration's projected state, to be
+// multiplied by W_hr (per step) into the grad of o * tanh(c), and by hfull (after the loop)
+// into dW_hr.
+template <typename scalar_t>
+struct LstmProjBackwardStep {
+  const scalar_t* dy;      // [T, B, P] grad of outputs, time order
+  const scalar_t* dh_n;    // [B, P]    grad of the final hidden state
+  const scalar_t* dh;      // [B, P]    dL/dh_s through the recurrence, from iteration s+1's GEMM
+  scalar_t* dp;            // [T, B, P] dL/dh_s in full, time order
+  scalar_t* dp_step;       // [B, P]    the same for this iteration, zero for finished entries
+  const int64_t* lengths;  // [B] or nullptr
+  int64_t s, T, B, H;      // H is the projected width P here
+  bool reverse;
+};
+
+template <typename scalar_t>
+C10_HOST_DEVICE inline void lstm_proj_backward_point(const LstmProjBackwardStep<scalar_t>& a, int64_t b, int64_t p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t k = b * a.H + p;
+  const int64_t L = seq_length(a.lengths, b, a.T);
+  int64_t t;
+  if (!step_time(a.s, L, a.reverse, t)) {
+    a.dp_step[k] = scalar_t(0);
+    return;
+  }
+  const int64_t row = t * a.B + b;
+  const acc_t d = acc_t(a.s == L - 1 ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * a.H + p]);
+  a.dp[row * a.H + p] = a.dp_step[k] = scalar_t(d);
 }
 
 template <typename scalar_t>
@@ -123,6 +186,8 @@ struct LstmBackwardStep {
   const scalar_t* ws;      // [T, B, 5H] what the forward saved
   const scalar_t* c0;      // [B, H]     initial cell state
   const scalar_t* dh;      // [B, H]     dL/dh_s through the recurrence, from iteration s+1's GEMM
+  const scalar_t* dh_full; // [B, H]     with projection: the complete dL/d(o * tanh(c)) of this
+                           //            iteration (dy, dh_n, dh then unused); else nullptr
   scalar_t* dc;            // [B, H]     in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
   scalar_t* dgates;        // [T, B, 4H] pre-activation gate grads, time order
   scalar_t* dgates_step;   // [B, 4H]    the same rows for this iteration, zero for finished
@@ -147,10 +212,12 @@ C10_HOST_DEVICE inline void lstm_backward_point(const LstmBackwardStep<scalar_t>
   const int64_t row = t * a.B + b;
   // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
   const bool last = a.s == L - 1;
-  const acc_t dh = acc_t(last ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * H + j]);
+  const acc_t dh = a.dh_full != nullptr ? acc_t(a.dh_full[k])
+                                        : acc_t(last ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * H + j]);
   acc_t dc = acc_t(last ? a.dc_n[k] : a.dc[k]);
 
-  const scalar_t* w = a.ws + row * 5 * H;
+  const int64_t width = lstm_ws_width(H, a.dh_full != nullptr);
+  const scalar_t* w = a.ws + row * width;
   const acc_t i = acc_t(w[j]), f = acc_t(w[H + j]), g = acc_t(w[2 * H + j]), o = acc_t(w[3 * H + j]);
   const acc_t c = acc_t(w[4 * H + j]);
   acc_t c_prev;
@@ -158,7 +225,7 @@ C10_HOST_DEVICE inline void lstm_backward_point(const LstmBackwardStep<scalar_t>
     c_prev = acc_t(a.c0[k]);
   } else {
     const int64_t prev_row = (a.reverse ? t + 1 : t - 1) * a.B + b;
-    c_prev = acc_t(a.ws[prev_row * 5 * H + 4 * H + j]);
+    c_prev = acc_t(a.ws[prev_row * width + 4 * H + j]);
   }
   const acc_t tc = tanh_(c);
   dc += dh * o * (acc_t(1) - tc * tc);
