@@ -1,0 +1,29 @@
+# The README's commands. Each sets up what it needs first (scripts/bootstrap.sh).
+PY := .venv/bin/python
+OUT ?= gpu_check_out
+
+.PHONY: demo test bench bench-quick gpu-check perf-table setup clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+demo: setup          ## the main job: char-LM training, fastrnn vs torch.nn, then a sample
+	$(PY) examples/char_lm.py --main
+
+test: setup          ## the test suite (CUDA cases run only where a GPU is visible)
+	$(PY) -m pytest tests -q -ra
+
+bench: setup         ## the full benchmark suite on this machine's default device
+	$(PY) -m benchmarks
+
+bench-quick: setup
+	$(PY) -m benchmarks --quick
+
+gpu-check:           ## on a GPU machine with torch installed: build, CUDA tests, sanitizer, benchmarks
+	bash scripts/gpu_check.sh $(OUT)
+
+perf-table:
+	$(PY) scripts/render_perf_table.py --write README.md
+
+clean:
+	rm -rf build fastrnn/_C*.so .venv/.fastrnn-build
