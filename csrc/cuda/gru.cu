@@ -11,12 +11,12 @@ namespace cuda {
 
 template <typename T>
 void launch_gru_forward(const GruForwardStep<T>& a) {
-  launch_step<GruForwardStep<T>, gru_forward_point<T>>(a);
+  launch_step<GruForwardStep<T>, gru_forward_point<T, at::opmath_type<T>>>(a);
 }
 
 template <typename T>
 void launch_gru_backward(const GruBackwardStep<T>& a) {
-  launch_step<GruBackwardStep<T>, gru_backward_point<T>>(a);
+  launch_step<GruBackwardStep<T>, gru_backward_point<T, at::opmath_type<T>>>(a);
 }
 
 #define FASTRNN_INSTANTIATE(T)                                    \

@@ -11,22 +11,22 @@ namespace cuda {
 
 template <typename T>
 void launch_lstm_forward(const LstmForwardStep<T>& a) {
-  launch_step<LstmForwardStep<T>, lstm_forward_point<T>>(a);
+  launch_step<LstmForwardStep<T>, lstm_forward_point<T, at::opmath_type<T>>>(a);
 }
 
 template <typename T>
 void launch_lstm_backward(const LstmBackwardStep<T>& a) {
-  launch_step<LstmBackwardStep<T>, lstm_backward_point<T>>(a);
+  launch_step<LstmBackwardStep<T>, lstm_backward_point<T, at::opmath_type<T>>>(a);
 }
 
 template <typename T>
 void launch_lstm_proj_commit(const LstmProjCommitStep<T>& a) {
-  launch_step<LstmProjCommitStep<T>, lstm_proj_commit_point<T>>(a);
+  launch_step<LstmProjCommitStep<T>, lstm_proj_commit_point<T, at::opmath_type<T>>>(a);
 }
 
 template <typename T>
 void launch_lstm_proj_backward(const LstmProjBackwardStep<T>& a) {
-  launch_step<LstmProjBackwardStep<T>, lstm_proj_backward_point<T>>(a);
+  launch_step<LstmProjBackwardStep<T>, lstm_proj_backward_point<T, at::opmath_type<T>>>(a);
 }
 
 #define FASTRNN_INSTANTIATE(T)                                                \

@@ -1,9 +1,13 @@
 // Pointwise LSTM / GRU cell math, forward and backward, written once.
 //
-// Each `*_point` function is the whole per-thread work of one fused step kernel for one
-// (batch entry b, hidden unit j) pair. The CUDA kernels call it from one thread per pair; the
-// CPU code calls it over the same index space with at::parallel_for. Nothing here touches
-// shared memory or synchronises, so the CPU build runs exactly the GPU indexing.
+// Each `*_point` function is the whole work of one fused step kernel for one (row r, hidden
+// unit j) pair. The CUDA kernels call it from one thread per pair; the CPU code calls it over
+// the same index space with at::parallel_for. Nothing here touches shared memory or
+// synchronises, so the CPU build runs exactly the GPU indexing.
+//
+// The point functions are templates over V, the value type the math runs on: the opmath scalar
+// (float for half / bfloat16, else the scalar type) on CUDA, or a CPU SIMD vector of
+// consecutive j (at::vec::Vectorized, see cpu/ops_cpu.cpp) — the same formulas either way.
 //
 // Conventions shared by every step:
 //   - T time steps, B batch entries, H hidden units; tensors are row-major and time-major.
@@ -11,7 +15,11 @@
 //     (T when no lengths are given), is active for s < L and then reads time index
 //     t = s (forward) or t = L - 1 - s (reverse). Finished entries keep their state and
 //     write nothing, so padded outputs keep the zeros they were allocated with.
-//   - Arithmetic in opmath (float for half / bfloat16, else the scalar type itself).
+//   - Running per-step buffers (states, GEMM results, grads of this step) are indexed by row r;
+//     row r holds batch entry b = order[r]. With lengths known on the host the driver sorts
+//     rows by length, longest first, so the active rows of every step are a prefix `rows` long
+//     and finished entries cost nothing. Everything the caller sees (x, y, h0, c0, dy, dh_n,
+//     saved activations, time-order grads) stays in batch-entry order and is indexed by b.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -50,9 +58,28 @@ C10_HOST_DEVICE inline double tanh_(double x) {
   return std::tanh(x);
 #endif
 }
-template <typename T>
-C10_HOST_DEVICE inline T sigmoid_(T x) {
-  return T(1) / (T(1) + exp_(-x));
+
+// Loads, stores and transcendentals for a value type V. This primary template is one lane
+// (V = float or double); the CPU code specialises it for SIMD vectors.
+template <typename V>
+struct Lanes {
+  static constexpr int64_t width = 1;
+  template <typename T>
+  C10_HOST_DEVICE static V load(const T* p) { return V(*p); }
+  template <typename T>
+  C10_HOST_DEVICE static void store(T* p, V v) { *p = T(v); }
+  C10_HOST_DEVICE static V exp(V x) { return exp_(x); }
+  C10_HOST_DEVICE static V tanh(V x) { return tanh_(x); }
+};
+
+template <typename V>
+C10_HOST_DEVICE inline V sigmoid_v(V x) {
+  return V(1) / (V(1) + Lanes<V>::exp(V(0) - x));
+}
+
+// Batch entry held by row r.
+C10_HOST_DEVICE inline int64_t entry_of(const int64_t* order, int64_t r) {
+  return order == nullptr ? r : order[r];
 }
 
 // Length of entry b; the clamp keeps a bad length from ever indexing out of bounds
@@ -70,267 +97,272 @@ C10_HOST_DEVICE inline bool step_time(int64_t s, int64_t L, bool reverse, int64_
   return true;
 }
 
-// ---------------------------------------------------------------------------------------------
-// LSTM, gate order i, f, g, o (torch.nn's).
-
-template <typename scalar_t>
-struct LstmForwardStep {
-  const scalar_t* xproj;   // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order
-  const scalar_t* hproj;   // [B, 4H]    h_{s-1} W_hh^T for this iteration
-  scalar_t* h;             // [B, H]     running hidden state, updated in place
-  scalar_t* c;             // [B, H]     running cell state, updated in place
-  scalar_t* y;             // [T, B, H]  outputs, time order
-  scalar_t* ws;            // [T, B, 5H] saved i, f, g, o, c for backward (6H with projection:
-                           //            adds o * tanh(c)); nullptr: save nothing
-  scalar_t* hfull;         // [B, H] with projection: o * tanh(c), the input of the projection
-                           //            GEMM (h, y are then written by lstm_proj_commit_point);
-                           //            nullptr without projection
+// Fields every step shares: where it is in the sequence and which rows it covers.
+struct StepCommon {
   const int64_t* lengths;  // [B] or nullptr (every entry has length T)
-  int64_t s, T, B, H;
+  const int64_t* order;    // [B] row -> batch entry, or nullptr (identity)
+  int64_t s;               // iteration
+  int64_t rows;            // rows launched this step (B, or the active prefix when sorted)
+  int64_t T, B;
+  int64_t H;               // hidden units: the launch covers rows x H pairs
   bool reverse;
 };
+
+// ---------------------------------------------------------------------------------------------
+// LSTM, gate order i, f, g, o (torch.nn's).
 
 // Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
 C10_HOST_DEVICE inline int64_t lstm_ws_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
 
 template <typename scalar_t>
-C10_HOST_DEVICE inline void lstm_forward_point(const LstmForwardStep<scalar_t>& a, int64_t b, int64_t j) {
-  using acc_t = at::opmath_type<scalar_t>;
+struct LstmForwardStep : StepCommon {
+  const scalar_t* xproj;   // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order
+  const scalar_t* hproj;   // [rows, 4H] h_{s-1} W_hh^T for this iteration
+  scalar_t* h;             // [B, H]     running hidden state by row, updated in place
+  scalar_t* c;             // [B, H]     running cell state by row, updated in place
+  scalar_t* y;             // [T, B, H]  outputs, time order
+  scalar_t* ws;            // [T, B, 5H] saved i, f, g, o, c for backward (6H with projection:
+                           //            adds o * tanh(c)); nullptr: save nothing
+  scalar_t* hfull;         // [B, H] by row, with projection: o * tanh(c), the input of the
+                           //            projection GEMM (h, y are then written by
+                           //            lstm_proj_commit_point); nullptr without projection
+};
+
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void lstm_forward_point(const LstmForwardStep<scalar_t>& a, int64_t r, int64_t j) {
+  using L = Lanes<V>;
+  const int64_t b = entry_of(a.order, r);
   int64_t t;
   if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
   const int64_t H = a.H;
   const int64_t row = t * a.B + b;
-  const scalar_t* xp = a.xproj + row * 4 * H;
-  const scalar_t* hp = a.hproj + b * 4 * H;
-  const acc_t i = sigmoid_(acc_t(xp[j]) + acc_t(hp[j]));
-  const acc_t f = sigmoid_(acc_t(xp[H + j]) + acc_t(hp[H + j]));
-  const acc_t g = tanh_(acc_t(xp[2 * H + j]) + acc_t(hp[2 * H + j]));
-  const acc_t o = sigmoid_(acc_t(xp[3 * H + j]) + acc_t(hp[3 * H + j]));
-  const int64_t k = b * H + j;
-  const acc_t c = f * acc_t(a.c[k]) + i * g;
-  const acc_t h = o * tanh_(c);
-  a.c[k] = scalar_t(c);
+  const scalar_t* xp = a.xproj + row * 4 * H + j;
+  const scalar_t* hp = a.hproj + r * 4 * H + j;
+  const V i = sigmoid_v(L::load(xp) + L::load(hp));
+  const V f = sigmoid_v(L::load(xp + H) + L::load(hp + H));
+  const V g = L::tanh(L::load(xp + 2 * H) + L::load(hp + 2 * H));
+  const V o = sigmoid_v(L::load(xp + 3 * H) + L::load(hp + 3 * H));
+  const int64_t k = r * H + j;
+  const V c = f * L::load(a.c + k) + i * g;
+  const V h = o * L::tanh(c);
+  L::store(a.c + k, c);
   if (a.hfull != nullptr) {
-    a.hfull[k] = scalar_t(h);
+    L::store(a.hfull + k, h);
   } else {
-    a.h[k] = scalar_t(h);
-    a.y[row * H + j] = scalar_t(h);
+    L::store(a.h + k, h);
+    L::store(a.y + row * H + j, h);
   }
   if (a.ws != nullptr) {
-    scalar_t* w = a.ws + row * lstm_ws_width(H, a.hfull != nullptr);
-    w[j] = scalar_t(i);
-    w[H + j] = scalar_t(f);
-    w[2 * H + j] = scalar_t(g);
-    w[3 * H + j] = scalar_t(o);
-    w[4 * H + j] = scalar_t(c);
-    if (a.hfull != nullptr) w[5 * H + j] = scalar_t(h);
+    scalar_t* w = a.ws + row * lstm_ws_width(H, a.hfull != nullptr) + j;
+    L::store(w, i);
+    L::store(w + H, f);
+    L::store(w + 2 * H, g);
+    L::store(w + 3 * H, o);
+    L::store(w + 4 * H, c);
+    if (a.hfull != nullptr) L::store(w + 5 * H, h);
+  }
+}
+
+template <typename scalar_t>
+struct LstmBackwardStep : StepCommon {
+  const scalar_t* dy;      // [T, B, H]  grad of outputs, time order
+  const scalar_t* dh_n;    // [B, H]     grad of the final hidden state
+  const scalar_t* dc_n;    // [B, H]     grad of the final cell state
+  const scalar_t* ws;      // [T, B, 5H] what the forward saved (6H with projection)
+  const scalar_t* c0;      // [B, H]     initial cell state
+  const scalar_t* dh;      // [B, H]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
+  const scalar_t* dh_full; // [B, H]     by row, with projection: the complete dL/d(o * tanh(c))
+                           //            of this iteration (dy, dh_n, dh then unused); else nullptr
+  scalar_t* dc;            // [B, H]     by row; in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
+  scalar_t* dgates;        // [T, B, 4H] pre-activation gate grads, time order
+  scalar_t* dgates_step;   // [B, 4H]    by row: the same for this iteration, zero for finished
+                           //            entries; the next GEMM computes dh_{s-1} from it
+};
+
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void lstm_backward_point(const LstmBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
+  using L = Lanes<V>;
+  const int64_t H = a.H;
+  scalar_t* dstep = a.dgates_step + r * 4 * H + j;
+  const int64_t b = entry_of(a.order, r);
+  const int64_t len = seq_length(a.lengths, b, a.T);
+  int64_t t;
+  if (!step_time(a.s, len, a.reverse, t)) {
+    for (int q = 0; q < 4; ++q) L::store(dstep + q * H, V(0));
+    return;
+  }
+  const int64_t k = r * H + j;   // running buffers
+  const int64_t kb = b * H + j;  // caller's [B, H] tensors
+  const int64_t row = t * a.B + b;
+  // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
+  const bool last = a.s == len - 1;
+  const V dh = a.dh_full != nullptr ? L::load(a.dh_full + k)
+                                    : (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + row * H + j);
+  V dc = last ? L::load(a.dc_n + kb) : L::load(a.dc + k);
+
+  const int64_t width = lstm_ws_width(H, a.dh_full != nullptr);
+  const scalar_t* w = a.ws + row * width + j;
+  const V i = L::load(w), f = L::load(w + H), g = L::load(w + 2 * H), o = L::load(w + 3 * H);
+  const V c = L::load(w + 4 * H);
+  const V c_prev = a.s == 0 ? L::load(a.c0 + kb)
+                            : L::load(a.ws + ((a.reverse ? t + 1 : t - 1) * a.B + b) * width + 4 * H + j);
+  const V one(1);
+  const V tc = L::tanh(c);
+  dc = dc + dh * o * (one - tc * tc);
+  const V di = dc * g * i * (one - i);
+  const V df = dc * c_prev * f * (one - f);
+  const V dg = dc * i * (one - g * g);
+  const V d_o = dh * tc * o * (one - o);
+  L::store(a.dc + k, dc * f);
+
+  scalar_t* dt = a.dgates + row * 4 * H + j;
+  const V grads[4] = {di, df, dg, d_o};
+  for (int q = 0; q < 4; ++q) {
+    L::store(dt + q * H, grads[q]);
+    L::store(dstep + q * H, grads[q]);
   }
 }
 
 // Projection (nn.LSTM's proj_size = P): after the GEMM hnew = hfull W_hr^T, active entries take
 // hnew as their state and output; finished ones keep theirs.
 template <typename scalar_t>
-struct LstmProjCommitStep {
-  const scalar_t* hnew;    // [B, P]    projected hidden state of this iteration
-  scalar_t* h;             // [B, P]    running hidden state, updated in place
-  scalar_t* y;             // [T, B, P] outputs, time order
-  const int64_t* lengths;  // [B] or nullptr
-  int64_t s, T, B, H;      // H is the projected width P here (the launch covers B x P)
-  bool reverse;
+struct LstmProjCommitStep : StepCommon {  // H is the projected width P here
+  const scalar_t* hnew;    // [rows, P]  projected hidden state of this iteration
+  scalar_t* h;             // [B, P]     running hidden state by row, updated in place
+  scalar_t* y;             // [T, B, P]  outputs, time order
 };
 
-template <typename scalar_t>
-C10_HOST_DEVICE inline void lstm_proj_commit_point(const LstmProjCommitStep<scalar_t>& a, int64_t b, int64_t p) {
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void lstm_proj_commit_point(const LstmProjCommitStep<scalar_t>& a, int64_t r, int64_t p) {
+  using L = Lanes<V>;
+  const int64_t b = entry_of(a.order, r);
   int64_t t;
   if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
-  const int64_t k = b * a.H + p;
-  a.h[k] = a.hnew[k];
-  a.y[(t * a.B + b) * a.H + p] = a.hnew[k];
+  const int64_t k = r * a.H + p;
+  const V h = L::load(a.hnew + k);
+  L::store(a.h + k, h);
+  L::store(a.y + (t * a.B + b) * a.H + p, h);
 }
 
 // Backward through the projection: the grad of this iteration's projected state, to be
 // multiplied by W_hr (per step) into the grad of o * tanh(c), and by hfull (after the loop)
 // into dW_hr.
 template <typename scalar_t>
-struct LstmProjBackwardStep {
-  const scalar_t* dy;      // [T, B, P] grad of outputs, time order
-  const scalar_t* dh_n;    // [B, P]    grad of the final hidden state
-  const scalar_t* dh;      // [B, P]    dL/dh_s through the recurrence, from iteration s+1's GEMM
-  scalar_t* dp;            // [T, B, P] dL/dh_s in full, time order
-  scalar_t* dp_step;       // [B, P]    the same for this iteration, zero for finished entries
-  const int64_t* lengths;  // [B] or nullptr
-  int64_t s, T, B, H;      // H is the projected width P here
-  bool reverse;
+struct LstmProjBackwardStep : StepCommon {  // H is the projected width P here
+  const scalar_t* dy;      // [T, B, P]  grad of outputs, time order
+  const scalar_t* dh_n;    // [B, P]     grad of the final hidden state
+  const scalar_t* dh;      // [B, P]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
+  scalar_t* dp;            // [T, B, P]  dL/dh_s in full, time order
+  scalar_t* dp_step;       // [B, P]     by row: the same for this iteration, zero for finished entries
 };
 
-template <typename scalar_t>
-C10_HOST_DEVICE inline void lstm_proj_backward_point(const LstmProjBackwardStep<scalar_t>& a, int64_t b, int64_t p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t k = b * a.H + p;
-  const int64_t L = seq_length(a.lengths, b, a.T);
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void lstm_proj_backward_point(const LstmProjBackwardStep<scalar_t>& a, int64_t r, int64_t p) {
+  using L = Lanes<V>;
+  const int64_t k = r * a.H + p;
+  const int64_t b = entry_of(a.order, r);
+  const int64_t len = seq_length(a.lengths, b, a.T);
   int64_t t;
-  if (!step_time(a.s, L, a.reverse, t)) {
-    a.dp_step[k] = scalar_t(0);
+  if (!step_time(a.s, len, a.reverse, t)) {
+    L::store(a.dp_step + k, V(0));
     return;
   }
   const int64_t row = t * a.B + b;
-  const acc_t d = acc_t(a.s == L - 1 ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * a.H + p]);
-  a.dp[row * a.H + p] = a.dp_step[k] = scalar_t(d);
-}
-
-template <typename scalar_t>
-struct LstmBackwardStep {
-  const scalar_t* dy;      // [T, B, H]  grad of outputs, time order
-  const scalar_t* dh_n;    // [B, H]     grad of the final hidden state
-  const scalar_t* dc_n;    // [B, H]     grad of the final cell state
-  const scalar_t* ws;      // [T, B, 5H] what the forward saved
-  const scalar_t* c0;      // [B, H]     initial cell state
-  const scalar_t* dh;      // [B, H]     dL/dh_s through the recurrence, from iteration s+1's GEMM
-  const scalar_t* dh_full; // [B, H]     with projection: the complete dL/d(o * tanh(c)) of this
-                           //            iteration (dy, dh_n, dh then unused); else nullptr
-  scalar_t* dc;            // [B, H]     in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
-  scalar_t* dgates;        // [T, B, 4H] pre-activation gate grads, time order
-  scalar_t* dgates_step;   // [B, 4H]    the same rows for this iteration, zero for finished
-                           //            entries: the next GEMM computes dh_{s-1} from it
-  const int64_t* lengths;  // [B] or nullptr
-  int64_t s, T, B, H;
-  bool reverse;
-};
-
-template <typename scalar_t>
-C10_HOST_DEVICE inline void lstm_backward_point(const LstmBackwardStep<scalar_t>& a, int64_t b, int64_t j) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t H = a.H;
-  scalar_t* dstep = a.dgates_step + b * 4 * H;
-  const int64_t L = seq_length(a.lengths, b, a.T);
-  int64_t t;
-  if (!step_time(a.s, L, a.reverse, t)) {
-    dstep[j] = dstep[H + j] = dstep[2 * H + j] = dstep[3 * H + j] = scalar_t(0);
-    return;
-  }
-  const int64_t k = b * H + j;
-  const int64_t row = t * a.B + b;
-  // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
-  const bool last = a.s == L - 1;
-  const acc_t dh = a.dh_full != nullptr ? acc_t(a.dh_full[k])
-                                        : acc_t(last ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * H + j]);
-  acc_t dc = acc_t(last ? a.dc_n[k] : a.dc[k]);
-
-  const int64_t width = lstm_ws_width(H, a.dh_full != nullptr);
-  const scalar_t* w = a.ws + row * width;
-  const acc_t i = acc_t(w[j]), f = acc_t(w[H + j]), g = acc_t(w[2 * H + j]), o = acc_t(w[3 * H + j]);
-  const acc_t c = acc_t(w[4 * H + j]);
-  acc_t c_prev;
-  if (a.s == 0) {
-    c_prev = acc_t(a.c0[k]);
-  } else {
-    const int64_t prev_row = (a.reverse ? t + 1 : t - 1) * a.B + b;
-    c_prev = acc_t(a.ws[prev_row * width + 4 * H + j]);
-  }
-  const acc_t tc = tanh_(c);
-  dc += dh * o * (acc_t(1) - tc * tc);
-  const acc_t di = dc * g * i * (acc_t(1) - i);
-  const acc_t df = dc * c_prev * f * (acc_t(1) - f);
-  const acc_t dg = dc * i * (acc_t(1) - g * g);
-  const acc_t d_o = dh * tc * o * (acc_t(1) - o);
-  a.dc[k] = scalar_t(dc * f);
-
-  scalar_t* dt = a.dgates + row * 4 * H;
-  dt[j] = dstep[j] = scalar_t(di);
-  dt[H + j] = dstep[H + j] = scalar_t(df);
-  dt[2 * H + j] = dstep[2 * H + j] = scalar_t(dg);
-  dt[3 * H + j] = dstep[3 * H + j] = scalar_t(d_o);
+  const V d = (a.s == len - 1 ? L::load(a.dh_n + b * a.H + p) : L::load(a.dh + k)) + L::load(a.dy + row * a.H + p);
+  L::store(a.dp + row * a.H + p, d);
+  L::store(a.dp_step + k, d);
 }
 
 // ---------------------------------------------------------------------------------------------
 // GRU, gate order r, z, n (torch.nn's): n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1-z) n + z h.
 
 template <typename scalar_t>
-struct GruForwardStep {
+struct GruForwardStep : StepCommon {
   const scalar_t* xproj;   // [T, B, 3H] x_t W_ih^T + b_ih, time order
-  const scalar_t* hproj;   // [B, 3H]    h_{s-1} W_hh^T + b_hh for this iteration
-  scalar_t* h;             // [B, H]     running hidden state, updated in place
+  const scalar_t* hproj;   // [rows, 3H] h_{s-1} W_hh^T + b_hh for this iteration
+  scalar_t* h;             // [B, H]     running hidden state by row, updated in place
   scalar_t* y;             // [T, B, H]  outputs, time order
   scalar_t* ws;            // [T, B, 4H] saved r, z, n, W_hn h + b_hn; nullptr: save nothing
-  const int64_t* lengths;  // [B] or nullptr
-  int64_t s, T, B, H;
-  bool reverse;
 };
 
-template <typename scalar_t>
-C10_HOST_DEVICE inline void gru_forward_point(const GruForwardStep<scalar_t>& a, int64_t b, int64_t j) {
-  using acc_t = at::opmath_type<scalar_t>;
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void gru_forward_point(const GruForwardStep<scalar_t>& a, int64_t r, int64_t j) {
+  using L = Lanes<V>;
+  const int64_t b = entry_of(a.order, r);
   int64_t t;
   if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
   const int64_t H = a.H;
   const int64_t row = t * a.B + b;
-  const scalar_t* xp = a.xproj + row * 3 * H;
-  const scalar_t* hp = a.hproj + b * 3 * H;
-  const acc_t r = sigmoid_(acc_t(xp[j]) + acc_t(hp[j]));
-  const acc_t z = sigmoid_(acc_t(xp[H + j]) + acc_t(hp[H + j]));
-  const acc_t hn = acc_t(hp[2 * H + j]);
-  const acc_t n = tanh_(acc_t(xp[2 * H + j]) + r * hn);
-  const int64_t k = b * H + j;
-  const acc_t h = (acc_t(1) - z) * n + z * acc_t(a.h[k]);
-  a.h[k] = scalar_t(h);
-  a.y[row * H + j] = scalar_t(h);
+  const scalar_t* xp = a.xproj + row * 3 * H + j;
+  const scalar_t* hp = a.hproj + r * 3 * H + j;
+  const V rg = sigmoid_v(L::load(xp) + L::load(hp));
+  const V z = sigmoid_v(L::load(xp + H) + L::load(hp + H));
+  const V hn = L::load(hp + 2 * H);
+  const V n = L::tanh(L::load(xp + 2 * H) + rg * hn);
+  const int64_t k = r * H + j;
+  const V h = (V(1) - z) * n + z * L::load(a.h + k);
+  L::store(a.h + k, h);
+  L::store(a.y + row * H + j, h);
   if (a.ws != nullptr) {
-    scalar_t* w = a.ws + row * 4 * H;
-    w[j] = scalar_t(r);
-    w[H + j] = scalar_t(z);
-    w[2 * H + j] = scalar_t(n);
-    w[3 * H + j] = scalar_t(hn);
+    scalar_t* w = a.ws + row * 4 * H + j;
+    L::store(w, rg);
+    L::store(w + H, z);
+    L::store(w + 2 * H, n);
+    L::store(w + 3 * H, hn);
   }
 }
 
 template <typename scalar_t>
-struct GruBackwardStep {
+struct GruBackwardStep : StepCommon {
   const scalar_t* dy;      // [T, B, H]  grad of outputs, time order
   const scalar_t* dh_n;    // [B, H]     grad of the final hidden state
   const scalar_t* ws;      // [T, B, 4H] what the forward saved
   const scalar_t* h0;      // [B, H]     initial hidden state
   const scalar_t* y;       // [T, B, H]  forward outputs: h_{s-1} for s > 0
-  scalar_t* dh;            // [B, H]     in: dL/dh_s through the recurrence (iteration s+1);
-                           //            out: the direct part z * dL/dh_s of dL/dh_{s-1}
+  scalar_t* dh;            // [B, H]     by row; in: dL/dh_s through the recurrence (iteration
+                           //            s+1); out: the direct part z * dL/dh_s of dL/dh_{s-1}
   scalar_t* dgates;        // [T, B, 4H] time order: dr, dz, dn (input side), dn * r (hidden n)
-  scalar_t* dgates_step;   // [B, 3H]    hidden-side dr, dz, dn * r of this iteration, zero for
-                           //            finished entries: the next GEMM adds it times W_hh to dh
-  const int64_t* lengths;  // [B] or nullptr
-  int64_t s, T, B, H;
-  bool reverse;
+  scalar_t* dgates_step;   // [B, 3H]    by row: hidden-side dr, dz, dn * r of this iteration,
+                           //            zero for finished entries; the next GEMM adds it times
+                           //            W_hh to dh
 };
 
-template <typename scalar_t>
-C10_HOST_DEVICE inline void gru_backward_point(const GruBackwardStep<scalar_t>& a, int64_t b, int64_t j) {
-  using acc_t = at::opmath_type<scalar_t>;
+template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
+C10_HOST_DEVICE inline void gru_backward_point(const GruBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
+  using L = Lanes<V>;
   const int64_t H = a.H;
-  scalar_t* dstep = a.dgates_step + b * 3 * H;
-  const int64_t L = seq_length(a.lengths, b, a.T);
+  scalar_t* dstep = a.dgates_step + r * 3 * H + j;
+  const int64_t b = entry_of(a.order, r);
+  const int64_t len = seq_length(a.lengths, b, a.T);
   int64_t t;
-  if (!step_time(a.s, L, a.reverse, t)) {
-    dstep[j] = dstep[H + j] = dstep[2 * H + j] = scalar_t(0);
+  if (!step_time(a.s, len, a.reverse, t)) {
+    for (int q = 0; q < 3; ++q) L::store(dstep + q * H, V(0));
     return;
   }
-  const int64_t k = b * H + j;
+  const int64_t k = r * H + j;
+  const int64_t kb = b * H + j;
   const int64_t row = t * a.B + b;
-  const bool last = a.s == L - 1;
-  const acc_t dh = acc_t(last ? a.dh_n[k] : a.dh[k]) + acc_t(a.dy[row * H + j]);
+  const bool last = a.s == len - 1;
+  const V dh = (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + row * H + j);
 
-  const scalar_t* w = a.ws + row * 4 * H;
-  const acc_t r = acc_t(w[j]), z = acc_t(w[H + j]), n = acc_t(w[2 * H + j]), hn = acc_t(w[3 * H + j]);
-  const acc_t h_prev = a.s == 0 ? acc_t(a.h0[k])
-                                : acc_t(a.y[((a.reverse ? t + 1 : t - 1) * a.B + b) * H + j]);
-  const acc_t dn = dh * (acc_t(1) - z) * (acc_t(1) - n * n);
-  const acc_t dz = dh * (h_prev - n) * z * (acc_t(1) - z);
-  const acc_t dr = dn * hn * r * (acc_t(1) - r);
-  const acc_t dn_h = dn * r;
-  a.dh[k] = scalar_t(dh * z);
+  const scalar_t* w = a.ws + row * 4 * H + j;
+  const V rg = L::load(w), z = L::load(w + H), n = L::load(w + 2 * H), hn = L::load(w + 3 * H);
+  const V h_prev = a.s == 0 ? L::load(a.h0 + kb) : L::load(a.y + ((a.reverse ? t + 1 : t - 1) * a.B + b) * H + j);
+  const V one(1);
+  const V dn = dh * (one - z) * (one - n * n);
+  const V dz = dh * (h_prev - n) * z * (one - z);
+  const V dr = dn * hn * rg * (one - rg);
+  const V dn_h = dn * rg;
+  L::store(a.dh + k, dh * z);
 
-  scalar_t* dt = a.dgates + row * 4 * H;
-  dt[j] = dstep[j] = scalar_t(dr);
-  dt[H + j] = dstep[H + j] = scalar_t(dz);
-  dt[2 * H + j] = scalar_t(dn);
-  dt[3 * H + j] = dstep[2 * H + j] = scalar_t(dn_h);
+  scalar_t* dt = a.dgates + row * 4 * H + j;
+  L::store(dt, dr);
+  L::store(dt + H, dz);
+  L::store(dt + 2 * H, dn);
+  L::store(dt + 3 * H, dn_h);
+  L::store(dstep, dr);
+  L::store(dstep + H, dz);
+  L::store(dstep + 2 * H, dn_h);
 }
 
 }  // namespace fastrnn

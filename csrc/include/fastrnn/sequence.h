@@ -13,6 +13,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "fastrnn/cell_math.h"
 
@@ -79,12 +80,17 @@ inline void check_state(const char* op, const char* name, const Tensor& t, const
   check_same(op, name, t, x);
 }
 
-// Lengths: int64 [B] with every value in [1, T], on the CPU or on x's device. Returns them on
-// x's device, or an undefined tensor when absent. CPU lengths are checked here on the host;
-// lengths already on a GPU are checked asynchronously (no host sync), and the kernels clamp
-// them so that nothing is read out of bounds even before that check reports.
-inline Tensor check_lengths(const char* op, const OptTensor& lengths, const Tensor& x, const Dims& d) {
-  if (!lengths.has_value()) return Tensor();
+// Lengths: int64 [B] with every value in [1, T], on the CPU or on x's device.
+struct CheckedLengths {
+  Tensor device;  // on x's device for the kernels; undefined when no lengths were given
+  Tensor host;    // the same on the CPU when the caller gave them there (free to read), else undefined
+};
+
+// CPU lengths are checked here on the host; lengths already on a GPU are checked asynchronously
+// (no host sync), and the kernels clamp them so that nothing is read out of bounds even before
+// that check reports.
+inline CheckedLengths check_lengths(const char* op, const OptTensor& lengths, const Tensor& x, const Dims& d) {
+  if (!lengths.has_value()) return {};
   const Tensor& l = *lengths;
   TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, op, ": expected lengths of dtype int64, got ",
                    l.scalar_type());
@@ -99,15 +105,49 @@ inline Tensor check_lengths(const char* op, const OptTensor& lengths, const Tens
       TORCH_CHECK_VALUE(p[b] >= 1 && p[b] <= d.T, op, ": expected every length in [1, T=", d.T,
                         "], got lengths[", b, "] = ", p[b]);
     }
-    return lc.to(x.device(), /*non_blocking=*/true);
+    return {lc.to(x.device(), /*non_blocking=*/true), lc};
   }
   at::_assert_async(at::logical_and(l >= 1, l <= d.T).all(),
                     "fastrnn: every length must lie in [1, T]");
-  return l.contiguous();
+  return {l.contiguous(), Tensor()};
 }
 
-inline const int64_t* lengths_ptr(const Tensor& l) {
-  return l.defined() ? l.const_data_ptr<int64_t>() : nullptr;
+// Which rows each step runs. With lengths on the host, rows are entries sorted by length
+// (longest first) and step s runs only the active prefix; otherwise every step runs all B rows
+// in batch order (device lengths would need a sync to count).
+struct Schedule {
+  Tensor order;                 // [B] int64 on x's device: row -> batch entry; undefined = identity
+  std::vector<int64_t> active;  // [T] rows active at each iteration; empty = all B
+
+  Schedule(const CheckedLengths& l, const Dims& d, const Tensor& x) {
+    if (!l.host.defined()) return;
+    const Tensor sorted_order = std::get<1>(at::sort(l.host, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const int64_t* len = l.host.const_data_ptr<int64_t>();
+    active.assign(d.T, 0);
+    for (int64_t b = 0; b < d.B; ++b) active[len[b] - 1] += 1;  // entries finishing after step L-1
+    for (int64_t s = d.T - 2; s >= 0; --s) active[s] += active[s + 1];
+    order = sorted_order.to(x.device(), /*non_blocking=*/true);
+  }
+  int64_t rows(int64_t s, int64_t B) const { return active.empty() ? B : active[s]; }
+  const int64_t* order_ptr() const { return order.defined() ? order.const_data_ptr<int64_t>() : nullptr; }
+  // [B, ...] in batch order -> by row (a fresh contiguous tensor either way).
+  Tensor to_rows(const Tensor& t) const { return order.defined() ? t.index_select(0, order) : t.contiguous().clone(); }
+  // By row -> batch order.
+  Tensor to_batch(const Tensor& t) const {
+    return order.defined() ? at::empty_like(t).index_copy_(0, order, t) : t;
+  }
+};
+
+template <typename Step>
+void set_common(Step& a, const CheckedLengths& l, const Schedule& sched, const Dims& d, int64_t width, bool reverse) {
+  a.lengths = l.device.defined() ? l.device.const_data_ptr<int64_t>() : nullptr;
+  a.order = sched.order_ptr();
+  a.s = 0;
+  a.rows = d.B;
+  a.T = d.T;
+  a.B = d.B;
+  a.H = width;
+  a.reverse = reverse;
 }
 
 inline Tensor zeros_if(bool zero, at::IntArrayRef size, const Tensor& like) {
@@ -115,8 +155,16 @@ inline Tensor zeros_if(bool zero, at::IntArrayRef size, const Tensor& like) {
 }
 
 // y holds zeros at padded positions; nothing else must be zeroed.
-inline Tensor alloc_outputs(const Tensor& lengths, const Dims& d, const Tensor& x) {
-  return zeros_if(lengths.defined(), {d.T, d.B, d.P}, x);
+inline Tensor alloc_outputs(const CheckedLengths& l, const Dims& d, const Tensor& x) {
+  return zeros_if(l.device.defined(), {d.T, d.B, d.P}, x);
+}
+
+inline Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
+
+// out[:n] = a[:n] @ b, into the preallocated buffer (no allocation per step).
+inline void mm_rows(const Tensor& out, const Tensor& a, const Tensor& b, int64_t n) {
+  Tensor o = first_rows(out, n);
+  at::mm_out(o, first_rows(a, n), b);
 }
 
 }  // namespace detail
@@ -133,7 +181,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   detail::check_state(op, "h0", h0, x_, d.B, d.P);
   detail::check_state(op, "c0", c0, x_, d.B, d.H);
   const c10::OptionalDeviceGuard guard(device_of(x_));
-  const Tensor lengths = detail::check_lengths(op, lengths_, x_, d);
+  const auto lengths = detail::check_lengths(op, lengths_, x_, d);
+  const detail::Schedule sched(lengths, d, x_);
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const bool proj = w_hr_.has_value();
 
@@ -147,10 +196,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     xproj = at::mm(x2d, w_ih.t());
   }
   Tensor y = detail::alloc_outputs(lengths, d, x);
-  Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  Tensor h = sched.to_rows(h0), c = sched.to_rows(c0);
   // With a projection and lengths, backward reads hfull at padded positions (times a zero grad),
   // so they must hold finite values.
-  Tensor ws = save ? detail::zeros_if(proj && lengths.defined(), {d.T, d.B, lstm_ws_width(d.H, proj)}, x)
+  Tensor ws = save ? detail::zeros_if(proj && lengths.device.defined(), {d.T, d.B, lstm_ws_width(d.H, proj)}, x)
                    : at::empty({0}, x.options());
   Tensor hproj = at::empty({d.B, 4 * d.H}, x.options());
   const Tensor w_hh_t = w_hh.t();
@@ -162,28 +211,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_forward", [&] {
-    const int64_t* lens = detail::lengths_ptr(lengths);
-    LstmForwardStep<scalar_t> a{xproj.const_data_ptr<scalar_t>(), hproj.const_data_ptr<scalar_t>(),
-                                h.mutable_data_ptr<scalar_t>(), c.mutable_data_ptr<scalar_t>(),
-                                y.mutable_data_ptr<scalar_t>(), save ? ws.mutable_data_ptr<scalar_t>() : nullptr,
-                                proj ? hfull.mutable_data_ptr<scalar_t>() : nullptr, lens, 0, d.T, d.B, d.H, reverse};
-    LstmProjCommitStep<scalar_t> pc{};
+    LstmForwardStep<scalar_t> a;
+    detail::set_common(a, lengths, sched, d, d.H, reverse);
+    a.xproj = xproj.const_data_ptr<scalar_t>();
+    a.hproj = hproj.const_data_ptr<scalar_t>();
+    a.h = h.mutable_data_ptr<scalar_t>();
+    a.c = c.mutable_data_ptr<scalar_t>();
+    a.y = y.mutable_data_ptr<scalar_t>();
+    a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+    a.hfull = proj ? hfull.mutable_data_ptr<scalar_t>() : nullptr;
+    LstmProjCommitStep<scalar_t> pc;
     if (proj) {
-      pc = {hnew.const_data_ptr<scalar_t>(), h.mutable_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-            lens, 0, d.T, d.B, d.P, reverse};
+      detail::set_common(pc, lengths, sched, d, d.P, reverse);
+      pc.hnew = hnew.const_data_ptr<scalar_t>();
+      pc.h = a.h;
+      pc.y = a.y;
     }
     for (int64_t s = 0; s < d.T; ++s) {
-      at::mm_out(hproj, h, w_hh_t);
+      const int64_t n = sched.rows(s, d.B);
+      detail::mm_rows(hproj, h, w_hh_t, n);
       a.s = s;
+      a.rows = n;
       Launch::template lstm_forward<scalar_t>(a);
       if (proj) {
-        at::mm_out(hnew, hfull, w_hr_t);
+        detail::mm_rows(hnew, hfull, w_hr_t, n);
         pc.s = s;
+        pc.rows = n;
         Launch::template lstm_proj_commit<scalar_t>(pc);
       }
     }
   });
-  return {y, h, c, ws};
+  return {y, sched.to_batch(h), sched.to_batch(c), ws};
 }
 
 template <class Launch>
@@ -205,46 +263,60 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
               "e.g. under torch.no_grad()), so there is nothing to differentiate");
   detail::check_shape(op, "ws", ws_, {d.T, d.B, lstm_ws_width(d.H, proj)});
   const c10::OptionalDeviceGuard guard(device_of(x_));
-  const Tensor lengths = detail::check_lengths(op, lengths_, x_, d);
+  const auto lengths = detail::check_lengths(op, lengths_, x_, d);
+  const detail::Schedule sched(lengths, d, x_);
   const Tensor dy = dy_.contiguous(), dh_n = dh_n_.contiguous(), dc_n = dc_n_.contiguous();
   const Tensor x = x_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), y = y_.contiguous(), ws = ws_.contiguous();
+  const bool masked = lengths.device.defined();
 
   // Padded positions are never written by the steps; their grads must read as zero.
-  Tensor dgates = detail::zeros_if(lengths.defined(), {d.T, d.B, 4 * d.H}, x);
+  Tensor dgates = detail::zeros_if(masked, {d.T, d.B, 4 * d.H}, x);
   Tensor dgates_step = at::empty({d.B, 4 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.P}, x.options());
   Tensor dc = at::zeros({d.B, d.H}, x.options());
   Tensor dp, dp_step, dh_full, w_hr;
   if (proj) {
     w_hr = w_hr_->contiguous();
-    dp = detail::zeros_if(lengths.defined(), {d.T, d.B, d.P}, x);
+    dp = detail::zeros_if(masked, {d.T, d.B, d.P}, x);
     dp_step = at::empty({d.B, d.P}, x.options());
     dh_full = at::empty({d.B, d.H}, x.options());
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_backward", [&] {
-    const int64_t* lens = detail::lengths_ptr(lengths);
-    LstmBackwardStep<scalar_t> a{dy.const_data_ptr<scalar_t>(), dh_n.const_data_ptr<scalar_t>(),
-                                 dc_n.const_data_ptr<scalar_t>(), ws.const_data_ptr<scalar_t>(),
-                                 c0.const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(),
-                                 proj ? dh_full.const_data_ptr<scalar_t>() : nullptr,
-                                 dc.mutable_data_ptr<scalar_t>(), dgates.mutable_data_ptr<scalar_t>(),
-                                 dgates_step.mutable_data_ptr<scalar_t>(), lens, 0, d.T, d.B, d.H, reverse};
-    LstmProjBackwardStep<scalar_t> pb{};
+    LstmBackwardStep<scalar_t> a;
+    detail::set_common(a, lengths, sched, d, d.H, reverse);
+    a.dy = dy.const_data_ptr<scalar_t>();
+    a.dh_n = dh_n.const_data_ptr<scalar_t>();
+    a.dc_n = dc_n.const_data_ptr<scalar_t>();
+    a.ws = ws.const_data_ptr<scalar_t>();
+    a.c0 = c0.const_data_ptr<scalar_t>();
+    a.dh = dh.const_data_ptr<scalar_t>();
+    a.dh_full = proj ? dh_full.const_data_ptr<scalar_t>() : nullptr;
+    a.dc = dc.mutable_data_ptr<scalar_t>();
+    a.dgates = dgates.mutable_data_ptr<scalar_t>();
+    a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
+    LstmProjBackwardStep<scalar_t> pb;
     if (proj) {
-      pb = {dy.const_data_ptr<scalar_t>(), dh_n.const_data_ptr<scalar_t>(), dh.const_data_ptr<scalar_t>(),
-            dp.mutable_data_ptr<scalar_t>(), dp_step.mutable_data_ptr<scalar_t>(), lens, 0, d.T, d.B, d.P, reverse};
+      detail::set_common(pb, lengths, sched, d, d.P, reverse);
+      pb.dy = a.dy;
+      pb.dh_n = a.dh_n;
+      pb.dh = a.dh;
+      pb.dp = dp.mutable_data_ptr<scalar_t>();
+      pb.dp_step = dp_step.mutable_data_ptr<scalar_t>();
     }
     for (int64_t s = d.T - 1; s >= 0; --s) {
+      const int64_t n = sched.rows(s, d.B);
       if (proj) {
         pb.s = s;
+        pb.rows = n;
         Launch::template lstm_proj_backward<scalar_t>(pb);
-        at::mm_out(dh_full, dp_step, w_hr);
+        detail::mm_rows(dh_full, dp_step, w_hr, n);
       }
       a.s = s;
+      a.rows = n;
       Launch::template lstm_backward<scalar_t>(a);
-      at::mm_out(dh, dgates_step, w_hh);
+      detail::mm_rows(dh, dgates_step, w_hh, n);
     }
   });
 
@@ -252,9 +324,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const Tensor x2d = x.view({d.T * d.B, d.I});
   Tensor dx = at::mm(dg2d, w_ih).view({d.T, d.B, d.I});
   Tensor dw_ih = at::mm(dg2d.t(), x2d);
-  // Iteration 0 is every entry's first step, whose h_prev is h0; every other step's h_prev is
-  // the neighbouring output in time (padded neighbours are zero and meet zero grads).
-  Tensor dw_hh = at::mm(dgates_step.t(), h0);
+  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0; every other
+  // step's h_prev is the neighbouring output in time (padded neighbours are zero and meet zero
+  // grads).
+  Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));
   if (d.T > 1) {
     const int64_t n = (d.T - 1) * d.B;
     const Tensor dg = (reverse ? dgates.narrow(0, 0, d.T - 1) : dgates.narrow(0, 1, d.T - 1)).reshape({n, 4 * d.H});
@@ -266,7 +339,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dw_hr = proj ? at::mm(dp.view({d.T * d.B, d.P}).t(),
                                ws.view({d.T * d.B, 6 * d.H}).narrow(1, 5 * d.H, d.H))
                       : at::empty({0}, x.options());
-  return {dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr};
+  return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh, dw_hr};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,35 +352,41 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const auto d = detail::check_layer(op, 3, x_, w_ih_, w_hh_, b_ih, b_hh);
   detail::check_state(op, "h0", h0, x_, d.B, d.H);
   const c10::OptionalDeviceGuard guard(device_of(x_));
-  const Tensor lengths = detail::check_lengths(op, lengths_, x_, d);
+  const auto lengths = detail::check_lengths(op, lengths_, x_, d);
+  const detail::Schedule sched(lengths, d, x_);
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
 
   // b_hh stays in the recurrent GEMM: b_hn sits inside r * (W_hn h + b_hn).
   const Tensor x2d = x.view({d.T * d.B, d.I});
   const Tensor xproj = b_ih.has_value() ? at::addmm(*b_ih, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
   Tensor y = detail::alloc_outputs(lengths, d, x);
-  Tensor h = h0.contiguous().clone();
+  Tensor h = sched.to_rows(h0);
   Tensor ws = save ? at::empty({d.T, d.B, 4 * d.H}, x.options()) : at::empty({0}, x.options());
   Tensor hproj = at::empty({d.B, 3 * d.H}, x.options());
   const Tensor w_hh_t = w_hh.t();
-  const Tensor bias_hh = b_hh.has_value() ? b_hh->expand({d.B, 3 * d.H}) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
-    GruForwardStep<scalar_t> a{xproj.const_data_ptr<scalar_t>(), hproj.const_data_ptr<scalar_t>(),
-                               h.mutable_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(),
-                               save ? ws.mutable_data_ptr<scalar_t>() : nullptr,
-                               detail::lengths_ptr(lengths), 0, d.T, d.B, d.H, reverse};
+    GruForwardStep<scalar_t> a;
+    detail::set_common(a, lengths, sched, d, d.H, reverse);
+    a.xproj = xproj.const_data_ptr<scalar_t>();
+    a.hproj = hproj.const_data_ptr<scalar_t>();
+    a.h = h.mutable_data_ptr<scalar_t>();
+    a.y = y.mutable_data_ptr<scalar_t>();
+    a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < d.T; ++s) {
-      if (bias_hh.defined()) {
-        at::addmm_out(hproj, bias_hh, h, w_hh_t);
+      const int64_t n = sched.rows(s, d.B);
+      Tensor out = detail::first_rows(hproj, n);
+      if (b_hh.has_value()) {
+        at::addmm_out(out, b_hh->expand({n, 3 * d.H}), detail::first_rows(h, n), w_hh_t);
       } else {
-        at::mm_out(hproj, h, w_hh_t);
+        at::mm_out(out, detail::first_rows(h, n), w_hh_t);
       }
       a.s = s;
+      a.rows = n;
       Launch::template gru_forward<scalar_t>(a);
     }
   });
-  return {y, h, ws};
+  return {y, sched.to_batch(h), ws};
 }
 
 template <class Launch>
@@ -326,24 +405,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
               "e.g. under torch.no_grad()), so there is nothing to differentiate");
   detail::check_shape(op, "ws", ws_, {d.T, d.B, 4 * d.H});
   const c10::OptionalDeviceGuard guard(device_of(x_));
-  const Tensor lengths = detail::check_lengths(op, lengths_, x_, d);
+  const auto lengths = detail::check_lengths(op, lengths_, x_, d);
+  const detail::Schedule sched(lengths, d, x_);
   const Tensor dy = dy_.contiguous(), dh_n = dh_n_.contiguous(), x = x_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), y = y_.contiguous(), ws = ws_.contiguous();
 
-  Tensor dgates = detail::zeros_if(lengths.defined(), {d.T, d.B, 4 * d.H}, x);
+  Tensor dgates = detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x);
   Tensor dgates_step = at::empty({d.B, 3 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.H}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_backward", [&] {
-    GruBackwardStep<scalar_t> a{dy.const_data_ptr<scalar_t>(), dh_n.const_data_ptr<scalar_t>(),
-                                ws.const_data_ptr<scalar_t>(), h0.const_data_ptr<scalar_t>(),
-                                y.const_data_ptr<scalar_t>(), dh.mutable_data_ptr<scalar_t>(),
-                                dgates.mutable_data_ptr<scalar_t>(), dgates_step.mutable_data_ptr<scalar_t>(),
-                                detail::lengths_ptr(lengths), 0, d.T, d.B, d.H, reverse};
+    GruBackwardStep<scalar_t> a;
+    detail::set_common(a, lengths, sched, d, d.H, reverse);
+    a.dy = dy.const_data_ptr<scalar_t>();
+    a.dh_n = dh_n.const_data_ptr<scalar_t>();
+    a.ws = ws.const_data_ptr<scalar_t>();
+    a.h0 = h0.const_data_ptr<scalar_t>();
+    a.y = y.const_data_ptr<scalar_t>();
+    a.dh = dh.mutable_data_ptr<scalar_t>();
+    a.dgates = dgates.mutable_data_ptr<scalar_t>();
+    a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
     for (int64_t s = d.T - 1; s >= 0; --s) {
+      const int64_t n = sched.rows(s, d.B);
       a.s = s;
+      a.rows = n;
       Launch::template gru_backward<scalar_t>(a);
-      dh.addmm_(dgates_step, w_hh);  // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
+      // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
+      detail::first_rows(dh, n).addmm_(detail::first_rows(dgates_step, n), w_hh);
     }
   });
 
@@ -354,7 +442,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor x2d = x.view({d.T * d.B, d.I});
   Tensor dx = at::mm(dgx, w_ih).view({d.T, d.B, d.I});
   Tensor dw_ih = at::mm(dgx.t(), x2d);
-  Tensor dw_hh = at::mm(dgates_step.t(), h0);  // iteration 0: h_prev = h0 (see lstm_backward)
+  Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));  // iteration 0: h_prev = h0 (see lstm_backward)
   if (d.T > 1) {
     const int64_t n = (d.T - 1) * d.B;
     const Tensor dg = (reverse ? dgates.narrow(0, 0, d.T - 1) : dgates.narrow(0, 1, d.T - 1)).reshape({n, 4 * H});
@@ -371,7 +459,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     db_ih = at::empty({0}, x.options());
     db_hh = at::empty({0}, x.options());
   }
-  return {dx, dh, dw_ih, dw_hh, db_ih, db_hh};
+  return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh};
 }
 
 }  // namespace fastrnn
