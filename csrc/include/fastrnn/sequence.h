@@ -211,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_forward", [&] {
-    LstmForwardStep<scalar_t> a;
+    LstmForwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
     a.xproj = xproj.const_data_ptr<scalar_t>();
     a.hproj = hproj.const_data_ptr<scalar_t>();
@@ -220,7 +220,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     a.y = y.mutable_data_ptr<scalar_t>();
     a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
     a.hfull = proj ? hfull.mutable_data_ptr<scalar_t>() : nullptr;
-    LstmProjCommitStep<scalar_t> pc;
+    LstmProjCommitStep<scalar_t> pc{};
     if (proj) {
       detail::set_common(pc, lengths, sched, d, d.P, reverse);
       pc.hnew = hnew.const_data_ptr<scalar_t>();
@@ -284,7 +284,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_backward", [&] {
-    LstmBackwardStep<scalar_t> a;
+    LstmBackwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
     a.dy = dy.const_data_ptr<scalar_t>();
     a.dh_n = dh_n.const_data_ptr<scalar_t>();
@@ -296,7 +296,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     a.dc = dc.mutable_data_ptr<scalar_t>();
     a.dgates = dgates.mutable_data_ptr<scalar_t>();
     a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
-    LstmProjBackwardStep<scalar_t> pb;
+    LstmProjBackwardStep<scalar_t> pb{};
     if (proj) {
       detail::set_common(pb, lengths, sched, d, d.P, reverse);
       pb.dy = a.dy;
@@ -366,7 +366,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor w_hh_t = w_hh.t();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
-    GruForwardStep<scalar_t> a;
+    GruForwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
     a.xproj = xproj.const_data_ptr<scalar_t>();
     a.hproj = hproj.const_data_ptr<scalar_t>();
@@ -415,7 +415,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh = at::zeros({d.B, d.H}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_backward", [&] {
-    GruBackwardStep<scalar_t> a;
+    GruBackwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
     a.dy = dy.const_data_ptr<scalar_t>();
     a.dh_n = dh_n.const_data_ptr<scalar_t>();
