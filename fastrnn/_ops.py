@@ -13,8 +13,21 @@ _lib = torch.ops.fastrnn
 # fake kernels
 
 
+def _check_devices(x, lengths, **tensors):
+    # The C++ kernels check devices, but a meta tensor among the inputs routes the call here
+    # instead; refuse rather than return uninitialised outputs.
+    for name, t in tensors.items():
+        if t is not None:
+            torch._check(t.device == x.device,
+                         lambda: f"fastrnn: expected {name} on device {x.device} (the device of x), got {t.device}")
+    if lengths is not None:
+        torch._check(lengths.device == x.device or lengths.device.type == "cpu",
+                     lambda: f"fastrnn: expected lengths on the CPU or on {x.device}, got {lengths.device}")
+
+
 @torch.library.register_fake("fastrnn::lstm_forward")
 def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+    _check_devices(x, lengths, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     P = H if w_hr is None else w_hr.shape[0]  # hidden state size (projection)
@@ -24,6 +37,7 @@ def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
 
 @torch.library.register_fake("fastrnn::gru_forward")
 def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+    _check_devices(x, lengths, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     T, B, _ = x.shape
     H = w_hh.shape[1]
     ws = x.new_empty((T, B, 4 * H)) if save else x.new_empty((0,))
@@ -37,6 +51,7 @@ def _bias_grads(x, state, gates, has_bias):
 
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
+    _check_devices(x, lengths, dy=dy, dh_n=dh_n, dc_n=dc_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, ws=ws)
     dw_hr = x.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
             torch.empty_like(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
@@ -44,6 +59,7 @@ def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, leng
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
+    _check_devices(x, lengths, dy=dy, dh_n=dh_n, h0=h0, w_ih=w_ih, w_hh=w_hh, y=y, ws=ws)
     return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
             *_bias_grads(x, h0, 3, has_bias))
 

@@ -197,9 +197,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   }
   Tensor y = detail::alloc_outputs(lengths, d, x);
   Tensor h = sched.to_rows(h0), c = sched.to_rows(c0);
-  // With a projection and lengths, backward reads hfull at padded positions (times a zero grad),
-  // so they must hold finite values.
-  Tensor ws = save ? detail::zeros_if(proj && lengths.device.defined(), {d.T, d.B, lstm_ws_width(d.H, proj)}, x)
+  // Padded positions of ws are never written; zero them so every output is deterministic (and
+  // hfull, read there by the projection's weight grad times a zero grad, is finite).
+  Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, lstm_ws_width(d.H, proj)}, x)
                    : at::empty({0}, x.options());
   Tensor hproj = at::empty({d.B, 4 * d.H}, x.options());
   const Tensor w_hh_t = w_hh.t();
@@ -361,7 +361,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const Tensor xproj = b_ih.has_value() ? at::addmm(*b_ih, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
   Tensor y = detail::alloc_outputs(lengths, d, x);
   Tensor h = sched.to_rows(h0);
-  Tensor ws = save ? at::empty({d.T, d.B, 4 * d.H}, x.options()) : at::empty({0}, x.options());
+  Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x)  // see lstm_forward
+                   : at::empty({0}, x.options());
   Tensor hproj = at::empty({d.B, 3 * d.H}, x.options());
   const Tensor w_hh_t = w_hh.t();
 

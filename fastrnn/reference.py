@@ -1,0 +1,118 @@
+"""Plain-PyTorch reference LSTM / GRU: the test oracle.
+
+Written from the textbook equations and torch.nn's documented parameter layout, independently
+of the C++/CUDA kernels (it uses neither fastrnn ops nor nn.LSTM / nn.GRU). It is a Python loop
+over time built from ordinary differentiable tensor ops, so autograd gives its gradients.
+Slow by design: simple and obviously right is the point.
+
+Conventions (the same as fastrnn.functional):
+  time-major x [T, B, I]; LSTM gates i, f, g, o and GRU gates r, z, n in that order along the
+  first dim of w_ih [G*H, I] / w_hh [G*H, H] / b_ih, b_hh [G*H]; GRU's b_hn sits inside
+  r * (W_hn h + b_hn). LSTM projection (nn.LSTM's proj_size): w_hr [P, H], h = (o * tanh c) w_hr^T,
+  so h0 / y / h_n are [.., P] and w_hh is [4H, P].
+
+Variable lengths: entry b with length L sees steps 0..L-1. Masking is done with torch.where on
+the step index: past L the state is carried unchanged and the output is zero. The reverse
+direction reads entry b at times L-1, L-2, ..., 0: implemented by gathering each entry's own
+reversed sequence (time index L-1-t for t < L), running the forward loop, and gathering back
+with the same (self-inverse) index map.
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference"]
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    out = x @ w.t()
+    return out if b is None else out + b
+
+
+def lstm_cell_reference(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+                        w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One LSTM step: x [B, I], h [B, P], c [B, H] -> (h' [B, P], c' [B, H])."""
+    gates = _linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(c_new)
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, c_new
+
+
+def gru_cell_reference(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+                       b_hh: Optional[Tensor] = None) -> Tensor:
+    """One GRU step: x [B, I], h [B, H] -> h' [B, H]."""
+    xr, xz, xn = _linear(x, w_ih, b_ih).chunk(3, dim=1)
+    hr, hz, hn = _linear(h, w_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def _lengths_tensor(lengths, T: int, B: int, device) -> Tensor:
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int64, device=device)
+    lengths = torch.as_tensor(lengths, dtype=torch.int64).to(device)
+    assert lengths.shape == (B,) and bool(((lengths >= 1) & (lengths <= T)).all()), lengths
+    return lengths
+
+
+def _reversal_index(lengths: Tensor, T: int, feat: int) -> Tensor:
+    """Index [T, B, feat] for gather along time: t -> L-1-t for t < L, t -> t otherwise.
+    Applying it twice is the identity."""
+    t = torch.arange(T, device=lengths.device).unsqueeze(1)  # [T, 1]
+    L = lengths.unsqueeze(0)  # [1, B]
+    idx = torch.where(t < L, L - 1 - t, t)  # [T, B]
+    return idx.unsqueeze(2).expand(T, lengths.shape[0], feat)
+
+
+def _flip_within_lengths(seq: Tensor, lengths: Tensor) -> Tensor:
+    return seq.gather(0, _reversal_index(lengths, seq.shape[0], seq.shape[2]))
+
+
+def _run(step, x: Tensor, states, lengths, reverse: bool):
+    """Runs step(x_t, states) -> new states (states[0] is the output) over time with masking.
+    Returns (y, final states)."""
+    T, B, _ = x.shape
+    L = _lengths_tensor(lengths, T, B, x.device)
+    if reverse:
+        x = _flip_within_lengths(x, L)
+    ys = []
+    for t in range(T):
+        new = step(x[t], states)
+        valid = (t < L).unsqueeze(1)  # [B, 1]
+        states = tuple(torch.where(valid, n, s) for n, s in zip(new, states))
+        ys.append(torch.where(valid, new[0], torch.zeros_like(new[0])))
+    y = torch.stack(ys)
+    if reverse:
+        y = _flip_within_lengths(y, L)
+    return y, states
+
+
+def lstm_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                   b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+                   lengths: Optional[Union[Tensor, Sequence[int]]] = None, reverse: bool = False,
+                   w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer, one direction. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    def step(xt, states):
+        return lstm_cell_reference(xt, states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr)
+
+    y, (h_n, c_n) = _run(step, x, (h0, c0), lengths, reverse)
+    return y, h_n, c_n
+
+
+def gru_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+                  b_hh: Optional[Tensor] = None, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
+                  reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One GRU layer, one direction. Returns (y [T, B, H], h_n [B, H])."""
+    def step(xt, states):
+        return (gru_cell_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh),)
+
+    y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
+    return y, h_n
