@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 OUT ?= gpu_check_out
 
-.PHONY: demo test bench bench-quick gpu-check perf-table setup clean
+.PHONY: demo test bench bench-quick bench-pytest gpu-check perf-table setup clean
 
 setup:
 	bash scripts/bootstrap.sh
@@ -14,13 +14,17 @@ test: setup          ## the test suite (CUDA cases run only where a GPU is visib
 	$(PY) -m pytest tests -q -ra
 
 bench: setup         ## the full benchmark suite on this machine's default device
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --out bench_out
 
-bench-quick: setup
-	$(PY) -m benchmarks --quick
+bench-quick: setup   ## a reduced run (about a minute on a 2-core CPU)
+	$(PY) -m benchmarks --quick --device cpu --out bench_out
 
-gpu-check:           ## on a GPU machine with torch installed: build, CUDA tests, sanitizer, benchmarks
-	bash scripts/gpu_check.sh $(OUT)
+bench-pytest: setup  ## the layer benchmarks as pytest-benchmark cases
+	$(PY) -m pytest benchmarks --benchmark-only
+
+gpu-check:           ## on a GPU machine with torch installed (system python, no venv, no internet):
+	             ## build for the local GPU, CUDA tests, compute-sanitizer, benchmarks -> $(OUT)
+	PYTHON=$${PYTHON:-python3} bash scripts/gpu_check.sh $(OUT)
 
 perf-table:
 	$(PY) scripts/render_perf_table.py --write README.md

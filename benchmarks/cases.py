@@ -1,0 +1,410 @@
+"""The measurements. Each job builds both sides from the same seed and the same weights, checks
+that they compute the same thing, times them interleaved, and returns one JSON-ready record:
+
+  name, group, config, cell, mode, dtype, shape, unit, impls {name: {"value", ...}},
+  baseline(s), ratios {"fastrnn/<baseline>": value_fastrnn / value_baseline}, check, note
+
+`value` is the headline figure (median time, or bytes); every ratio is computed from the values
+in the same record, so ratio < 1 means fastrnn is faster / smaller.
+"""
+import math
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from . import configs as C
+from .corpus import batches, encode, load_text
+from .timing import Plan, compare
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
+FAST = "fastrnn"
+TORCH = "torch.nn"
+
+
+def _fastrnn():
+    import fastrnn
+
+    return fastrnn
+
+
+def _timed_record(name, group, config, cell, mode, dtype, shape, timings, baselines, unit="ms", impl_names=None,
+                  check=None, note=""):
+    impls = {}
+    for n, t in timings.items():
+        impls[n] = dict(t, value=t["ms"]["median"])
+        if impl_names and n in impl_names:
+            impls[n]["impl"] = impl_names[n]
+    return {
+        "name": name, "group": group, "config": config, "cell": cell, "mode": mode, "dtype": dtype,
+        "shape": shape, "unit": unit, "impls": impls, "baselines": list(baselines),
+        "ratios": {f"{FAST}/{b}": impls[FAST]["value"] / impls[b]["value"] for b in baselines},
+        "check": check or {}, "note": note,
+    }
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.detach().double() - b.detach().double()).abs().max().item()
+
+
+# ---------------------------------------------------------------- layer configs
+
+
+class _LayerPair:
+    """nn.LSTM / nn.GRU and the fastrnn equivalent on the same weights. One layer: fastrnn's
+    functional layer on the very parameters of the torch module (isolates the kernels).
+    Several layers: fastrnn.LSTM / GRU loaded with the torch module's state_dict."""
+
+    def __init__(self, cfg: C.LayerConfig, cell: str, dtype: torch.dtype, device: torch.device):
+        fr = _fastrnn()
+        torch.manual_seed(0)
+        ref_cls = nn.LSTM if cell == "lstm" else nn.GRU
+        self.ref = ref_cls(cfg.I, cfg.H, num_layers=cfg.layers).to(device=device, dtype=dtype)
+        if cfg.layers == 1:
+            w = [self.ref.weight_ih_l0, self.ref.weight_hh_l0, self.ref.bias_ih_l0, self.ref.bias_hh_l0]
+            if cell == "lstm":
+                self.fast_fn = lambda x, lengths=None: fr.functional.lstm_layer(x, None, None, *w, lengths=lengths)[0]
+            else:
+                self.fast_fn = lambda x, lengths=None: fr.functional.gru_layer(x, None, *w, lengths=lengths)[0]
+            self.fast_params = list(self.ref.parameters())
+            self.fast_impl = f"fastrnn.functional.{cell}_layer"
+        else:
+            mod_cls = fr.LSTM if cell == "lstm" else fr.GRU
+            self.fast_mod = mod_cls(cfg.I, cfg.H, num_layers=cfg.layers).to(device=device, dtype=dtype)
+            self.fast_mod.load_state_dict(self.ref.state_dict())
+            self.fast_fn = lambda x, lengths=None: self.fast_mod(x, lengths=lengths)[0]
+            self.fast_params = list(self.fast_mod.parameters())
+            self.fast_impl = f"fastrnn.{mod_cls.__name__}"
+        self.ref_fn = lambda x: self.ref(x)[0]
+        self.ref_impl = f"torch.nn.{ref_cls.__name__}"
+
+    def train(self, on: bool):
+        self.ref.train(on)
+        if hasattr(self, "fast_mod"):
+            self.fast_mod.train(on)
+
+
+def _zero_grads(params, x):
+    for p in params:
+        p.grad = None
+    x.grad = None
+
+
+def _fwd(fn, x):
+    def run():
+        with torch.no_grad():
+            return fn(x)
+    return run
+
+
+def _fwdbwd(fn, x, gy, params):
+    def run():
+        _zero_grads(params, x)
+        y = fn(x)
+        y.backward(gy)
+        return y
+    return run
+
+
+def layer_jobs(cfg: C.LayerConfig, cells, dtypes, device, plan: Plan):
+    """[(label, job)], each job returning a list of records."""
+    jobs = []
+    for dname in dtypes:
+        for cell in cells:
+            for mode in ("fwd", "fwdbwd"):
+                jobs.append((f"layer {cfg.name} {cell} {mode} {dname}",
+                             lambda cell=cell, mode=mode, dname=dname: [layer_time(cfg, cell, mode, dname, device, plan)]))
+            jobs.append((f"memory {cfg.name} {cell} {dname}",
+                         lambda cell=cell, dname=dname: layer_memory(cfg, cell, dname, device)))
+    return jobs
+
+
+def _inputs(cfg, dtype, device, requires_grad):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(cfg.T, cfg.B, cfg.I, generator=g).to(device=device, dtype=dtype)
+    gy = torch.randn(cfg.T, cfg.B, cfg.H, generator=g).to(device=device, dtype=dtype)
+    return x.requires_grad_(requires_grad), gy
+
+
+def layer_fns(cfg, cell, mode, dname, device):
+    """{impl: callable} for one layer case, and the input x. Also used by test_layer_bench.py."""
+    dtype = DTYPES[dname]
+    pair = _LayerPair(cfg, cell, dtype, device)
+    x, gy = _inputs(cfg, dtype, device, requires_grad=(mode == "fwdbwd"))
+    if mode == "fwd":
+        pair.train(False)  # inference: cuDNN's inference path, nothing saved on either side
+        fns = {FAST: _fwd(pair.fast_fn, x), TORCH: _fwd(pair.ref_fn, x)}
+    else:
+        pair.train(True)
+        fns = {FAST: _fwdbwd(pair.fast_fn, x, gy, pair.fast_params),
+               TORCH: _fwdbwd(pair.ref_fn, x, gy, list(pair.ref.parameters()))}
+    return fns, pair, x
+
+
+def _first_calls(fns, x):
+    """One call of each side (it doubles as the first warm-up round): outputs and input grads."""
+    ys, dxs = {}, {}
+    for n, fn in fns.items():
+        ys[n] = fn().detach()
+        dxs[n] = None if x.grad is None else x.grad.clone()
+    return ys, dxs
+
+
+def layer_time(cfg, cell, mode, dname, device, plan):
+    fns, pair, x = layer_fns(cfg, cell, mode, dname, device)
+    ys, dxs = _first_calls(fns, x)
+    check = {"max_abs_diff_y": _max_diff(ys[FAST], ys[TORCH])}
+    if mode == "fwdbwd":
+        check["max_abs_diff_dx"] = _max_diff(dxs[FAST], dxs[TORCH])
+    timings = compare(fns, device, plan, warm_rounds=1)
+    note = cfg.note + ("; " if cfg.note else "") + (
+        "forward under no_grad, eval mode" if mode == "fwd" else "forward + backward of y (input requires grad)")
+    return _timed_record(f"layer/{cfg.name}/{cell}/{mode}/{dname}", "layer", cfg.name, cell, mode, dname,
+                         cfg.shape(), timings, [TORCH], impl_names={FAST: pair.fast_impl, TORCH: pair.ref_impl},
+                         check=check, note=note)
+
+
+def _storage_key(t: torch.Tensor):
+    s = t.untyped_storage()
+    return s.data_ptr(), s.nbytes()
+
+
+def saved_bytes(forward: Callable[[], torch.Tensor], exclude: List[torch.Tensor]):
+    """Bytes of the distinct storages held from forward to backward: every tensor autograd saves
+    for backward (caught with saved_tensors_hooks) plus the output y, minus storages of the
+    inputs and parameters (they exist anyway). Device independent, so it also works on CPU,
+    where PyTorch keeps no allocator statistics."""
+    held = {}
+
+    def pack(t):
+        ptr, n = _storage_key(t)
+        if ptr:
+            held[ptr] = n
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = forward()
+    pack(y)
+    skip = {_storage_key(t)[0] for t in exclude}
+    return y, sum(n for p, n in held.items() if p not in skip)
+
+
+def layer_memory(cfg, cell, dname, device):
+    dtype = DTYPES[dname]
+    pair = _LayerPair(cfg, cell, dtype, device)
+    pair.train(True)
+    x, gy = _inputs(cfg, dtype, device, requires_grad=True)
+    sides = {FAST: (pair.fast_fn, pair.fast_params), TORCH: (pair.ref_fn, list(pair.ref.parameters()))}
+    shape = cfg.shape()
+    values = {}
+    for n, (fn, params) in sides.items():
+        _zero_grads(params, x)
+        y, nbytes = saved_bytes(lambda: fn(x), params + [x, gy])
+        y.backward(gy)
+        del y
+        values[n] = {"saved": nbytes}
+        if device.type == "cuda":
+            _zero_grads(params, x)
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            y = fn(x)
+            y.backward(gy)
+            del y
+            torch.cuda.synchronize(device)
+            values[n]["peak"] = torch.cuda.max_memory_allocated(device) - base
+    notes = {"saved": "bytes held between forward and backward: tensors saved for backward + output y, "
+                      "distinct storages, inputs and parameters excluded (saved_tensors_hooks)",
+             "peak": "torch.cuda.max_memory_allocated during forward+backward minus memory allocated before "
+                     "(parameter and input gradients included)"}
+    records = []
+    for metric in values[FAST]:
+        impls = {n: {"value": values[n][metric]} for n in values}
+        records.append({
+            "name": f"memory/{cfg.name}/{cell}/{metric}/{dname}", "group": "memory", "config": cfg.name,
+            "cell": cell, "mode": metric, "dtype": dname, "shape": shape, "unit": "bytes", "impls": impls,
+            "baselines": [TORCH], "ratios": {f"{FAST}/{TORCH}": impls[FAST]["value"] / impls[TORCH]["value"]},
+            "check": {}, "note": notes[metric]})
+    return records
+
+
+# ---------------------------------------------------------------- varlen
+
+
+def varlen_lengths(T: int, B: int) -> torch.Tensor:
+    lo = max(1, round(C.VARLEN_MIN_FRAC * T))
+    g = torch.Generator().manual_seed(C.VARLEN_SEED)
+    return torch.randint(lo, T + 1, (B,), generator=g, dtype=torch.int64)
+
+
+def varlen_jobs(base: C.LayerConfig, cells, dtypes, device, plan):
+    return [(f"varlen {base.name} {cell} fwdbwd {d}", lambda cell=cell, d=d: [varlen_time(base, cell, d, device, plan)])
+            for d in dtypes for cell in cells]
+
+
+def varlen_time(cfg, cell, dname, device, plan):
+    dtype = DTYPES[dname]
+    pair = _LayerPair(cfg, cell, dtype, device)
+    pair.train(True)
+    x, gy = _inputs(cfg, dtype, device, requires_grad=True)
+    lengths = varlen_lengths(cfg.T, cfg.B)  # on the CPU, as pack_padded_sequence wants them
+    ref_params = list(pair.ref.parameters())
+
+    def packed(inp):
+        out, _ = pair.ref(pack_padded_sequence(inp, lengths, enforce_sorted=False))
+        return pad_packed_sequence(out, total_length=cfg.T)[0]
+
+    PACKED, PADDED = "torch.nn packed", "torch.nn padded"
+    fns = {FAST: _fwdbwd(lambda inp: pair.fast_fn(inp, lengths=lengths), x, gy, pair.fast_params),
+           PACKED: _fwdbwd(packed, x, gy, ref_params),
+           PADDED: _fwdbwd(pair.ref_fn, x, gy, ref_params)}
+    ys, _ = _first_calls(fns, x)
+    check = {"max_abs_diff_y_vs_packed": _max_diff(ys[FAST], ys[PACKED])}
+    timings = compare(fns, device, plan, warm_rounds=1)
+    shape = dict(cfg.shape(), lengths_min=int(lengths.min()), lengths_max=int(lengths.max()),
+                 lengths_mean=float(lengths.double().mean()), seed=C.VARLEN_SEED)
+    rec = _timed_record(f"varlen/{cfg.name}/{cell}/fwdbwd/{dname}", "varlen", "varlen", cell, "fwdbwd", dname, shape,
+                        timings, [PACKED, PADDED], check=check,
+                        impl_names={FAST: pair.fast_impl + "(lengths=)",
+                                    PACKED: "pack_padded_sequence(enforce_sorted=False) -> nn -> pad_packed_sequence",
+                                    PADDED: "nn on the padded tensor (ignores lengths)"},
+                        note=f"lengths uniform in [{shape['lengths_min']}..{cfg.T}] (seed {C.VARLEN_SEED}); "
+                             "packing and unpacking are inside the timed region")
+    return rec
+
+
+# ---------------------------------------------------------------- char-LM training step
+
+
+class CharLM(nn.Module):
+    def __init__(self, vocab: int, emb: int, hidden: int, layers: int, rnn_cls):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, emb)
+        self.rnn = rnn_cls(emb, hidden, num_layers=layers)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x):
+        y, _ = self.rnn(self.emb(x))
+        return self.head(y)
+
+
+def train_jobs(dtypes, device, plan, quick, corpus_path=None):
+    return [(f"train charlm {d}", lambda d=d: [train_time(d, device, plan, quick, corpus_path)]) for d in dtypes]
+
+
+def train_time(dname, device, plan, quick, corpus_path=None):
+    fr = _fastrnn()
+    dtype = DTYPES[dname]
+    p = dict(C.CHARLM)
+    if quick:
+        p["T"] = C.QUICK_T
+    text, corpus_name = load_text(corpus_path)
+    data, vocab = encode(text)
+    V = len(vocab)
+    data_batches = [(a.to(device), b.to(device)) for a, b in batches(data, p["T"], p["B"], count=8, seed=0)]
+    torch.manual_seed(0)
+    ref = CharLM(V, p["emb"], p["H"], p["layers"], nn.LSTM).to(device=device, dtype=dtype)
+    fast = CharLM(V, p["emb"], p["H"], p["layers"], fr.LSTM).to(device=device, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())  # drop-in: same parameter names and shapes
+
+    def make_step(model):
+        opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+        state = {"i": 0, "losses": []}
+
+        def step():
+            x, y = data_batches[state["i"] % len(data_batches)]
+            state["i"] += 1
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
+            opt.step()
+            state["losses"].append(loss.detach())  # no .item(): no sync inside the timed step
+        return step, state
+
+    (fs, fstate), (rs, rstate) = make_step(fast), make_step(ref)
+    timings = compare({FAST: fs, TORCH: rs}, device, plan)
+    tokens = p["B"] * p["T"]
+    rec = _timed_record(f"train/charlm/lstm/step/{dname}", "train", "charlm", "lstm", "train_step", dname,
+                        {"T": p["T"], "B": p["B"], "emb": p["emb"], "H": p["H"], "layers": p["layers"], "vocab": V},
+                        timings, [TORCH], unit="ms/step",
+                        impl_names={FAST: "fastrnn.LSTM", TORCH: "torch.nn.LSTM"},
+                        note=f"embedding -> {p['layers']}-layer LSTM -> linear -> cross-entropy -> backward -> "
+                             f"clip_grad_norm_({p['clip']}) -> Adam(lr={p['lr']}); corpus {corpus_name} "
+                             f"({len(text)} chars, vocab {V}); ratio = time ratio (= torch tokens/s / fastrnn tokens/s)")
+    for n, st in ((FAST, fstate), (TORCH, rstate)):
+        losses = [float(v) for v in st["losses"]]
+        rec["impls"][n]["tokens_per_s"] = tokens / (rec["impls"][n]["value"] / 1e3)
+        rec["impls"][n]["steps"] = len(losses)
+        rec["impls"][n]["loss_first"] = losses[0]
+        rec["impls"][n]["loss_last"] = losses[-1]
+    rec["tokens_per_s_ratio"] = {f"{FAST}/{TORCH}": rec["impls"][FAST]["tokens_per_s"] / rec["impls"][TORCH]["tokens_per_s"]}
+    rec["check"] = {"loss_first_abs_diff": abs(rec["impls"][FAST]["loss_first"] - rec["impls"][TORCH]["loss_first"]),
+                    "loss_uniform": math.log(V)}
+    rec["corpus"] = {"name": corpus_name, "chars": len(text), "vocab": V}
+    return rec
+
+
+# ---------------------------------------------------------------- generation
+
+
+def generate_jobs(dtypes, device, plan, quick, corpus_path=None):
+    return [(f"generate charlm {d}", lambda d=d: [generate_time(d, device, plan, quick, corpus_path)]) for d in dtypes]
+
+
+def generate_time(dname, device, plan, quick, corpus_path=None):
+    fr = _fastrnn()
+    dtype = DTYPES[dname]
+    p = dict(C.GENERATE)
+    n_chars = C.QUICK_CHARS if quick else p["chars"]
+    text, corpus_name = load_text(corpus_path)
+    _, vocab = encode(text)
+    V = len(vocab)
+    torch.manual_seed(0)
+    emb = nn.Embedding(V, p["emb"]).to(device=device, dtype=dtype)
+    head = nn.Linear(p["H"], V).to(device=device, dtype=dtype)
+    sizes = [p["emb"]] + [p["H"]] * (p["layers"] - 1)
+    ref_cells = [nn.LSTMCell(i, p["H"]).to(device=device, dtype=dtype) for i in sizes]
+    fast_cells = [fr.LSTMCell(i, p["H"]).to(device=device, dtype=dtype) for i in sizes]
+    for f, r in zip(fast_cells, ref_cells):
+        f.load_state_dict(r.state_dict())
+    start = vocab.index("T") if "T" in vocab else 0
+
+    def make(cells):
+        gen = torch.Generator(device=device)
+        out = torch.empty(n_chars, dtype=torch.int64, device=device)
+
+        def run():
+            gen.manual_seed(0)  # both sides sample with the same random stream
+            tok = torch.full((1,), start, dtype=torch.int64, device=device)
+            states = [None] * len(cells)
+            with torch.no_grad():
+                for i in range(n_chars):
+                    h = emb(tok)
+                    for k, cell in enumerate(cells):
+                        states[k] = cell(h, states[k])
+                        h = states[k][0]
+                    probs = torch.softmax(head(h).float() / p["temperature"], dim=-1)
+                    tok = torch.multinomial(probs, 1, generator=gen).view(1)
+                    out[i] = tok[0]
+            return out
+        return run
+
+    fns = {FAST: make(fast_cells), TORCH: make(ref_cells)}
+    samples = {n: "".join(vocab[i] for i in fns[n]().tolist()) for n in fns}
+    timings = compare(fns, device, plan, warm_rounds=1)
+    for t in timings.values():  # per generated character
+        for key in t:
+            t[key] = {k: (v / n_chars if k != "n" else v) for k, v in t[key].items()}
+    rec = _timed_record(f"generate/charlm/lstm/char/{dname}", "generate", "charlm", "lstm", "generate", dname,
+                        {"B": 1, "emb": p["emb"], "H": p["H"], "layers": p["layers"], "vocab": V, "chars": n_chars},
+                        timings, [TORCH], unit="ms/char",
+                        impl_names={FAST: "fastrnn.LSTMCell x%d" % p["layers"],
+                                    TORCH: "torch.nn.LSTMCell x%d" % p["layers"]},
+                        note="batch 1, embedding -> LSTMCell per layer -> linear -> softmax -> multinomial, "
+                             "no_grad, untrained weights; time of a whole sample divided by its length")
+    rec["check"] = {"same_sample": samples[FAST] == samples[TORCH]}
+    rec["samples"] = {n: s[:80] for n, s in samples.items()}
+    return rec

@@ -1,0 +1,180 @@
+"""The benchmark suite end to end on the CPU (python -m benchmarks --quick), and the Markdown
+renderer on its output. These check that every figure is produced, positive and consistent
+with the raw timings, and that both sides computed the same thing. No timing is asserted."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import configs as C  # noqa: E402
+from benchmarks.timing import summarize  # noqa: E402
+
+RENDER = os.path.join(ROOT, "scripts", "render_perf_table.py")
+
+
+def _run(args, timeout):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = _run(["-m", "benchmarks", "--quick", "--device", "cpu", "--out", str(out)], timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    files = sorted(os.listdir(out))
+    jsons = [f for f in files if f.endswith(".json")]
+    assert len(jsons) == 1, files
+    with open(out / jsons[0]) as f:
+        doc = json.load(f)
+    return out, jsons[0][:-len(".json")], doc, proc
+
+
+def test_outputs_written(quick_run):
+    out, stem, doc, proc = quick_run
+    assert stem.startswith("fastrnn-bench_cpu-")  # device in the name, date after it
+    assert doc["meta"]["date"].replace(":", "").replace("-", "") in stem
+    with open(out / (stem + ".png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(out / (stem + ".png")) > 10_000
+    with open(out / (stem + ".txt")) as f:
+        table = f.read()
+    assert table.strip() in proc.stdout  # the same table went to stdout
+    assert "[1/" in proc.stderr  # progress on stderr
+    meta = doc["meta"]
+    assert meta["complete"] and meta["quick"] and meta["device"] == "cpu"
+    assert meta["threads"] >= 1 and meta["torch"] and meta["cpu_model"] and meta["device_name"]
+    for key in ("cuda", "cudnn", "git_commit", "tf32", "plan"):
+        assert key in meta
+
+
+def _expected_names(meta):
+    names = set()
+    for d in meta["dtypes"]:
+        for cfg in C.LAYER_CONFIGS:
+            if cfg in meta["configs"]:
+                for cell in meta["cells"]:
+                    names |= {f"layer/{cfg}/{cell}/fwd/{d}", f"layer/{cfg}/{cell}/fwdbwd/{d}",
+                              f"memory/{cfg}/{cell}/saved/{d}"}
+        other = {"varlen": f"varlen/{C.VARLEN_BASE}/lstm/fwdbwd/{d}", "train": f"train/charlm/lstm/step/{d}",
+                 "generate": f"generate/charlm/lstm/char/{d}"}
+        names |= {name for cfg, name in other.items() if cfg in meta["configs"]}
+    return names
+
+
+def test_every_case_present_and_sane(quick_run):
+    _, _, doc, _ = quick_run
+    results = doc["results"]
+    assert not [r["name"] for r in results if "error" in r]
+    assert {r["name"] for r in results} == _expected_names(doc["meta"])
+    plan = doc["meta"]["plan"]
+    for r in results:
+        assert r["baselines"] and set(r["baselines"]) < set(r["impls"]) and "fastrnn" in r["impls"], r["name"]
+        for name, impl in r["impls"].items():
+            v = impl["value"]
+            assert math.isfinite(v) and v > 0, (r["name"], name, v)
+            if "ms" in impl:
+                s = impl["ms"]
+                assert s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"], (r["name"], s)
+                assert s["median"] == v
+                assert plan["min_reps"] <= s["n"] <= plan["max_reps"]
+        for b in r["baselines"]:
+            ratio = r["ratios"][f"fastrnn/{b}"]
+            assert ratio == pytest.approx(r["impls"]["fastrnn"]["value"] / r["impls"][b]["value"], rel=1e-12)
+
+
+def test_both_sides_compute_the_same(quick_run):
+    _, _, doc, _ = quick_run
+    by = {r["name"]: r for r in doc["results"]}
+    for r in doc["results"]:
+        if r["group"] == "layer":
+            assert r["check"]["max_abs_diff_y"] < 1e-4, r["name"]
+            if r["mode"] == "fwdbwd":
+                assert r["check"]["max_abs_diff_dx"] < 1e-4, r["name"]
+        elif r["group"] == "varlen":
+            assert r["check"]["max_abs_diff_y_vs_packed"] < 1e-4
+            s = r["shape"]
+            assert round(C.VARLEN_MIN_FRAC * s["T"]) <= s["lengths_min"] <= s["lengths_max"] <= s["T"]
+            assert s["lengths_min"] < s["T"]  # really variable
+        elif r["group"] == "memory":
+            s = r["shape"]
+            for impl in r["impls"].values():  # the output y alone is held until backward
+                assert impl["value"] >= s["T"] * s["B"] * s["H"] * 4
+    train = by["train/charlm/lstm/step/fp32"]
+    assert train["check"]["loss_first_abs_diff"] < 1e-4
+    for impl in train["impls"].values():
+        assert impl["loss_last"] < impl["loss_first"] < train["check"]["loss_uniform"] + 0.5
+        tokens = train["shape"]["B"] * train["shape"]["T"]
+        assert impl["tokens_per_s"] == pytest.approx(tokens / (impl["value"] / 1e3), rel=1e-12)
+    assert train["tokens_per_s_ratio"]["fastrnn/torch.nn"] == pytest.approx(1 / train["ratios"]["fastrnn/torch.nn"])
+    gen = by["generate/charlm/lstm/char/fp32"]
+    assert all(len(s) == min(80, gen["shape"]["chars"]) for s in gen["samples"].values())
+
+
+def test_render_perf_table(quick_run, tmp_path):
+    out, stem, doc, _ = quick_run
+    path = str(out / (stem + ".json"))
+    proc = _run([RENDER, path], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    expected = [(r, b) for r in doc["results"] for b in r["baselines"]]
+    assert len(rows) == len(expected)
+    for line, (r, b) in zip(rows, expected):
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        assert cols[2] == r["dtype"] and cols[4] == b
+        assert cols[6] == f"{r['ratios'][f'fastrnn/{b}']:.3f}"
+    assert doc["meta"]["device_name"] in proc.stdout and doc["meta"]["torch"] in proc.stdout
+
+    # Newest-file lookup in a directory, and the README block rewrite.
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nbefore\n<!-- perf-table:start -->\nold table\n<!-- perf-table:end -->\nafter\n")
+    proc = _run([RENDER, "--dir", str(out), "--write", str(readme)], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title\n\nbefore\n<!-- perf-table:start -->\n")
+    assert text.endswith("<!-- perf-table:end -->\nafter\n")
+    assert proc.stdout.strip() in text
+
+    bad = tmp_path / "NOMARKERS.md"
+    bad.write_text("no markers here\n")
+    proc = _run([RENDER, path, "--write", str(bad)], timeout=60)
+    assert proc.returncode != 0 and "markers" in proc.stderr
+    assert bad.read_text() == "no markers here\n"
+
+
+def test_summarize():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["min"], s["q1"], s["median"], s["q3"], s["max"], s["n"]) == (1.0, 2.0, 3.0, 4.0, 5.0, 5)
+
+
+def test_bad_arguments_rejected():
+    proc = _run(["-m", "benchmarks", "--configs", "nosuchconfig", "--device", "cpu"], timeout=120)
+    assert proc.returncode == 2 and "nosuchconfig" in proc.stderr
+
+
+def test_terminated_run_keeps_partial_results(tmp_path):
+    """`timeout` (as in scripts/gpu_check.sh) sends SIGTERM: what was measured is still written,
+    marked incomplete, and the exit code says the run failed."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--configs",
+                             "small,large", "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(p.suffix == ".json" for p in tmp_path.iterdir()):  # written after the first job
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    (path,) = [p for p in tmp_path.iterdir() if p.suffix == ".json"]
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["meta"]["complete"] is False and "interrupted" in err
+    assert 1 <= len(doc["results"]) < 12 and not [r for r in doc["results"] if "error" in r]
