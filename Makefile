@@ -22,8 +22,9 @@ bench-quick: setup   ## a reduced run (about a minute on a 2-core CPU)
 bench-pytest: setup  ## the layer benchmarks as pytest-benchmark cases
 	$(PY) -m pytest benchmarks --benchmark-only
 
-gpu-check:           ## on a GPU machine with torch installed (system python, no venv, no internet):
-	             ## build for the local GPU, CUDA tests, compute-sanitizer, benchmarks -> $(OUT)
+# On a GPU machine with torch installed (system python, no venv, no internet): build for the local
+# GPU, CUDA tests, compute-sanitizer, benchmarks; everything lands in $(OUT).
+gpu-check:
 	PYTHON=$${PYTHON:-python3} bash scripts/gpu_check.sh $(OUT)
 
 perf-table:
