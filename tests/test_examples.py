@@ -1,0 +1,227 @@
+"""The example scripts run end to end with tiny sizes on the CPU and produce real outcomes:
+the LM learns, checkpoints resume exactly, sampling is deterministic, fastrnn and torch.nn
+trajectories agree step for step, lengths matter for classification, convert keeps outputs."""
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fastrnn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+
+import char_lm  # noqa: E402
+import classify  # noqa: E402
+import migrate  # noqa: E402
+from _common import Progress, no_tf32  # noqa: E402
+
+# a tiny LM: a few seconds per run on two cores
+TINY_LM = ["--hidden", "32", "--embed", "16", "--layers", "2", "--seq-len", "32", "--batch-size", "16",
+           "--lr", "1e-2", "--log-every", "1000", "--device", "cpu"]
+
+
+def lm_args(*extra):
+    return char_lm.parse_args(TINY_LM + [str(e) for e in extra])
+
+
+def quiet():
+    return io.StringIO()
+
+
+@pytest.fixture(scope="module")
+def small_text():
+    # 12 KB of the bundled text: 10800 training chars = 16 streams x 675 -> 21 steps per epoch
+    return char_lm.load_text()[:12000]
+
+
+def test_char_lm_learns_on_bundled_text():
+    args = lm_args("--steps", 60, "--eval-every", 30, "--dropout", 0)
+    r = char_lm.train(args, "fastrnn", evals=True, out=quiet())
+    assert len(r.losses) == 60 and r.step == 60
+    vocab_size = len(r.vocab)
+    assert vocab_size > 60  # the docs use far more than letters
+    # starts near uniform (log V), ends well below it
+    assert abs(r.losses[0] - torch.log(torch.tensor(float(vocab_size))).item()) < 0.3
+    assert sum(r.losses[-5:]) / 5 < r.losses[0] - 1.0
+    steps = [s for s, _ in r.val]
+    ppls = [p for _, p in r.val]
+    assert steps == [30, 60]
+    assert ppls[1] < ppls[0] < vocab_size
+    assert r.tokens_per_s > 0
+
+
+def test_char_lm_resume_continues_exactly(tmp_path, small_text):
+    # dropout on, and the run crosses an epoch boundary (state reset + evaluation) after resuming
+    common = ["--dropout", 0.2, "--eval-every", 5]
+    ckpt = str(tmp_path / "lm.pt")
+    first = char_lm.train(lm_args("--steps", 12, "--ckpt", ckpt, *common), text=small_text, out=quiet())
+    out = quiet()
+    # --lr on the command line is overridden by the checkpoint's: the trajectory must not change
+    second = char_lm.train(lm_args("--steps", 26, "--ckpt", ckpt, "--resume", "--lr", 0.5, *common),
+                           text=small_text, out=out)
+    assert "resumed from" in out.getvalue() and second.step == 26
+    whole = char_lm.train(lm_args("--steps", 26, *common), text=small_text, out=quiet())
+
+    assert first.losses + second.losses == whole.losses  # bit-identical trajectory
+    # evaluations (every 5 steps, at the epoch end 21 and at the end) agree; the first run also
+    # evaluated at its own end, step 12
+    assert first.val == [v for v in whole.val if v[0] < 12] + [first.val[-1]] and first.val[-1][0] == 12
+    assert second.val == [v for v in whole.val if v[0] > 12] and [s for s, _ in second.val] == [15, 20, 21, 25, 26]
+    a, b = second.model.state_dict(), whole.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ck = char_lm.load_checkpoint(ckpt)
+    assert ck["step"] == 26 and ck["vocab"] == whole.vocab
+
+
+def test_char_lm_resume_refuses_other_text(tmp_path, small_text):
+    ckpt = str(tmp_path / "lm.pt")
+    char_lm.train(lm_args("--steps", 2, "--ckpt", ckpt), text=small_text, out=quiet())
+    with pytest.raises(ValueError, match="text differs"):
+        char_lm.train(lm_args("--steps", 4, "--ckpt", ckpt, "--resume"), text=small_text[:-1], out=quiet())
+
+
+def test_char_lm_sampling(tmp_path, small_text):
+    ckpt = str(tmp_path / "lm.pt")
+    char_lm.train(lm_args("--steps", 15, "--ckpt", ckpt), text=small_text, out=quiet())
+    model, vocab = char_lm.load_for_sampling(ckpt, "fastrnn", "cpu")
+    assert vocab == char_lm.build_vocab(small_text)
+
+    s1 = char_lm.generate(model, vocab, "The ", 80, temperature=1.0, seed=7)
+    s2 = char_lm.generate(model, vocab, "The ", 80, temperature=1.0, seed=7)
+    s3 = char_lm.generate(model, vocab, "The ", 80, temperature=1.0, seed=8)
+    assert s1 == s2 and s1 != s3
+    assert s1.startswith("The ") and len(s1) == 4 + 80
+    assert set(s1) <= set(vocab) and set(s3) <= set(vocab)
+    # top-k=1 keeps only the most likely character: the same as greedy decoding
+    greedy = char_lm.generate(model, vocab, "The ", 40, temperature=0.0, seed=1)
+    assert char_lm.generate(model, vocab, "The ", 40, temperature=1.0, top_k=1, seed=2) == greedy
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        char_lm.generate(model, vocab, "\u2603", 5)
+
+    # the command line, as a script from another directory (path set-up, checkpoint loading)
+    cmd = [sys.executable, os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
+           "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == s1 + "\n"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_char_lm_fastrnn_matches_torch_step_for_step(cell, small_text, device):
+    # same initial weights and seed. On the CPU with dropout on: both stacks draw the same masks
+    # (cuDNN draws its inter-layer masks from its own generator, so no dropout there)
+    dropout = 0.2 if device.type == "cpu" else 0.0
+    args = lm_args("--steps", 10, "--cell", cell, "--dropout", dropout, "--device", device)
+    with no_tf32():
+        fast = char_lm.train(args, "fastrnn", text=small_text, out=quiet())
+        slow = char_lm.train(args, "torch", init_state=fast.init_state, text=small_text, out=quiet())
+    assert isinstance(fast.model.rnn, fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)
+    assert type(slow.model.rnn) is (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast.val[-1][1], slow.val[-1][1], rtol=1e-4, atol=0)
+    for k, v in fast.model.state_dict().items():
+        torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=1e-5)
+
+
+def test_char_lm_bf16_autocast(small_text):
+    args = lm_args("--steps", 4, "--amp", "bf16", "--dropout", 0)
+    fast = char_lm.train(args, "fastrnn", text=small_text, evals=False, out=quiet())
+    slow = char_lm.train(args, "torch", init_state=fast.init_state, text=small_text, evals=False, out=quiet())
+    assert all(torch.isfinite(torch.tensor(fast.losses)))
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=0, atol=2e-2)
+
+
+def test_char_lm_main_job_runs(small_text, tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(small_text, encoding="utf-8")
+    out = quiet()
+    fast, slow = char_lm.main(["--main", "--data", str(data), "--steps", "8", "--eval-every", "4", "--hidden", "16",
+                               "--embed", "8", "--batch-size", "8", "--length", "50", "--device", "cpu"], out=out)
+    text = out.getvalue()
+    assert fast.backend == "fastrnn" and slow.backend == "torch"
+    assert len(fast.losses) == len(slow.losses) == 8
+    assert [s for s, _ in fast.val] == [4, 8]
+    assert "tokens/s" in text and "fastrnn / torch.nn =" in text
+    ratio = float(text.split("fastrnn / torch.nn = ")[1].split("x")[0])
+    assert ratio == pytest.approx(fast.tokens_per_s / slow.tokens_per_s, rel=0.01)
+    sample = text.split("-" * 72 + "\n")[1][:-1]  # between the rules, less the print's newline
+    assert len(sample) == 1 + 50 and set(sample) <= set(fast.vocab)  # default prefix "\n" + 50 chars
+
+
+TINY_CLS = ["--train-size", "1024", "--test-size", "256", "--hidden", "24", "--embed", "16", "--epochs", "5",
+            "--max-len", "16", "--min-len", "3", "--vocab", "8", "--lr", "2e-2"]
+
+
+def test_classify_needs_lengths(device):
+    data = classify.make_dataset(64, 8, 3, 16, 4, seed=0)
+    assert data.tokens.shape == (64, 16) and int(data.lengths.min()) >= 3 and int(data.lengths.max()) <= 16
+    # padding is random junk (not zeros) and the label is read at the true end
+    assert (data.tokens[data.lengths < 14][:, -3:] != 0).any()
+    ends = data.tokens.gather(1, (data.lengths - 1)[:, None])[:, 0]
+    befores = data.tokens.gather(1, (data.lengths - 2)[:, None])[:, 0]
+    assert torch.equal(data.labels, (ends + befores) % 4)
+
+    with no_tf32():
+        fast, slow, blind = classify.main(TINY_CLS + ["--compare", "--device", str(device)], out=quiet())
+    assert fast.test_acc[-1] >= 0.9  # chance is 0.25
+    # nn.GRU over pack_padded_sequence follows the same trajectory from the same weights
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=1e-4, atol=1e-5)
+    assert slow.test_acc == pytest.approx(fast.test_acc, abs=1 / 256 + 1e-9)
+    # reading past the true end (into the junk) stays near chance
+    assert blind.test_acc[-1] < 0.45
+    assert fast.test_acc[-1] - blind.test_acc[-1] > 0.4
+
+
+@pytest.mark.parametrize("rnn_type", ["LSTM", "GRU"])
+def test_migrate_keeps_outputs(rnn_type, device):
+    out = quiet()
+    res = migrate.main(["--rnn-type", rnn_type, "--ntoken", "50", "--ninp", "12", "--nhid", "16", "--nlayers", "2",
+                        "--bptt", "7", "--batch-size", "3", "--repeats", "2", "--device", str(device)], out=out)
+    assert res["max_diff"] < 1e-5
+    # to_torch gives back the very same computation (on the GPU, atomics in the embedding backward
+    # may reorder sums)
+    assert res["max_diff_back"] <= (0.0 if device.type == "cpu" else 1e-6)
+    assert set(res["times"]) == {"torch.nn", "fastrnn"} and all(t > 0 for t in res["times"].values())
+    assert f"converted {rnn_type} -> ['fastrnn.modules.{rnn_type}']" in out.getvalue()
+
+
+def test_migrate_compare_detects_a_change():
+    # the check in migrate.py is real: a perturbed weight is reported
+    torch.manual_seed(0)
+    a = migrate.RNNModel("LSTM", 20, 8, 8, 1, 0.0).eval()
+    b = fastrnn.convert(a, inplace=False).eval()
+    with torch.no_grad():
+        b.rnn.weight_hh_l0[0, 0] += 0.1
+    tokens = torch.randint(0, 20, (5, 2))
+    with pytest.raises(AssertionError, match="changed"):
+        migrate.compare(a, b, tokens, tokens, a.init_hidden(2), 1e-4, 1e-5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_rewrites_in_place_on_a_terminal_only():
+    tty = _Terminal()
+    p = Progress(every=10, stream=tty)
+    for step in range(1, 4):
+        p.update(step, f"step {step}")
+    p.print("validation")
+    text = tty.getvalue()
+    assert text.count("\r") == 3 and text.count("\n") == 2  # one line closed, then the permanent one
+    assert text.endswith("validation\n") and "\rstep 3" in text
+
+    pipe = io.StringIO()
+    p = Progress(every=2, stream=pipe)
+    for step in range(1, 6):
+        p.update(step, f"step {step}", force=step == 5)
+    assert pipe.getvalue() == "step 2\nstep 4\nstep 5\n"
