@@ -67,9 +67,15 @@ if want == "1" and not use_cuda:
     sys.exit(f"FASTRNN_CUDA=1 but a CUDA build is impossible: {why}")
 
 sources = ["csrc/ops.cpp", "csrc/cpu/ops_cpu.cpp"]
-cxx_flags = ["-O3"]  # the C++ standard is torch's choice (C++20 for torch >= 2.13)
+cxx_flags = ["-O3", "-Wno-psabi"]  # the C++ standard is torch's choice (C++20 for torch >= 2.13)
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
+link_flags = []
+# ATen's parallel_for is header code that runs serially unless the including file is built with
+# OpenMP. torch ships libgomp.so.1, so linking it here reuses the runtime torch already loaded.
+if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 
 if use_cuda:
     sources += ["csrc/cuda/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
@@ -85,10 +91,10 @@ if use_cuda:
                 cxx_flags += ["-idirafter", inc]
                 nvcc_flags += ["-Xcompiler", f"-idirafter{inc}"]
                 break
-    ext = CUDAExtension("fastrnn._C", sources, include_dirs=include_dirs,
+    ext = CUDAExtension("fastrnn._C", sources, include_dirs=include_dirs, extra_link_args=link_flags,
                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags})
 else:
-    ext = CppExtension("fastrnn._C", sources, include_dirs=include_dirs,
+    ext = CppExtension("fastrnn._C", sources, include_dirs=include_dirs, extra_link_args=link_flags,
                        extra_compile_args={"cxx": cxx_flags})
 
 print(f"fastrnn: {'CUDA build (CUDA_HOME=' + cuda_home + ', TORCH_CUDA_ARCH_LIST=' + os.environ.get('TORCH_CUDA_ARCH_LIST', '') + ')' if use_cuda else 'CPU-only build'}",

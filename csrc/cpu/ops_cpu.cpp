@@ -1,29 +1,27 @@
 // CPU kernels: the cell_math.h step functions over the rows x H pairs of each step with
 // at::parallel_for, and the shared sequence loops of sequence.h registered for the CPU key.
 //
-// For float and double the math runs on at::vec::Vectorized lanes (consecutive hidden units of
-// one row, SLEEF transcendentals), the remainder of a row and the 16-bit types one unit at a
-// time: the same point functions either way, only the value type changes.
+// For float the math runs on 8-wide SIMD lanes (simd.h: consecutive hidden units of one row),
+// the remainder of a row and the other types one unit at a time: the same point functions
+// either way, only the value type changes.
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <type_traits>
 
 #include "fastrnn/cell_math.h"
 #include "fastrnn/sequence.h"
+#include "simd.h"
+
+// The row loop is compiled twice, for the baseline ISA and for AVX2 + FMA, and picked at load
+// time by the CPU (GCC function multiversioning); elsewhere once.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FASTRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FASTRNN_CPU_CLONES
+#endif
 
 namespace fastrnn {
-
-template <typename S>
-struct Lanes<at::vec::Vectorized<S>> {
-  using V = at::vec::Vectorized<S>;
-  static constexpr int64_t width = V::size();
-  static V load(const S* p) { return V::loadu(p); }
-  static void store(S* p, const V& v) { v.store(p); }
-  static V exp(const V& x) { return x.exp(); }
-  static V tanh(const V& x) { return x.tanh(); }
-};
 
 namespace {
 
@@ -31,28 +29,33 @@ namespace {
 constexpr int64_t kGrain = 4096;
 
 template <typename scalar_t, template <typename, typename> class Point, typename Args>
-void for_each_pair(const Args& a) {
+FASTRNN_CPU_CLONES void run_rows(const Args& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
-  constexpr bool vectorize = std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>;
-  using Vec = at::vec::Vectorized<scalar_t>;
   const int64_t H = a.H;
-  at::parallel_for(0, a.rows, std::max<int64_t>(1, kGrain / H), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      int64_t j = 0;
-      if constexpr (vectorize) {
-        for (; j + Vec::size() <= H; j += Vec::size()) Point<scalar_t, Vec>::run(a, r, j);
-      }
-      for (; j < H; ++j) Point<scalar_t, acc_t>::run(a, r, j);
+  for (int64_t r = begin; r < end; ++r) {
+    int64_t j = 0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      for (; j + Lanes<cpu::VecF>::width <= H; j += Lanes<cpu::VecF>::width) Point<scalar_t, cpu::VecF>::run(a, r, j);
     }
+    for (; j < H; ++j) Point<scalar_t, acc_t>::run(a, r, j);
+  }
+}
+
+template <typename scalar_t, template <typename, typename> class Point, typename Args>
+void for_each_pair(const Args& a) {
+  at::parallel_for(0, a.rows, std::max<int64_t>(1, kGrain / a.H), [&](int64_t begin, int64_t end) {
+    run_rows<scalar_t, Point>(a, begin, end);
   });
 }
 
 // Adapters so a point function template can be passed as a template template argument.
-#define FASTRNN_POINT(name)                                                      \
-  template <typename T, typename V>                                              \
-  struct name##_p {                                                              \
-    template <typename Args>                                                     \
-    static void run(const Args& a, int64_t r, int64_t j) { name<T, V>(a, r, j); } \
+#define FASTRNN_POINT(name)                                                                   \
+  template <typename T, typename V>                                                           \
+  struct name##_p {                                                                           \
+    template <typename Args>                                                                  \
+    static inline __attribute__((always_inline)) void run(const Args& a, int64_t r, int64_t j) { \
+      name<T, V>(a, r, j);                                                                    \
+    }                                                                                         \
   };
 FASTRNN_POINT(lstm_forward_point)
 FASTRNN_POINT(lstm_backward_point)

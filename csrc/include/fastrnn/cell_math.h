@@ -28,30 +28,40 @@
 #include <cmath>
 #include <cstdint>
 
+// Everything here is forced inline: the CPU launcher compiles its row loop once per ISA
+// (ops_cpu.cpp), and only code inlined into it is built for that ISA.
+#if defined(__CUDACC__)
+#define FASTRNN_INLINE __forceinline__
+#elif defined(__GNUC__)
+#define FASTRNN_INLINE inline __attribute__((always_inline))
+#else
+#define FASTRNN_INLINE inline
+#endif
+
 namespace fastrnn {
 
-C10_HOST_DEVICE inline float exp_(float x) {
+C10_HOST_DEVICE FASTRNN_INLINE float exp_(float x) {
 #ifdef __CUDA_ARCH__
   return expf(x);
 #else
   return std::exp(x);
 #endif
 }
-C10_HOST_DEVICE inline double exp_(double x) {
+C10_HOST_DEVICE FASTRNN_INLINE double exp_(double x) {
 #ifdef __CUDA_ARCH__
   return ::exp(x);
 #else
   return std::exp(x);
 #endif
 }
-C10_HOST_DEVICE inline float tanh_(float x) {
+C10_HOST_DEVICE FASTRNN_INLINE float tanh_(float x) {
 #ifdef __CUDA_ARCH__
   return tanhf(x);
 #else
   return std::tanh(x);
 #endif
 }
-C10_HOST_DEVICE inline double tanh_(double x) {
+C10_HOST_DEVICE FASTRNN_INLINE double tanh_(double x) {
 #ifdef __CUDA_ARCH__
   return ::tanh(x);
 #else
@@ -65,33 +75,33 @@ template <typename V>
 struct Lanes {
   static constexpr int64_t width = 1;
   template <typename T>
-  C10_HOST_DEVICE static V load(const T* p) { return V(*p); }
+  C10_HOST_DEVICE FASTRNN_INLINE static V load(const T* p) { return V(*p); }
   template <typename T>
-  C10_HOST_DEVICE static void store(T* p, V v) { *p = T(v); }
-  C10_HOST_DEVICE static V exp(V x) { return exp_(x); }
-  C10_HOST_DEVICE static V tanh(V x) { return tanh_(x); }
+  C10_HOST_DEVICE FASTRNN_INLINE static void store(T* p, V v) { *p = T(v); }
+  C10_HOST_DEVICE FASTRNN_INLINE static V exp(V x) { return exp_(x); }
+  C10_HOST_DEVICE FASTRNN_INLINE static V tanh(V x) { return tanh_(x); }
 };
 
 template <typename V>
-C10_HOST_DEVICE inline V sigmoid_v(V x) {
+C10_HOST_DEVICE FASTRNN_INLINE V sigmoid_v(V x) {
   return V(1) / (V(1) + Lanes<V>::exp(V(0) - x));
 }
 
 // Batch entry held by row r.
-C10_HOST_DEVICE inline int64_t entry_of(const int64_t* order, int64_t r) {
+C10_HOST_DEVICE FASTRNN_INLINE int64_t entry_of(const int64_t* order, int64_t r) {
   return order == nullptr ? r : order[r];
 }
 
 // Length of entry b; the clamp keeps a bad length from ever indexing out of bounds
 // (host code rejects such lengths before launching; this is the last line of defence).
-C10_HOST_DEVICE inline int64_t seq_length(const int64_t* lengths, int64_t b, int64_t T) {
+C10_HOST_DEVICE FASTRNN_INLINE int64_t seq_length(const int64_t* lengths, int64_t b, int64_t T) {
   if (lengths == nullptr) return T;
   const int64_t L = lengths[b];
   return L < 0 ? 0 : (L > T ? T : L);
 }
 
 // Time index read by entry b (length L) at iteration s; false once the entry has finished.
-C10_HOST_DEVICE inline bool step_time(int64_t s, int64_t L, bool reverse, int64_t& t) {
+C10_HOST_DEVICE FASTRNN_INLINE bool step_time(int64_t s, int64_t L, bool reverse, int64_t& t) {
   if (s >= L) return false;
   t = reverse ? L - 1 - s : s;
   return true;
@@ -112,7 +122,7 @@ struct StepCommon {
 // LSTM, gate order i, f, g, o (torch.nn's).
 
 // Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
-C10_HOST_DEVICE inline int64_t lstm_ws_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
+C10_HOST_DEVICE FASTRNN_INLINE int64_t lstm_ws_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
 
 template <typename scalar_t>
 struct LstmForwardStep : StepCommon {
@@ -129,7 +139,7 @@ struct LstmForwardStep : StepCommon {
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void lstm_forward_point(const LstmForwardStep<scalar_t>& a, int64_t r, int64_t j) {
+C10_HOST_DEVICE FASTRNN_INLINE void lstm_forward_point(const LstmForwardStep<scalar_t>& a, int64_t r, int64_t j) {
   using L = Lanes<V>;
   const int64_t b = entry_of(a.order, r);
   int64_t t;
@@ -180,7 +190,7 @@ struct LstmBackwardStep : StepCommon {
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void lstm_backward_point(const LstmBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
+C10_HOST_DEVICE FASTRNN_INLINE void lstm_backward_point(const LstmBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
   using L = Lanes<V>;
   const int64_t H = a.H;
   scalar_t* dstep = a.dgates_step + r * 4 * H + j;
@@ -233,7 +243,7 @@ struct LstmProjCommitStep : StepCommon {  // H is the projected width P here
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void lstm_proj_commit_point(const LstmProjCommitStep<scalar_t>& a, int64_t r, int64_t p) {
+C10_HOST_DEVICE FASTRNN_INLINE void lstm_proj_commit_point(const LstmProjCommitStep<scalar_t>& a, int64_t r, int64_t p) {
   using L = Lanes<V>;
   const int64_t b = entry_of(a.order, r);
   int64_t t;
@@ -257,7 +267,7 @@ struct LstmProjBackwardStep : StepCommon {  // H is the projected width P here
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void lstm_proj_backward_point(const LstmProjBackwardStep<scalar_t>& a, int64_t r, int64_t p) {
+C10_HOST_DEVICE FASTRNN_INLINE void lstm_proj_backward_point(const LstmProjBackwardStep<scalar_t>& a, int64_t r, int64_t p) {
   using L = Lanes<V>;
   const int64_t k = r * a.H + p;
   const int64_t b = entry_of(a.order, r);
@@ -286,7 +296,7 @@ struct GruForwardStep : StepCommon {
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void gru_forward_point(const GruForwardStep<scalar_t>& a, int64_t r, int64_t j) {
+C10_HOST_DEVICE FASTRNN_INLINE void gru_forward_point(const GruForwardStep<scalar_t>& a, int64_t r, int64_t j) {
   using L = Lanes<V>;
   const int64_t b = entry_of(a.order, r);
   int64_t t;
@@ -328,7 +338,7 @@ struct GruBackwardStep : StepCommon {
 };
 
 template <typename scalar_t, typename V = at::opmath_type<scalar_t>>
-C10_HOST_DEVICE inline void gru_backward_point(const GruBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
+C10_HOST_DEVICE FASTRNN_INLINE void gru_backward_point(const GruBackwardStep<scalar_t>& a, int64_t r, int64_t j) {
   using L = Lanes<V>;
   const int64_t H = a.H;
   scalar_t* dstep = a.dgates_step + r * 3 * H + j;
