@@ -11,6 +11,7 @@
 
 #include "fastrnn/cell_math.h"
 #include "fastrnn/sequence.h"
+#include "packed_gemm.h"
 #include "simd.h"
 
 // The row loop is compiled twice, for the baseline ISA and for AVX2 + FMA, and picked at load
@@ -66,6 +67,7 @@ FASTRNN_POINT(gru_backward_point)
 #undef FASTRNN_POINT
 
 struct CpuLaunch {
+  using Gemm = cpu::PackedGemm;
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { for_each_pair<T, lstm_forward_point_p>(a); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { for_each_pair<T, lstm_backward_point_p>(a); }
   template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { for_each_pair<T, lstm_proj_commit_point_p>(a); }

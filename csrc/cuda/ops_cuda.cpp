@@ -10,6 +10,7 @@ namespace fastrnn {
 namespace {
 
 struct CudaLaunch {
+  using Gemm = AtenGemm;
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { cuda::launch_lstm_forward(a); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { cuda::launch_lstm_backward(a); }
   template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { cuda::launch_lstm_proj_commit(a); }

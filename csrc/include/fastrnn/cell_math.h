@@ -126,7 +126,9 @@ C10_HOST_DEVICE FASTRNN_INLINE int64_t lstm_ws_width(int64_t H, bool proj) { ret
 
 template <typename scalar_t>
 struct LstmForwardStep : StepCommon {
-  const scalar_t* xproj;   // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order
+  scalar_t* xproj;         // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order, rows xstride apart;
+                           //            when it lives in ws, the step overwrites it with i, f, g, o
+  int64_t xstride;
   const scalar_t* hproj;   // [rows, 4H] h_{s-1} W_hh^T for this iteration
   scalar_t* h;             // [B, H]     running hidden state by row, updated in place
   scalar_t* c;             // [B, H]     running cell state by row, updated in place
@@ -146,7 +148,7 @@ C10_HOST_DEVICE FASTRNN_INLINE void lstm_forward_point(const LstmForwardStep<sca
   if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
   const int64_t H = a.H;
   const int64_t row = t * a.B + b;
-  const scalar_t* xp = a.xproj + row * 4 * H + j;
+  const scalar_t* xp = a.xproj + row * a.xstride + j;
   const scalar_t* hp = a.hproj + r * 4 * H + j;
   const V i = sigmoid_v(L::load(xp) + L::load(hp));
   const V f = sigmoid_v(L::load(xp + H) + L::load(hp + H));
@@ -288,8 +290,11 @@ C10_HOST_DEVICE FASTRNN_INLINE void lstm_proj_backward_point(const LstmProjBackw
 
 template <typename scalar_t>
 struct GruForwardStep : StepCommon {
-  const scalar_t* xproj;   // [T, B, 3H] x_t W_ih^T + b_ih, time order
-  const scalar_t* hproj;   // [rows, 3H] h_{s-1} W_hh^T + b_hh for this iteration
+  scalar_t* xproj;         // [T, B, 3H] x_t W_ih^T + b_ih + (b_hr, b_hz, 0), time order, rows
+                           //            xstride apart; in ws, overwritten with r, z, n
+  int64_t xstride;
+  const scalar_t* hproj;   // [rows, 3H] h_{s-1} W_hh^T for this iteration
+  const scalar_t* b_hn;    // [H] or nullptr: the part of b_hh that sits inside the reset product
   scalar_t* h;             // [B, H]     running hidden state by row, updated in place
   scalar_t* y;             // [T, B, H]  outputs, time order
   scalar_t* ws;            // [T, B, 4H] saved r, z, n, W_hn h + b_hn; nullptr: save nothing
@@ -303,11 +308,11 @@ C10_HOST_DEVICE FASTRNN_INLINE void gru_forward_point(const GruForwardStep<scala
   if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
   const int64_t H = a.H;
   const int64_t row = t * a.B + b;
-  const scalar_t* xp = a.xproj + row * 3 * H + j;
+  const scalar_t* xp = a.xproj + row * a.xstride + j;
   const scalar_t* hp = a.hproj + r * 3 * H + j;
   const V rg = sigmoid_v(L::load(xp) + L::load(hp));
   const V z = sigmoid_v(L::load(xp + H) + L::load(hp + H));
-  const V hn = L::load(hp + 2 * H);
+  const V hn = a.b_hn != nullptr ? L::load(hp + 2 * H) + L::load(a.b_hn + j) : L::load(hp + 2 * H);
   const V n = L::tanh(L::load(xp + 2 * H) + rg * hn);
   const int64_t k = r * H + j;
   const V h = (V(1) - z) * n + z * L::load(a.h + k);

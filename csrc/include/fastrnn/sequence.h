@@ -161,11 +161,44 @@ inline Tensor alloc_outputs(const CheckedLengths& l, const Dims& d, const Tensor
 
 inline Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 
-// out[:n] = a[:n] @ b, into the preallocated buffer (no allocation per step).
-inline void mm_rows(const Tensor& out, const Tensor& a, const Tensor& b, int64_t n) {
-  Tensor o = first_rows(out, n);
-  at::mm_out(o, first_rows(a, n), b);
+// The input projection of all steps, x W_ih^T + bias, as one GEMM. When activations are saved it
+// is written straight into the gate columns of ws ([T, B, width]), where each step then
+// overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
+// Returns the [T*B, G*H] matrix (row stride = width when it lives in ws).
+inline Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& ws,
+                               int64_t width) {
+  const Tensor x2d = x.view({x.size(0) * x.size(1), x.size(2)});
+  const int64_t gates = w_ih.size(0);
+  Tensor out = ws.numel() != 0 ? ws.view({x2d.size(0), width}).narrow(1, 0, gates)
+                               : at::empty({x2d.size(0), gates}, x.options());
+  if (bias.defined()) {
+    at::addmm_out(out, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(out, x2d, w_ih.t());
+  }
+  return out;
 }
+
+}  // namespace detail
+
+// The recurrent GEMMs: out[:n] (+)= a[:n] @ op(w), op(w) = w^T when `transpose`, into a
+// preallocated buffer (no allocation per step). w is fixed for the whole sequence, so a backend
+// may prepare it once per call: Launch::Gemm is this plain ATen version on CUDA, and on the CPU
+// a version that packs w for MKL once instead of at every step (cpu/packed_gemm.h).
+struct AtenGemm {
+  Tensor wop;  // op(w), a view
+  AtenGemm(const Tensor& w, bool transpose, int64_t /*max_rows*/) : wop(transpose ? w.t() : w) {}
+  void operator()(const Tensor& out, const Tensor& a, int64_t n, bool accumulate) const {
+    Tensor o = detail::first_rows(out, n);
+    if (accumulate) {
+      o.addmm_(detail::first_rows(a, n), wop);
+    } else {
+      at::mm_out(o, detail::first_rows(a, n), wop);
+    }
+  }
+};
+
+namespace detail {
 
 }  // namespace detail
 
@@ -186,34 +219,34 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
   const bool proj = w_hr_.has_value();
 
-  // Both biases fold into the one input GEMM.
-  const Tensor x2d = x.view({d.T * d.B, d.I});
-  Tensor xproj;
-  if (b_ih.has_value() || b_hh.has_value()) {
-    const Tensor bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh : (b_ih.has_value() ? *b_ih : *b_hh);
-    xproj = at::addmm(bias, x2d, w_ih.t());
-  } else {
-    xproj = at::mm(x2d, w_ih.t());
-  }
   Tensor y = detail::alloc_outputs(lengths, d, x);
   Tensor h = sched.to_rows(h0), c = sched.to_rows(c0);
-  // Padded positions of ws are never written; zero them so every output is deterministic (and
-  // hfull, read there by the projection's weight grad times a zero grad, is finite).
-  Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, lstm_ws_width(d.H, proj)}, x)
-                   : at::empty({0}, x.options());
+  // Padded positions of ws are never written by the steps; zero them so every output is
+  // deterministic (and hfull, read there by the projection's weight grad times a zero grad, is
+  // finite).
+  const int64_t width = lstm_ws_width(d.H, proj);
+  Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, width}, x) : at::empty({0}, x.options());
+  // Both biases fold into the one input GEMM.
+  Tensor bias;
+  if (b_ih.has_value() || b_hh.has_value()) {
+    bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh : (b_ih.has_value() ? *b_ih : *b_hh);
+  }
+  const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, width);
   Tensor hproj = at::empty({d.B, 4 * d.H}, x.options());
-  const Tensor w_hh_t = w_hh.t();
-  Tensor hfull, hnew, w_hr_t;
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B);
+  Tensor hfull, hnew;
+  std::optional<typename Launch::Gemm> gemm_hr;
   if (proj) {
     hfull = at::zeros({d.B, d.H}, x.options());
     hnew = at::empty({d.B, d.P}, x.options());
-    w_hr_t = w_hr_->contiguous().t();
+    gemm_hr.emplace(w_hr_->contiguous(), /*transpose=*/true, d.B);
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_forward", [&] {
     LstmForwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
-    a.xproj = xproj.const_data_ptr<scalar_t>();
+    a.xproj = xproj.data_ptr<scalar_t>();
+    a.xstride = xproj.stride(0);
     a.hproj = hproj.const_data_ptr<scalar_t>();
     a.h = h.mutable_data_ptr<scalar_t>();
     a.c = c.mutable_data_ptr<scalar_t>();
@@ -229,12 +262,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     }
     for (int64_t s = 0; s < d.T; ++s) {
       const int64_t n = sched.rows(s, d.B);
-      detail::mm_rows(hproj, h, w_hh_t, n);
+      gemm_hh(hproj, h, n, false);
       a.s = s;
       a.rows = n;
       Launch::template lstm_forward<scalar_t>(a);
       if (proj) {
-        detail::mm_rows(hnew, hfull, w_hr_t, n);
+        (*gemm_hr)(hnew, hfull, n, false);
         pc.s = s;
         pc.rows = n;
         Launch::template lstm_proj_commit<scalar_t>(pc);
@@ -275,9 +308,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dgates_step = at::empty({d.B, 4 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.P}, x.options());
   Tensor dc = at::zeros({d.B, d.H}, x.options());
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B);
   Tensor dp, dp_step, dh_full, w_hr;
+  std::optional<typename Launch::Gemm> gemm_hr;
   if (proj) {
     w_hr = w_hr_->contiguous();
+    gemm_hr.emplace(w_hr, /*transpose=*/false, d.B);
     dp = detail::zeros_if(masked, {d.T, d.B, d.P}, x);
     dp_step = at::empty({d.B, d.P}, x.options());
     dh_full = at::empty({d.B, d.H}, x.options());
@@ -311,12 +347,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
         pb.s = s;
         pb.rows = n;
         Launch::template lstm_proj_backward<scalar_t>(pb);
-        detail::mm_rows(dh_full, dp_step, w_hr, n);
+        (*gemm_hr)(dh_full, dp_step, n, false);
       }
       a.s = s;
       a.rows = n;
       Launch::template lstm_backward<scalar_t>(a);
-      detail::mm_rows(dh, dgates_step, w_hh, n);
+      gemm_hh(dh, dgates_step, n, false);
     }
   });
 
@@ -356,32 +392,36 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const detail::Schedule sched(lengths, d, x_);
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
 
-  // b_hh stays in the recurrent GEMM: b_hn sits inside r * (W_hn h + b_hn).
-  const Tensor x2d = x.view({d.T * d.B, d.I});
-  const Tensor xproj = b_ih.has_value() ? at::addmm(*b_ih, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
+  // b_hr and b_hz fold into the input GEMM; b_hn stays apart, inside r * (W_hn h + b_hn).
+  Tensor bias, b_hn;
+  if (b_hh.has_value()) {
+    bias = at::cat({b_hh->narrow(0, 0, 2 * d.H), at::zeros({d.H}, b_hh->options())});
+    if (b_ih.has_value()) bias = bias + *b_ih;
+    b_hn = b_hh->narrow(0, 2 * d.H, d.H).contiguous();
+  } else if (b_ih.has_value()) {
+    bias = *b_ih;
+  }
   Tensor y = detail::alloc_outputs(lengths, d, x);
   Tensor h = sched.to_rows(h0);
   Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x)  // see lstm_forward
                    : at::empty({0}, x.options());
+  const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, 4 * d.H);
   Tensor hproj = at::empty({d.B, 3 * d.H}, x.options());
-  const Tensor w_hh_t = w_hh.t();
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
     GruForwardStep<scalar_t> a{};
     detail::set_common(a, lengths, sched, d, d.H, reverse);
-    a.xproj = xproj.const_data_ptr<scalar_t>();
+    a.xproj = xproj.data_ptr<scalar_t>();
+    a.xstride = xproj.stride(0);
     a.hproj = hproj.const_data_ptr<scalar_t>();
     a.h = h.mutable_data_ptr<scalar_t>();
     a.y = y.mutable_data_ptr<scalar_t>();
     a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+    a.b_hn = b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr;
     for (int64_t s = 0; s < d.T; ++s) {
       const int64_t n = sched.rows(s, d.B);
-      Tensor out = detail::first_rows(hproj, n);
-      if (b_hh.has_value()) {
-        at::addmm_out(out, b_hh->expand({n, 3 * d.H}), detail::first_rows(h, n), w_hh_t);
-      } else {
-        at::mm_out(out, detail::first_rows(h, n), w_hh_t);
-      }
+      gemm_hh(hproj, h, n, false);
       a.s = s;
       a.rows = n;
       Launch::template gru_forward<scalar_t>(a);
@@ -414,6 +454,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dgates = detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x);
   Tensor dgates_step = at::empty({d.B, 3 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.H}, x.options());
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_backward", [&] {
     GruBackwardStep<scalar_t> a{};
@@ -432,7 +473,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       a.rows = n;
       Launch::template gru_backward<scalar_t>(a);
       // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
-      detail::first_rows(dh, n).addmm_(detail::first_rows(dgates_step, n), w_hh);
+      gemm_hh(dh, dgates_step, n, true);
     }
   });
 
