@@ -36,6 +36,16 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _call(op, save: bool, *args):
+    # Without autograd (save=False: nothing needs a gradient) skip the Python autograd kernel
+    # the op is registered with: it costs tens of microseconds per call, which matters for
+    # cell-by-cell decoding. Under torch.compile the op is traced as it is.
+    if not save and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    return op(*args)
+
+
 def _zeros_state(x: Tensor, size: int) -> Tensor:
     return x.new_zeros((x.shape[1], size))
 
@@ -52,8 +62,8 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tens
     if c0 is None:
         c0 = _zeros_state(x, H)
     save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    y, h_n, c_n, _ = _ops.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths), reverse,
-                                       save)
+    y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths),
+                           reverse, save)
     return y, h_n, c_n
 
 
@@ -64,7 +74,7 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
     if h0 is None:
         h0 = _zeros_state(x, w_hh.shape[1])
     save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
-    y, h_n, _ = _ops.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
+    y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
     return y, h_n
 
 

@@ -43,9 +43,16 @@ struct PackedGemm : AtenGemm {
   Tensor packed;  // opaque MKL buffer holding op(w)
   int64_t n_cols = 0, k = 0;
 
-  PackedGemm(const Tensor& w, bool transpose, int64_t max_rows) : AtenGemm(w, transpose, max_rows) {
+  // Packing reads and writes w once; it pays from a few uses on (a single GEMV, as in
+  // cell-by-cell generation, is cheaper without it).
+  static constexpr int64_t kMinUses = 4;
+
+  PackedGemm(const Tensor& w, bool transpose, int64_t max_rows, int64_t uses) : AtenGemm(w, transpose, max_rows, uses) {
     const auto limit = std::numeric_limits<int>::max();
-    if (w.scalar_type() != at::kFloat || !w.is_contiguous() || w.numel() >= limit || max_rows >= limit) return;
+    if (uses < kMinUses || w.scalar_type() != at::kFloat || !w.is_contiguous() || w.numel() >= limit ||
+        max_rows >= limit) {
+      return;
+    }
     mkl = MklPackApi::get();
     if (mkl == nullptr) return;
     n_cols = wop.size(1);

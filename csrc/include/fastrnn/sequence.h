@@ -187,7 +187,8 @@ inline Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor
 // a version that packs w for MKL once instead of at every step (cpu/packed_gemm.h).
 struct AtenGemm {
   Tensor wop;  // op(w), a view
-  AtenGemm(const Tensor& w, bool transpose, int64_t /*max_rows*/) : wop(transpose ? w.t() : w) {}
+  // max_rows: the most rows a call will pass; uses: how many calls the sequence will make.
+  AtenGemm(const Tensor& w, bool transpose, int64_t /*max_rows*/, int64_t /*uses*/) : wop(transpose ? w.t() : w) {}
   void operator()(const Tensor& out, const Tensor& a, int64_t n, bool accumulate) const {
     Tensor o = detail::first_rows(out, n);
     if (accumulate) {
@@ -233,13 +234,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   }
   const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, width);
   Tensor hproj = at::empty({d.B, 4 * d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B);
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
   Tensor hfull, hnew;
   std::optional<typename Launch::Gemm> gemm_hr;
   if (proj) {
     hfull = at::zeros({d.B, d.H}, x.options());
     hnew = at::empty({d.B, d.P}, x.options());
-    gemm_hr.emplace(w_hr_->contiguous(), /*transpose=*/true, d.B);
+    gemm_hr.emplace(w_hr_->contiguous(), /*transpose=*/true, d.B, d.T);
   }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lstm_forward", [&] {
@@ -308,12 +309,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor dgates_step = at::empty({d.B, 4 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.P}, x.options());
   Tensor dc = at::zeros({d.B, d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B);
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B, d.T);
   Tensor dp, dp_step, dh_full, w_hr;
   std::optional<typename Launch::Gemm> gemm_hr;
   if (proj) {
     w_hr = w_hr_->contiguous();
-    gemm_hr.emplace(w_hr, /*transpose=*/false, d.B);
+    gemm_hr.emplace(w_hr, /*transpose=*/false, d.B, d.T);
     dp = detail::zeros_if(masked, {d.T, d.B, d.P}, x);
     dp_step = at::empty({d.B, d.P}, x.options());
     dh_full = at::empty({d.B, d.H}, x.options());
@@ -407,7 +408,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
                    : at::empty({0}, x.options());
   const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, 4 * d.H);
   Tensor hproj = at::empty({d.B, 3 * d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B);
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
     GruForwardStep<scalar_t> a{};
@@ -454,7 +455,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dgates = detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x);
   Tensor dgates_step = at::empty({d.B, 3 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B);
+  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B, d.T);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_backward", [&] {
     GruBackwardStep<scalar_t> a{};
