@@ -411,34 +411,48 @@ class _CellBase(nn.Module):
         return s.format(**self.__dict__)
 
     def _prepare(self, input: Tensor, states: List[Optional[Tensor]]):
-        """Checks, unbatched -> batched, autocast. Returns (x, states, params, is_batched)."""
+        """Checks, unbatched -> batched, autocast. Returns (x, states, params, is_batched).
+
+        Cells run once per generated token, so this stays lean: each attribute and device is
+        read once, and messages are only formatted on failure."""
         if not isinstance(input, Tensor):
             raise TypeError(f"{self._name}: input must be a Tensor, got {type(input).__name__}")
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        dim = input.dim()
+        if dim not in (1, 2):
+            raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {dim}D instead")
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"{self._name}: input has inconsistent input_size: got {input.shape[-1]} "
                                f"expected {self.input_size}")
-        is_batched = input.dim() == 2
+        params = self._parameters
+        w_ih = params["weight_ih"]
+        is_batched = dim == 2
         x = input if is_batched else input.unsqueeze(0)
         ac_dtype = _autocast_dtype(x)
-        if ac_dtype is None and x.dtype != self.weight_ih.dtype:
+        if ac_dtype is None and x.dtype != w_ih.dtype:
             raise ValueError(f"{self._name}: input dtype ({x.dtype}) does not match weight dtype "
-                             f"({self.weight_ih.dtype})")
-        if x.device != self.weight_ih.device:
-            raise RuntimeError(f"{self._name}: input is on {x.device} but the parameters are on "
-                               f"{self.weight_ih.device}")
+                             f"({w_ih.dtype})")
+        device = x.device
+        if device != w_ih.device:
+            raise RuntimeError(f"{self._name}: input is on {device} but the parameters are on {w_ih.device}")
+        expected = (x.shape[0], self.hidden_size)
         out: List[Optional[Tensor]] = []
         for i, s in enumerate(states):
             if s is not None:
-                if s.dim() != input.dim():
-                    raise ValueError(f"{self._name}: Expected hx[{i}] to be {input.dim()}D like the input, "
+                if s.dim() != dim:
+                    raise ValueError(f"{self._name}: Expected hx[{i}] to be {dim}D like the input, "
                                      f"got {s.dim()}D instead")
-                s = s if is_batched else s.unsqueeze(0)
-                _check_state(f"hx[{i}]", s, (x.shape[0], self.hidden_size), x, ac_dtype is None)
-            out.append(_cast(s, ac_dtype))
-        params = [_cast(p, ac_dtype) for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)]
-        return _cast(x, ac_dtype), out, params, is_batched
+                if not is_batched:
+                    s = s.unsqueeze(0)
+                if s.shape != expected or s.device != device or (ac_dtype is None and s.dtype != x.dtype):
+                    _check_state(f"hx[{i}]", s, expected, x, ac_dtype is None)
+                if ac_dtype is not None:
+                    s = _cast(s, ac_dtype)
+            out.append(s)
+        weights = [params["weight_ih"], params["weight_hh"], params["bias_ih"], params["bias_hh"]]
+        if ac_dtype is not None:
+            weights = [_cast(w, ac_dtype) for w in weights]
+            x = _cast(x, ac_dtype)
+        return x, out, weights, is_batched
 
 
 class LSTMCell(_CellBase):
