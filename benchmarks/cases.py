@@ -98,6 +98,13 @@ def _fwd(fn, x):
     return run
 
 
+def _fwdtrain(fn, x):
+    # training-mode forward with autograd recording (what is saved for backward), no backward
+    def run():
+        return fn(x)
+    return run
+
+
 def _fwdbwd(fn, x, gy, params):
     def run():
         _zero_grads(params, x)
@@ -112,7 +119,7 @@ def layer_jobs(cfg: C.LayerConfig, cells, dtypes, device, plan: Plan):
     jobs = []
     for dname in dtypes:
         for cell in cells:
-            for mode in ("fwd", "fwdbwd"):
+            for mode in ("fwd", "fwdtrain", "fwdbwd"):
                 jobs.append((f"layer {cfg.name} {cell} {mode} {dname}",
                              lambda cell=cell, mode=mode, dname=dname: [layer_time(cfg, cell, mode, dname, device, plan)]))
             jobs.append((f"memory {cfg.name} {cell} {dname}",
@@ -131,10 +138,13 @@ def layer_fns(cfg, cell, mode, dname, device):
     """{impl: callable} for one layer case, and the input x. Also used by test_layer_bench.py."""
     dtype = DTYPES[dname]
     pair = _LayerPair(cfg, cell, dtype, device)
-    x, gy = _inputs(cfg, dtype, device, requires_grad=(mode == "fwdbwd"))
+    x, gy = _inputs(cfg, dtype, device, requires_grad=(mode != "fwd"))
     if mode == "fwd":
         pair.train(False)  # inference: cuDNN's inference path, nothing saved on either side
         fns = {FAST: _fwd(pair.fast_fn, x), TORCH: _fwd(pair.ref_fn, x)}
+    elif mode == "fwdtrain":
+        pair.train(True)
+        fns = {FAST: _fwdtrain(pair.fast_fn, x), TORCH: _fwdtrain(pair.ref_fn, x)}
     else:
         pair.train(True)
         fns = {FAST: _fwdbwd(pair.fast_fn, x, gy, pair.fast_params),
@@ -159,7 +169,9 @@ def layer_time(cfg, cell, mode, dname, device, plan):
         check["max_abs_diff_dx"] = _max_diff(dxs[FAST], dxs[TORCH])
     timings = compare(fns, device, plan, warm_rounds=1)
     note = cfg.note + ("; " if cfg.note else "") + (
-        "forward under no_grad, eval mode" if mode == "fwd" else "forward + backward of y (input requires grad)")
+        {"fwd": "forward under no_grad, eval mode",
+         "fwdtrain": "training forward: grad enabled, input requires grad, no backward",
+         "fwdbwd": "forward + backward of y (input requires grad)"}[mode])
     return _timed_record(f"layer/{cfg.name}/{cell}/{mode}/{dname}", "layer", cfg.name, cell, mode, dname,
                          cfg.shape(), timings, [TORCH], impl_names={FAST: pair.fast_impl, TORCH: pair.ref_impl},
                          check=check, note=note)

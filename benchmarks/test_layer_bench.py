@@ -31,7 +31,7 @@ def bench_device():
 
 
 @pytest.mark.parametrize("impl", [cases.FAST, cases.TORCH])
-@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("mode", ["fwd", "fwdtrain", "fwdbwd"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("config", list(C.LAYER_CONFIGS))
 def test_layer(benchmark, bench_device, config, cell, mode, impl):

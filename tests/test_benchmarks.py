@@ -59,8 +59,8 @@ def _expected_names(meta):
         for cfg in C.LAYER_CONFIGS:
             if cfg in meta["configs"]:
                 for cell in meta["cells"]:
-                    names |= {f"layer/{cfg}/{cell}/fwd/{d}", f"layer/{cfg}/{cell}/fwdbwd/{d}",
-                              f"memory/{cfg}/{cell}/saved/{d}"}
+                    names |= {f"layer/{cfg}/{cell}/{mode}/{d}" for mode in ("fwd", "fwdtrain", "fwdbwd")}
+                    names.add(f"memory/{cfg}/{cell}/saved/{d}")
         other = {"varlen": f"varlen/{C.VARLEN_BASE}/lstm/fwdbwd/{d}", "train": f"train/charlm/lstm/step/{d}",
                  "generate": f"generate/charlm/lstm/char/{d}"}
         names |= {name for cfg, name in other.items() if cfg in meta["configs"]}
