@@ -1,10 +1,10 @@
 // The sequence loops behind every op: input checks, the big GEMMs, and per step one recurrent
 // GEMM plus one fused pointwise launch. Written once for every device: GEMMs go through ATen
-// (MKL/oneDNN on CPU, cuBLAS on CUDA, on the current stream), and the pointwise step is handed
-// to `Launch`, a policy with static members
+// (MKL/oneDNN on CPU, cuBLAS on CUDA, on the current stream), and `Launch` is a policy with
+//   using Gemm = ...;  // the per-step recurrent GEMM (AtenGemm, or the CPU's packed version)
 //   template <typename scalar_t> static void lstm_forward(const LstmForwardStep<scalar_t>&);
-//   ... lstm_backward, gru_forward, gru_backward likewise,
-// each running the matching *_point function of cell_math.h over all B x H pairs.
+//   ... lstm_backward, lstm_proj_commit, lstm_proj_backward, gru_forward, gru_backward likewise,
+// each running the matching *_point function of cell_math.h over a step's rows x H pairs.
 #pragma once
 
 #include <ATen/ATen.h>
