@@ -161,6 +161,27 @@ inline Tensor alloc_outputs(const CheckedLengths& l, const Dims& d, const Tensor
 
 inline Tensor first_rows(const Tensor& t, int64_t n) { return t.narrow(0, 0, n); }
 
+// Backward inputs shared by both cells: dy and y [T, B, P], and the activations the forward saved.
+inline void check_backward(const char* op, const Tensor& dy, const Tensor& y, const Tensor& ws, const Tensor& x,
+                           const Dims& d, int64_t ws_width) {
+  check_shape(op, "dy", dy, {d.T, d.B, d.P});
+  check_same(op, "dy", dy, x);
+  check_shape(op, "y", y, {d.T, d.B, d.P});
+  TORCH_CHECK(ws.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
+              "e.g. under torch.no_grad()), so there is nothing to differentiate");
+  check_shape(op, "ws", ws, {d.T, d.B, ws_width});
+}
+
+// For the recurrent weight grad: gate grads of every step but each entry's first, [(T-1)*B, G*H],
+// next to the h_prev they multiply, [(T-1)*B, P] — the neighbouring output in time (padded
+// neighbours are zero and meet zero grads). The first steps' h_prev is h0, handled apart.
+inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dgates, const Tensor& y, bool reverse) {
+  const int64_t T = y.size(0), rows = (T - 1) * y.size(1);
+  const Tensor dg = dgates.narrow(0, reverse ? 0 : 1, T - 1).reshape({rows, dgates.size(2)});
+  const Tensor hp = y.narrow(0, reverse ? 1 : 0, T - 1).reshape({rows, y.size(2)});
+  return {dg, hp};
+}
+
 // The input projection of all steps, x W_ih^T + bias, as one GEMM. When activations are saved it
 // is written straight into the gate columns of ws ([T, B, width]), where each step then
 // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
@@ -290,12 +311,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   detail::check_state(op, "c0", c0_, x_, d.B, d.H);
   detail::check_state(op, "dh_n", dh_n_, x_, d.B, d.P);
   detail::check_state(op, "dc_n", dc_n_, x_, d.B, d.H);
-  detail::check_shape(op, "dy", dy_, {d.T, d.B, d.P});
-  detail::check_same(op, "dy", dy_, x_);
-  detail::check_shape(op, "y", y_, {d.T, d.B, d.P});
-  TORCH_CHECK(ws_.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
-              "e.g. under torch.no_grad()), so there is nothing to differentiate");
-  detail::check_shape(op, "ws", ws_, {d.T, d.B, lstm_ws_width(d.H, proj)});
+  detail::check_backward(op, dy_, y_, ws_, x_, d, lstm_ws_width(d.H, proj));
   const c10::OptionalDeviceGuard guard(device_of(x_));
   const auto lengths = detail::check_lengths(op, lengths_, x_, d);
   const detail::Schedule sched(lengths, d, x_);
@@ -361,14 +377,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const Tensor x2d = x.view({d.T * d.B, d.I});
   Tensor dx = at::mm(dg2d, w_ih).view({d.T, d.B, d.I});
   Tensor dw_ih = at::mm(dg2d.t(), x2d);
-  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0; every other
-  // step's h_prev is the neighbouring output in time (padded neighbours are zero and meet zero
-  // grads).
+  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0.
   Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));
   if (d.T > 1) {
-    const int64_t n = (d.T - 1) * d.B;
-    const Tensor dg = (reverse ? dgates.narrow(0, 0, d.T - 1) : dgates.narrow(0, 1, d.T - 1)).reshape({n, 4 * d.H});
-    const Tensor hp = (reverse ? y.narrow(0, 1, d.T - 1) : y.narrow(0, 0, d.T - 1)).reshape({n, d.P});
+    const auto [dg, hp] = detail::grads_and_prev_outputs(dgates, y, reverse);
     dw_hh.addmm_(dg.t(), hp);
   }
   Tensor db_ih = has_bias ? dg2d.sum(0) : at::empty({0}, x.options());
@@ -440,12 +452,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const auto d = detail::check_layer(op, 3, x_, w_ih_, w_hh_, std::nullopt, std::nullopt);
   detail::check_state(op, "h0", h0_, x_, d.B, d.H);
   detail::check_state(op, "dh_n", dh_n_, x_, d.B, d.H);
-  detail::check_shape(op, "dy", dy_, {d.T, d.B, d.H});
-  detail::check_same(op, "dy", dy_, x_);
-  detail::check_shape(op, "y", y_, {d.T, d.B, d.H});
-  TORCH_CHECK(ws_.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
-              "e.g. under torch.no_grad()), so there is nothing to differentiate");
-  detail::check_shape(op, "ws", ws_, {d.T, d.B, 4 * d.H});
+  detail::check_backward(op, dy_, y_, ws_, x_, d, 4 * d.H);
   const c10::OptionalDeviceGuard guard(device_of(x_));
   const auto lengths = detail::check_lengths(op, lengths_, x_, d);
   const detail::Schedule sched(lengths, d, x_);
@@ -487,9 +494,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dw_ih = at::mm(dgx.t(), x2d);
   Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));  // iteration 0: h_prev = h0 (see lstm_backward)
   if (d.T > 1) {
-    const int64_t n = (d.T - 1) * d.B;
-    const Tensor dg = (reverse ? dgates.narrow(0, 0, d.T - 1) : dgates.narrow(0, 1, d.T - 1)).reshape({n, 4 * H});
-    const Tensor hp = (reverse ? y.narrow(0, 1, d.T - 1) : y.narrow(0, 0, d.T - 1)).reshape({n, H});
+    const auto [dg, hp] = detail::grads_and_prev_outputs(dgates, y, reverse);
     dw_hh.narrow(0, 0, 2 * H).addmm_(dg.narrow(1, 0, 2 * H).t(), hp);
     dw_hh.narrow(0, 2 * H, H).addmm_(dg.narrow(1, 3 * H, H).t(), hp);
   }
