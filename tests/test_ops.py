@@ -309,6 +309,58 @@ def test_cells_match_nn(device, kind, bias, with_state):
     assert_match(rg, wg, [f"grad{i}" for i in range(len(wg))], f64, "reference cell grads")
 
 
+# float32 single steps take the CPU's one-pass path (both products fused with the pointwise) up
+# to 4 rows and the GEMM path beyond: cover both sides of that line, hidden sizes with and
+# without a SIMD tail, I != H, each bias alone, with and without saving for backward.
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("B", [1, 3, 4, 5])
+@pytest.mark.parametrize("I,H", [(1, 1), (9, 13), (40, 64)])
+@pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
+def test_single_step_fp32_matches_nn(device, kind, B, I, H, bias, grad):
+    torch.manual_seed(7 * B + I + H)
+    cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H).to(device)
+    w_ih, w_hh = cell.weight_ih, cell.weight_hh
+    b_ih = cell.bias_ih if bias in ("both", "ih") else None
+    b_hh = cell.bias_hh if bias in ("both", "hh") else None
+    with torch.no_grad():  # nn has no one-bias cell: zero the other bias there
+        if b_ih is None:
+            cell.bias_ih.zero_()
+        if b_hh is None:
+            cell.bias_hh.zero_()
+    x = torch.randn(B, I, device=device, requires_grad=grad)
+    hx = torch.randn(B, H, device=device, requires_grad=grad)
+    cx = torch.randn(B, H, device=device, requires_grad=grad)
+    wrt = [x, hx] + ([cx] if kind == "lstm" else []) + [w_ih, w_hh]
+    with torch.set_grad_enabled(grad):
+        if kind == "lstm":
+            fast = F.lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+            want = cell(x, (hx, cx))
+        else:
+            fast = (F.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh),)
+            want = (cell(x, hx),)
+        # the same step through the layer op, with lengths (all 1 at T = 1)
+        if kind == "lstm":
+            _, h_l, c_l = F.lstm_layer(x[None], hx, cx, w_ih, w_hh, b_ih, b_hh, lengths=[1] * B)
+            layer = (h_l, c_l)
+        else:
+            layer = (F.gru_layer(x[None], hx, w_ih, w_hh, b_ih, b_hh, lengths=[1] * B)[1],)
+    names = ["h", "c"]
+    if not grad:
+        assert_match(list(fast), list(want), names, torch.float32, "single step outputs")
+        assert_match(list(layer), list(want), names, torch.float32, "single step via layer")
+        return
+    cots = [torch.randn_like(o) for o in want]
+    fo, fg = outputs_and_grads(fast, cots, wrt)
+    wo, wg = outputs_and_grads(want, cots, wrt)
+    lo, lg = outputs_and_grads(layer, cots, wrt)
+    grad_names = [f"grad{i}" for i in range(len(wg))]
+    assert_match(fo, wo, names, torch.float32, "single step outputs")
+    assert_match(fg, wg, grad_names, torch.float32, "single step grads")
+    assert_match(lo, wo, names, torch.float32, "single step via layer outputs")
+    assert_match(lg, wg, grad_names, torch.float32, "single step via layer grads")
+
+
 # --------------------------------------------------------------------------------------------
 # torch.library.opcheck on every op
 

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "fastrnn/cell_math.h"
@@ -56,6 +57,81 @@ void for_each_pair(const Args& a) {
   });
 }
 
+// ---- A single step in one pass (cell calls: generation at batch 1 and the like).
+//
+// Each task owns a block of hidden units: it computes the rows of both products that belong to
+// its units (the G gate rows of w_ih and w_hh per unit) and then runs the pointwise for them.
+// One fork/join per call instead of three (two MKL GEMVs and the pointwise), no bias
+// allocation, and every weight row is read once from memory and reused for every batch row
+// while it sits in L1 — a GEMV is bound by the weight traffic.
+constexpr int64_t kSingleStepMaxRows = 4;        // beyond this a GEMM reuses weights better
+constexpr int64_t kSingleStepGrainFloats = 32768;  // weight floats per task (~128 KiB)
+
+FASTRNN_INLINE float dot(const float* a, const float* b, int64_t n) {
+  using V = cpu::f32x8;
+  using L = Lanes<cpu::VecF>;
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    s0 += L::load(a + k).v * L::load(b + k).v;
+    s1 += L::load(a + k + 8).v * L::load(b + k + 8).v;
+    s2 += L::load(a + k + 16).v * L::load(b + k + 16).v;
+    s3 += L::load(a + k + 24).v * L::load(b + k + 24).v;
+  }
+  for (; k + 8 <= n; k += 8) s0 += L::load(a + k).v * L::load(b + k).v;
+  const V s = (s0 + s1) + (s2 + s3);
+  float t = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; k < n; ++k) t += a[k] * b[k];
+  return t;
+}
+
+template <template <typename, typename> class Point, typename Args>
+FASTRNN_CPU_CLONES void single_step_units(const Args& a, const SingleStepProducts<float>& p, float* hproj,
+                                          int64_t j_begin, int64_t j_end) {
+  const int64_t H = a.H;
+  for (int64_t g = 0; g < p.G; ++g) {
+    for (int64_t m = g * H + j_begin; m < g * H + j_end; ++m) {
+      const float* wi = p.w_ih + m * p.I;
+      const float* wh = p.w_hh + m * H;
+      const float bias = (p.b_ih != nullptr ? p.b_ih[m] : 0.f) + (p.b_hh != nullptr && m < p.b_hh_rows ? p.b_hh[m] : 0.f);
+      for (int64_t r = 0; r < a.rows; ++r) {
+        const int64_t b = entry_of(a.order, r);
+        a.xproj[b * a.xstride + m] = bias + dot(wi, p.x + b * p.I, p.I);
+        hproj[r * p.G * H + m] = dot(wh, p.h0 + b * H, H);
+      }
+    }
+  }
+  for (int64_t r = 0; r < a.rows; ++r) {
+    int64_t j = j_begin;
+    for (; j + Lanes<cpu::VecF>::width <= j_end; j += Lanes<cpu::VecF>::width) Point<float, cpu::VecF>::run(a, r, j);
+    for (; j < j_end; ++j) Point<float, float>::run(a, r, j);
+  }
+}
+
+template <typename scalar_t, template <typename, typename> class Point, typename Args>
+bool single_step(const Args& a, const SingleStepProducts<scalar_t>& p) {
+  if constexpr (!std::is_same_v<scalar_t, float>) {
+    return false;
+  } else {
+    if (a.rows > kSingleStepMaxRows) return false;
+    const int64_t width = Lanes<cpu::VecF>::width;
+    const int64_t blocks = (a.H + width - 1) / width;
+    const int64_t grain = std::max<int64_t>(1, kSingleStepGrainFloats / (width * p.G * (p.I + a.H)));
+    float* hproj = const_cast<float*>(a.hproj);  // the step reads it; here it is produced
+    // Blocks are handed out one by one from a shared counter rather than split in equal halves:
+    // a call is only ~100 us, so a thread that wakes up late (common on shared VMs) would
+    // otherwise leave the others waiting for its half.
+    std::atomic<int64_t> next{0};
+    const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (blocks + grain - 1) / grain);
+    at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+      for (int64_t blk = next.fetch_add(1); blk < blocks; blk = next.fetch_add(1)) {
+        single_step_units<Point>(a, p, hproj, blk * width, std::min(a.H, (blk + 1) * width));
+      }
+    });
+    return true;
+  }
+}
+
 // Adapters so a point function template can be passed as a template template argument.
 #define FASTRNN_POINT(name)                                                                   \
   template <typename T, typename V>                                                           \
@@ -81,6 +157,12 @@ struct CpuLaunch {
   template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { for_each_pair<T, lstm_proj_backward_point_p>(a); }
   template <typename T> static void gru_forward(const GruForwardStep<T>& a) { for_each_pair<T, gru_forward_point_p>(a); }
   template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { for_each_pair<T, gru_backward_point_p>(a); }
+  template <typename T> static bool lstm_single_step(const LstmForwardStep<T>& a, const SingleStepProducts<T>& p) {
+    return single_step<T, lstm_forward_point_p>(a, p);
+  }
+  template <typename T> static bool gru_single_step(const GruForwardStep<T>& a, const SingleStepProducts<T>& p) {
+    return single_step<T, gru_forward_point_p>(a, p);
+  }
 };
 
 }  // namespace

@@ -17,6 +17,9 @@ struct CudaLaunch {
   template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { cuda::launch_lstm_proj_backward(a); }
   template <typename T> static void gru_forward(const GruForwardStep<T>& a) { cuda::launch_gru_forward(a); }
   template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { cuda::launch_gru_backward(a); }
+  // A single step runs as two cuBLAS GEMVs and the pointwise kernel (no fused GEMV kernel yet).
+  template <typename T> static bool lstm_single_step(const LstmForwardStep<T>&, const SingleStepProducts<T>&) { return false; }
+  template <typename T> static bool gru_single_step(const GruForwardStep<T>&, const SingleStepProducts<T>&) { return false; }
 };
 
 }  // namespace

@@ -4,7 +4,10 @@
 //   using Gemm = ...;  // the per-step recurrent GEMM (AtenGemm, or the CPU's packed version)
 //   template <typename scalar_t> static void lstm_forward(const LstmForwardStep<scalar_t>&);
 //   ... lstm_backward, lstm_proj_commit, lstm_proj_backward, gru_forward, gru_backward likewise,
-// each running the matching *_point function of cell_math.h over a step's rows x H pairs.
+// each running the matching *_point function of cell_math.h over a step's rows x H pairs, and
+//   template <typename scalar_t> static bool lstm_single_step(const LstmForwardStep<scalar_t>&,
+//                                                             const SingleStepProducts<scalar_t>&);
+//   ... gru_single_step likewise: a whole one-step sequence fused, or false to take the general path.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +24,24 @@ namespace fastrnn {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+
+// The two products of a single step (T = 1 and no projection, i.e. a cell call), for a Launch
+// that computes them together with the pointwise in one pass instead of two GEMVs and a launch:
+//   xproj[b, m] = x[b] . w_ih[m] + b_ih[m] + (m < b_hh_rows ? b_hh[m] : 0)   (into the step's xproj)
+//   hproj[r, m] = h0[order[r]] . w_hh[m]                                        (into its hproj)
+// for m < G*H. h0 is read only: the step writes the new state into its own buffers.
+template <typename scalar_t>
+struct SingleStepProducts {
+  const scalar_t* x;     // [B, I]   the step's input, by batch entry
+  const scalar_t* h0;    // [B, H]   the previous hidden state, by batch entry
+  const scalar_t* w_ih;  // [G*H, I] row-major
+  const scalar_t* w_hh;  // [G*H, H] row-major
+  const scalar_t* b_ih;  // [G*H] or nullptr
+  const scalar_t* b_hh;  // [G*H] or nullptr; only its first b_hh_rows entries join xproj (GRU
+                         //        keeps b_hn apart)
+  int64_t b_hh_rows;
+  int64_t I, G;
+};
 
 namespace detail {
 
@@ -185,20 +206,41 @@ inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dgates, co
 // The input projection of all steps, x W_ih^T + bias, as one GEMM. When activations are saved it
 // is written straight into the gate columns of ws ([T, B, width]), where each step then
 // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
-// Returns the [T*B, G*H] matrix (row stride = width when it lives in ws).
-inline Tensor input_projection(const Tensor& x, const Tensor& w_ih, const Tensor& bias, const Tensor& ws,
-                               int64_t width) {
+// projection_buffer returns that [T*B, G*H] matrix (row stride = width when it lives in ws);
+// project_input fills it.
+inline Tensor projection_buffer(const Dims& d, int64_t gates, const Tensor& ws, int64_t width, const Tensor& x) {
+  return ws.numel() != 0 ? ws.view({d.T * d.B, width}).narrow(1, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
+}
+
+inline void project_input(Tensor out, const Tensor& x, const Tensor& w_ih, const Tensor& bias) {
   const Tensor x2d = x.view({x.size(0) * x.size(1), x.size(2)});
-  const int64_t gates = w_ih.size(0);
-  Tensor out = ws.numel() != 0 ? ws.view({x2d.size(0), width}).narrow(1, 0, gates)
-                               : at::empty({x2d.size(0), gates}, x.options());
   if (bias.defined()) {
     at::addmm_out(out, bias, x2d, w_ih.t());
   } else {
     at::mm_out(out, x2d, w_ih.t());
   }
-  return out;
 }
+
+// The operands of a single step (T = 1, no projection: cell calls) for backends that compute
+// both products with the pointwise in one pass; see SingleStepProducts.
+template <typename scalar_t>
+SingleStepProducts<scalar_t> single_step_products(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
+                                                  const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh,
+                                                  int64_t b_hh_rows) {
+  SingleStepProducts<scalar_t> p{};
+  p.x = x.const_data_ptr<scalar_t>();
+  p.h0 = h0.const_data_ptr<scalar_t>();
+  p.w_ih = w_ih.const_data_ptr<scalar_t>();
+  p.w_hh = w_hh.const_data_ptr<scalar_t>();
+  p.b_ih = b_ih.defined() ? b_ih.const_data_ptr<scalar_t>() : nullptr;
+  p.b_hh = b_hh.defined() ? b_hh.const_data_ptr<scalar_t>() : nullptr;
+  p.b_hh_rows = b_hh_rows;
+  p.I = x.size(2);
+  p.G = w_ih.size(0) / w_hh.size(1);
+  return p;
+}
+
+inline Tensor contiguous_or_undefined(const OptTensor& t) { return t.has_value() ? t->contiguous() : Tensor(); }
 
 }  // namespace detail
 
@@ -248,14 +290,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
   // finite).
   const int64_t width = lstm_ws_width(d.H, proj);
   Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, width}, x) : at::empty({0}, x.options());
-  // Both biases fold into the one input GEMM.
-  Tensor bias;
-  if (b_ih.has_value() || b_hh.has_value()) {
-    bias = b_ih.has_value() && b_hh.has_value() ? *b_ih + *b_hh : (b_ih.has_value() ? *b_ih : *b_hh);
-  }
-  const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, width);
+  const Tensor xproj = detail::projection_buffer(d, 4 * d.H, ws, width, x);
   Tensor hproj = at::empty({d.B, 4 * d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
   Tensor hfull, hnew;
   std::optional<typename Launch::Gemm> gemm_hr;
   if (proj) {
@@ -275,6 +311,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(
     a.y = y.mutable_data_ptr<scalar_t>();
     a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
     a.hfull = proj ? hfull.mutable_data_ptr<scalar_t>() : nullptr;
+    const Tensor bi = detail::contiguous_or_undefined(b_ih), bh = detail::contiguous_or_undefined(b_hh);
+    if (d.T == 1 && !proj) {
+      const Tensor h_prev = h0.contiguous();
+      if (Launch::template lstm_single_step<scalar_t>(
+              a, detail::single_step_products<scalar_t>(x, h_prev, w_ih, w_hh, bi, bh, 4 * d.H))) {
+        return;
+      }
+    }
+    // Both biases fold into the one input GEMM.
+    detail::project_input(xproj, x, w_ih, bi.defined() && bh.defined() ? bi + bh : (bi.defined() ? bi : bh));
+    const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
     LstmProjCommitStep<scalar_t> pc{};
     if (proj) {
       detail::set_common(pc, lengths, sched, d, d.P, reverse);
@@ -405,22 +452,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   const detail::Schedule sched(lengths, d, x_);
   const Tensor x = x_.contiguous(), w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
 
-  // b_hr and b_hz fold into the input GEMM; b_hn stays apart, inside r * (W_hn h + b_hn).
-  Tensor bias, b_hn;
-  if (b_hh.has_value()) {
-    bias = at::cat({b_hh->narrow(0, 0, 2 * d.H), at::zeros({d.H}, b_hh->options())});
-    if (b_ih.has_value()) bias = bias + *b_ih;
-    b_hn = b_hh->narrow(0, 2 * d.H, d.H).contiguous();
-  } else if (b_ih.has_value()) {
-    bias = *b_ih;
-  }
+  // b_hn stays apart from the input GEMM, inside r * (W_hn h + b_hn).
+  const Tensor b_hn = b_hh.has_value() ? b_hh->narrow(0, 2 * d.H, d.H).contiguous() : Tensor();
   Tensor y = detail::alloc_outputs(lengths, d, x);
   Tensor h = sched.to_rows(h0);
   Tensor ws = save ? detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x)  // see lstm_forward
                    : at::empty({0}, x.options());
-  const Tensor xproj = detail::input_projection(x, w_ih, bias, ws, 4 * d.H);
+  const Tensor xproj = detail::projection_buffer(d, 3 * d.H, ws, 4 * d.H, x);
   Tensor hproj = at::empty({d.B, 3 * d.H}, x.options());
-  const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gru_forward", [&] {
     GruForwardStep<scalar_t> a{};
@@ -432,6 +471,22 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     a.y = y.mutable_data_ptr<scalar_t>();
     a.ws = save ? ws.mutable_data_ptr<scalar_t>() : nullptr;
     a.b_hn = b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr;
+    const Tensor bi = detail::contiguous_or_undefined(b_ih), bh = detail::contiguous_or_undefined(b_hh);
+    if (d.T == 1) {
+      const Tensor h_prev = h0.contiguous();
+      if (Launch::template gru_single_step<scalar_t>(
+              a, detail::single_step_products<scalar_t>(x, h_prev, w_ih, w_hh, bi, bh, 2 * d.H))) {
+        return;
+      }
+    }
+    // b_hr and b_hz fold into the input GEMM.
+    Tensor bias = bi;
+    if (bh.defined()) {
+      bias = at::cat({bh.narrow(0, 0, 2 * d.H), at::zeros({d.H}, bh.options())});
+      if (bi.defined()) bias = bias + bi;
+    }
+    detail::project_input(xproj, x, w_ih, bias);
+    const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/true, d.B, d.T);
     for (int64_t s = 0; s < d.T; ++s) {
       const int64_t n = sched.rows(s, d.B);
       gemm_hh(hproj, h, n, false);
