@@ -36,13 +36,19 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+# The C++ entry point of each op's overload, without the Python frames of OpOverloadPacket /
+# OpOverload (~3 us per call warm, several times that in a decode loop): used on the no-autograd
+# eager path only; autograd and torch.compile go through the op objects.
+_raw = {op: getattr(getattr(op, "default", op), "_op", op) for op in (_ops.lstm_forward, _ops.gru_forward)}
+
+
 def _call(op, save: bool, *args):
     # Without autograd (save=False: nothing needs a gradient) skip the Python autograd kernel
     # the op is registered with: it costs tens of microseconds per call, which matters for
     # cell-by-cell decoding. Under torch.compile the op is traced as it is.
     if not save and not torch.compiler.is_compiling():
         with torch._C._AutoDispatchBelowAutograd():
-            return op(*args)
+            return _raw.get(op, op)(*args)
     return op(*args)
 
 
@@ -81,13 +87,21 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
 def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
-    through the same fused kernels."""
-    _, h, c = lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh)
+    through the same fused ops (lstm_layer without the frames: cells run once per token)."""
+    if hx is None:
+        hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
+    if cx is None:
+        cx = x.new_zeros((x.shape[0], w_hh.shape[0] // 4))
+    save = _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    _, h, c, _ = _call(_ops.lstm_forward, save, x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, None, False, save)
     return h, c
 
 
 def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
-    _, h = gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh)
+    if hx is None:
+        hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
+    save = _needs_grad(x, hx, w_ih, w_hh, b_ih, b_hh)
+    _, h, _ = _call(_ops.gru_forward, save, x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, save)
     return h

@@ -410,6 +410,15 @@ class _CellBase(nn.Module):
             s += ", bias={bias}"
         return s.format(**self.__dict__)
 
+    @staticmethod
+    def _fast_path_ok(input: Tensor) -> bool:
+        """Whether a call may go straight to the op, whose own checks cover shapes, dtypes and
+        devices (on failure _prepare then raises torch.nn's error). Cells run once per token and
+        their Python overhead is paid with caches just flushed by the weight reads, where it
+        measured ~10x its warm cost: a 2-D input outside autocast and compilation skips it."""
+        return (type(input) is Tensor and input.dim() == 2 and not torch.is_autocast_enabled("cpu")
+                and not torch.is_autocast_enabled("cuda") and not torch.compiler.is_compiling())
+
     def _prepare(self, input: Tensor, states: List[Optional[Tensor]]):
         """Checks, unbatched -> batched, autocast. Returns (x, states, params, is_batched).
 
@@ -464,6 +473,14 @@ class LSTMCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        if self._fast_path_ok(input) and (hx is None or (type(hx) is tuple and len(hx) == 2)):
+            h0, c0 = (None, None) if hx is None else hx
+            p = self._parameters
+            try:
+                return functional.lstm_cell(input, h0, c0, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+            except (RuntimeError, TypeError):
+                self._prepare(input, [h0, c0])  # raises torch.nn's error for what the op refused
+                raise
         if hx is None:
             states: List[Optional[Tensor]] = [None, None]
         else:
@@ -486,6 +503,13 @@ class GRUCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        if self._fast_path_ok(input) and (hx is None or type(hx) is Tensor):
+            p = self._parameters
+            try:
+                return functional.gru_cell(input, hx, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+            except (RuntimeError, TypeError):
+                self._prepare(input, [hx])  # raises torch.nn's error for what the op refused
+                raise
         if hx is not None and not isinstance(hx, Tensor):
             raise TypeError(f"GRUCell: hx must be a Tensor, got {type(hx).__name__}")
         x, (h0,), (w_ih, w_hh, b_ih, b_hh), is_batched = self._prepare(input, [hx])
