@@ -1,7 +1,7 @@
 // CPU kernels: the cell_math.h step functions over the rows x H pairs of each step with
 // at::parallel_for, and the shared sequence loops of sequence.h registered for the CPU key.
 //
-// For float the math runs on 8-wide SIMD lanes (simd.h: consecutive hidden units of one row),
+// For float the math runs on 16-wide SIMD lanes (simd.h: consecutive hidden units of one row),
 // the remainder of a row and the other types one unit at a time: the same point functions
 // either way, only the value type changes.
 #include <ATen/Parallel.h>
@@ -16,10 +16,10 @@
 #include "packed_gemm.h"
 #include "simd.h"
 
-// The row loop is compiled twice, for the baseline ISA and for AVX2 + FMA, and picked at load
+// The row loops are compiled three times, for the baseline ISA, AVX2 + FMA and AVX-512, and picked at load
 // time by the CPU (GCC function multiversioning); elsewhere once.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define FASTRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FASTRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTRNN_CPU_CLONES
 #endif
@@ -75,19 +75,18 @@ constexpr int64_t kSingleStepGrainFloats = 65536;  // weight floats per thread a
 template <int G>
 FASTRNN_INLINE void gate_dots(const float* w, int64_t gate_stride, const float* v, int64_t n, float* out) {
   using V = cpu::f32x8;
-  using L = Lanes<cpu::VecF>;
   V s[G] = {}, t[G] = {};  // two accumulators per row hide the FMA latency
   int64_t k = 0;
   for (; k + 16 <= n; k += 16) {
-    const V v0 = L::load(v + k).v, v1 = L::load(v + k + 8).v;
+    const V v0 = cpu::load8(v + k), v1 = cpu::load8(v + k + 8);
     for (int g = 0; g < G; ++g) {
-      s[g] += L::load(w + g * gate_stride + k).v * v0;
-      t[g] += L::load(w + g * gate_stride + k + 8).v * v1;
+      s[g] += cpu::load8(w + g * gate_stride + k) * v0;
+      t[g] += cpu::load8(w + g * gate_stride + k + 8) * v1;
     }
   }
   for (; k + 8 <= n; k += 8) {
-    const V v0 = L::load(v + k).v;
-    for (int g = 0; g < G; ++g) s[g] += L::load(w + g * gate_stride + k).v * v0;
+    const V v0 = cpu::load8(v + k);
+    for (int g = 0; g < G; ++g) s[g] += cpu::load8(w + g * gate_stride + k) * v0;
   }
   for (int g = 0; g < G; ++g) {
     const V u = s[g] + t[g];
