@@ -17,8 +17,10 @@
 #include "simd.h"
 
 // The row loops are compiled three times, for the baseline ISA, AVX2 + FMA and AVX-512, and picked at load
-// time by the CPU (GCC function multiversioning); elsewhere once.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// time by the CPU (GCC function multiversioning); elsewhere, or with FASTRNN_NO_CPU_CLONES
+// defined (to test one ISA: build with e.g. CFLAGS="-DFASTRNN_NO_CPU_CLONES -march=x86-64-v3"), once.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(FASTRNN_NO_CPU_CLONES)
 #define FASTRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FASTRNN_CPU_CLONES
