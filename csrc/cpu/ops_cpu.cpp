@@ -166,6 +166,9 @@ FASTRNN_POINT(gru_backward_point)
 
 struct CpuLaunch {
   using Gemm = cpu::PackedGemm;
+  // The backward keeps its gate grads in chunks of at most this many bytes (sequence.h:
+  // GradChunks): smaller buffers come back from the heap instead of as fresh pages.
+  static constexpr int64_t kGradChunkBytes = int64_t{8} << 20;
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { for_each_pair<T, lstm_forward_point_p>(a); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { for_each_pair<T, lstm_backward_point_p>(a); }
   template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { for_each_pair<T, lstm_proj_commit_point_p>(a); }

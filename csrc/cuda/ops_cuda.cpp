@@ -11,6 +11,9 @@ namespace {
 
 struct CudaLaunch {
   using Gemm = AtenGemm;
+  // All T steps of gate grads at once (device memory comes from the caching allocator; one
+  // large GEMM per parameter grad).
+  static constexpr int64_t kGradChunkBytes = 0;
   template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { cuda::launch_lstm_forward(a); }
   template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { cuda::launch_lstm_backward(a); }
   template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { cuda::launch_lstm_proj_commit(a); }

@@ -186,7 +186,9 @@ struct LstmBackwardStep : StepCommon {
   const scalar_t* dh_full; // [B, H]     by row, with projection: the complete dL/d(o * tanh(c))
                            //            of this iteration (dy, dh_n, dh then unused); else nullptr
   scalar_t* dc;            // [B, H]     by row; in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
-  scalar_t* dgates;        // [T, B, 4H] pre-activation gate grads, time order
+  scalar_t* dgates;        // [T, B, 4H] pre-activation gate grads, time order (or only the steps
+                           //            from time dgates_t0 on, when the driver works in chunks)
+  int64_t dgates_t0;
   scalar_t* dgates_step;   // [B, 4H]    by row: the same for this iteration, zero for finished
                            //            entries; the next GEMM computes dh_{s-1} from it
 };
@@ -227,7 +229,7 @@ C10_HOST_DEVICE FASTRNN_INLINE void lstm_backward_point(const LstmBackwardStep<s
   const V d_o = dh * tc * o * (one - o);
   L::store(a.dc + k, dc * f);
 
-  scalar_t* dt = a.dgates + row * 4 * H + j;
+  scalar_t* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
   const V grads[4] = {di, df, dg, d_o};
   for (int q = 0; q < 4; ++q) {
     L::store(dt + q * H, grads[q]);
@@ -336,7 +338,9 @@ struct GruBackwardStep : StepCommon {
   const scalar_t* y;       // [T, B, H]  forward outputs: h_{s-1} for s > 0
   scalar_t* dh;            // [B, H]     by row; in: dL/dh_s through the recurrence (iteration
                            //            s+1); out: the direct part z * dL/dh_s of dL/dh_{s-1}
-  scalar_t* dgates;        // [T, B, 4H] time order: dr, dz, dn (input side), dn * r (hidden n)
+  scalar_t* dgates;        // [T, B, 4H] time order: dr, dz, dn (input side), dn * r (hidden n);
+                           //            from time dgates_t0 on (see LstmBackwardStep)
+  int64_t dgates_t0;
   scalar_t* dgates_step;   // [B, 3H]    by row: hidden-side dr, dz, dn * r of this iteration,
                            //            zero for finished entries; the next GEMM adds it times
                            //            W_hh to dh
@@ -370,7 +374,7 @@ C10_HOST_DEVICE FASTRNN_INLINE void gru_backward_point(const GruBackwardStep<sca
   const V dn_h = dn * rg;
   L::store(a.dh + k, dh * z);
 
-  scalar_t* dt = a.dgates + row * 4 * H + j;
+  scalar_t* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
   L::store(dt, dr);
   L::store(dt + H, dz);
   L::store(dt + 2 * H, dn);

@@ -2,6 +2,7 @@
 // GEMM plus one fused pointwise launch. Written once for every device: GEMMs go through ATen
 // (MKL/oneDNN on CPU, cuBLAS on CUDA, on the current stream), and `Launch` is a policy with
 //   using Gemm = ...;  // the per-step recurrent GEMM (AtenGemm, or the CPU's packed version)
+//   static constexpr int64_t kGradChunkBytes = ...;  // backward gate grads in chunks (GradChunks)
 //   template <typename scalar_t> static void lstm_forward(const LstmForwardStep<scalar_t>&);
 //   ... lstm_backward, lstm_proj_commit, lstm_proj_backward, gru_forward, gru_backward likewise,
 // each running the matching *_point function of cell_math.h over a step's rows x H pairs, and
@@ -14,6 +15,7 @@
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -193,15 +195,43 @@ inline void check_backward(const char* op, const Tensor& dy, const Tensor& y, co
   check_shape(op, "ws", ws, {d.T, d.B, ws_width});
 }
 
-// For the recurrent weight grad: gate grads of every step but each entry's first, [(T-1)*B, G*H],
-// next to the h_prev they multiply, [(T-1)*B, P] — the neighbouring output in time (padded
-// neighbours are zero and meet zero grads). The first steps' h_prev is h0, handled apart.
-inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dgates, const Tensor& y, bool reverse) {
-  const int64_t T = y.size(0), rows = (T - 1) * y.size(1);
-  const Tensor dg = dgates.narrow(0, reverse ? 0 : 1, T - 1).reshape({rows, dgates.size(2)});
-  const Tensor hp = y.narrow(0, reverse ? 1 : 0, T - 1).reshape({rows, y.size(2)});
-  return {dg, hp};
+// For the recurrent weight grad: the gate grads dg [n, B, W] of the steps [t0, t0 + n) that are
+// not an entry's first, [m*B, W], next to the h_prev they multiply, [m*B, P] — the neighbouring
+// output in time (padded neighbours are zero and meet zero grads). The first steps' h_prev is
+// h0, handled apart. Undefined tensors when no step of the range has a previous output.
+inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dg, const Tensor& y, int64_t t0, bool reverse) {
+  const int64_t T = y.size(0), n = dg.size(0), B = y.size(1);
+  const int64_t first = reverse ? t0 : std::max<int64_t>(t0, 1), end = reverse ? std::min(t0 + n, T - 1) : t0 + n;
+  const int64_t m = end - first;
+  if (m <= 0) return {};
+  return {dg.narrow(0, first - t0, m).reshape({m * B, dg.size(2)}),
+          y.narrow(0, reverse ? first + 1 : first - 1, m).reshape({m * B, y.size(2)})};
 }
+
+// The backward's gate grads reach dx and the parameter grads only through sums over steps, so a
+// Launch may keep just a chunk of steps of them (Launch::kGradChunkBytes; 0 = all T steps) and
+// fold each chunk into those sums as soon as it is complete. On the CPU a whole [T, B, G*H]
+// buffer is tens of MB of fresh pages from the OS at every call: page faults took ~15% of the
+// CPU time of a charrnn-sized fwd+bwd. Chunks are runs of iterations; they are runs of time
+// indices when every entry reads the same time at an iteration — forward (t = s), or reverse
+// without lengths (t = T-1-s) — so reverse with lengths keeps all T steps.
+struct GradChunks {
+  static constexpr int64_t kMinRows = 512;  // rows of the chunk GEMMs, for their efficiency
+  int64_t steps, T;
+  bool reverse;
+  GradChunks(int64_t budget_bytes, const Dims& d, bool reverse, bool masked, int64_t width, int64_t elem)
+      : steps(d.T), T(d.T), reverse(reverse) {
+    if (budget_bytes > 0 && !(reverse && masked)) {
+      const int64_t min_steps = std::min(d.T, (kMinRows + d.B - 1) / d.B);
+      steps = std::clamp(budget_bytes / (d.B * width * elem), min_steps, d.T);
+    }
+  }
+  int64_t lo(int64_t s) const { return s / steps * steps; }  // the chunk's last iteration
+  int64_t length(int64_t s) const { return std::min(steps, T - lo(s)); }
+  bool starts(int64_t s) const { return s == lo(s) + length(s) - 1; }  // iterations run downwards
+  bool ends(int64_t s) const { return s == lo(s); }
+  int64_t t0(int64_t s) const { return reverse ? T - lo(s) - length(s) : lo(s); }  // its first time index
+};
 
 // The input projection of all steps, x W_ih^T + bias, as one GEMM. When activations are saved it
 // is written straight into the gate columns of ws ([T, B, width]), where each step then
@@ -368,7 +398,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const bool masked = lengths.device.defined();
 
   // Padded positions are never written by the steps; their grads must read as zero.
-  Tensor dgates = detail::zeros_if(masked, {d.T, d.B, 4 * d.H}, x);
+  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * d.H, x.element_size());
+  Tensor dgates = detail::zeros_if(masked, {chunks.steps, d.B, 4 * d.H}, x);
+  Tensor dx = at::empty({d.T, d.B, d.I}, x.options());
+  Tensor dw_ih = at::zeros({4 * d.H, d.I}, x.options()), dw_hh = at::zeros({4 * d.H, d.P}, x.options());
+  Tensor db = has_bias ? at::zeros({4 * d.H}, x.options()) : at::empty({0}, x.options());
+  // Folds the gate grads of the steps [t0, t0 + n), held in dgates, into dx and the sums.
+  const auto add_chunk = [&](int64_t t0, int64_t n) {
+    const Tensor dg = dgates.narrow(0, 0, n), dg2d = dg.view({n * d.B, 4 * d.H});
+    Tensor dx_chunk = dx.narrow(0, t0, n).view({n * d.B, d.I});
+    at::mm_out(dx_chunk, dg2d, w_ih);
+    dw_ih.addmm_(dg2d.t(), x.narrow(0, t0, n).view({n * d.B, d.I}));
+    if (has_bias) db.add_(dg2d.sum(0));
+    const auto [dgp, hp] = detail::grads_and_prev_outputs(dg, y, t0, reverse);
+    if (dgp.defined()) dw_hh.addmm_(dgp.t(), hp);
+  };
   Tensor dgates_step = at::empty({d.B, 4 * d.H}, x.options());
   Tensor dh = at::zeros({d.B, d.P}, x.options());
   Tensor dc = at::zeros({d.B, d.H}, x.options());
@@ -407,6 +451,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     }
     for (int64_t s = d.T - 1; s >= 0; --s) {
       const int64_t n = sched.rows(s, d.B);
+      if (chunks.starts(s)) {
+        a.dgates_t0 = chunks.t0(s);
+        if (masked && s != d.T - 1) dgates.zero_();
+      }
       if (proj) {
         pb.s = s;
         pb.rows = n;
@@ -417,21 +465,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
       a.rows = n;
       Launch::template lstm_backward<scalar_t>(a);
       gemm_hh(dh, dgates_step, n, false);
+      if (chunks.ends(s)) add_chunk(chunks.t0(s), chunks.length(s));
     }
   });
 
-  const Tensor dg2d = dgates.view({d.T * d.B, 4 * d.H});
-  const Tensor x2d = x.view({d.T * d.B, d.I});
-  Tensor dx = at::mm(dg2d, w_ih).view({d.T, d.B, d.I});
-  Tensor dw_ih = at::mm(dg2d.t(), x2d);
   // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0.
-  Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));
-  if (d.T > 1) {
-    const auto [dg, hp] = detail::grads_and_prev_outputs(dgates, y, reverse);
-    dw_hh.addmm_(dg.t(), hp);
-  }
-  Tensor db_ih = has_bias ? dg2d.sum(0) : at::empty({0}, x.options());
-  Tensor db_hh = db_ih.clone();
+  dw_hh.addmm_(dgates_step.t(), sched.to_rows(h0));
+  Tensor db_ih = db;
+  Tensor db_hh = db.clone();
   Tensor dw_hr = proj ? at::mm(dp.view({d.T * d.B, d.P}).t(),
                                ws.view({d.T * d.B, 6 * d.H}).narrow(1, 5 * d.H, d.H))
                       : at::empty({0}, x.options());
@@ -514,8 +555,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor dy = dy_.contiguous(), dh_n = dh_n_.contiguous(), x = x_.contiguous(), h0 = h0_.contiguous();
   const Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous(), y = y_.contiguous(), ws = ws_.contiguous();
 
-  Tensor dgates = detail::zeros_if(lengths.device.defined(), {d.T, d.B, 4 * d.H}, x);
+  const bool masked = lengths.device.defined();
+  const int64_t H = d.H;
+  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * H, x.element_size());
+  Tensor dgates = detail::zeros_if(masked, {chunks.steps, d.B, 4 * H}, x);  // see lstm_backward
   Tensor dgates_step = at::empty({d.B, 3 * d.H}, x.options());
+  Tensor dx = at::empty({d.T, d.B, d.I}, x.options());
+  Tensor dw_ih = at::zeros({3 * H, d.I}, x.options()), dw_hh = at::zeros({3 * H, H}, x.options());
+  Tensor sums = has_bias ? at::zeros({4 * H}, x.options()) : Tensor();
+  // dgates columns: [dr, dz, dn] is the input side, [dr, dz, dn*r] (cols 0:2H and 3H:4H) the hidden side.
+  const auto add_chunk = [&](int64_t t0, int64_t n) {
+    const Tensor dg = dgates.narrow(0, 0, n), dg2d = dg.view({n * d.B, 4 * H}), dgx = dg2d.narrow(1, 0, 3 * H);
+    Tensor dx_chunk = dx.narrow(0, t0, n).view({n * d.B, d.I});
+    at::mm_out(dx_chunk, dgx, w_ih);
+    dw_ih.addmm_(dgx.t(), x.narrow(0, t0, n).view({n * d.B, d.I}));
+    if (has_bias) sums.add_(dg2d.sum(0));
+    const auto [dgp, hp] = detail::grads_and_prev_outputs(dg, y, t0, reverse);
+    if (dgp.defined()) {
+      dw_hh.narrow(0, 0, 2 * H).addmm_(dgp.narrow(1, 0, 2 * H).t(), hp);
+      dw_hh.narrow(0, 2 * H, H).addmm_(dgp.narrow(1, 3 * H, H).t(), hp);
+    }
+  };
   Tensor dh = at::zeros({d.B, d.H}, x.options());
   const typename Launch::Gemm gemm_hh(w_hh, /*transpose=*/false, d.B, d.T);
 
@@ -532,30 +592,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
     for (int64_t s = d.T - 1; s >= 0; --s) {
       const int64_t n = sched.rows(s, d.B);
+      if (chunks.starts(s)) {
+        a.dgates_t0 = chunks.t0(s);
+        if (masked && s != d.T - 1) dgates.zero_();
+      }
       a.s = s;
       a.rows = n;
       Launch::template gru_backward<scalar_t>(a);
       // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
       gemm_hh(dh, dgates_step, n, true);
+      if (chunks.ends(s)) add_chunk(chunks.t0(s), chunks.length(s));
     }
   });
 
-  // dgates columns: [dr, dz, dn] is the input side, [dr, dz, dn*r] (cols 0:2H and 3H:4H) the hidden side.
-  const int64_t H = d.H;
-  const Tensor dg2d = dgates.view({d.T * d.B, 4 * H});
-  const Tensor dgx = dg2d.narrow(1, 0, 3 * H);
-  const Tensor x2d = x.view({d.T * d.B, d.I});
-  Tensor dx = at::mm(dgx, w_ih).view({d.T, d.B, d.I});
-  Tensor dw_ih = at::mm(dgx.t(), x2d);
-  Tensor dw_hh = at::mm(dgates_step.t(), sched.to_rows(h0));  // iteration 0: h_prev = h0 (see lstm_backward)
-  if (d.T > 1) {
-    const auto [dg, hp] = detail::grads_and_prev_outputs(dgates, y, reverse);
-    dw_hh.narrow(0, 0, 2 * H).addmm_(dg.narrow(1, 0, 2 * H).t(), hp);
-    dw_hh.narrow(0, 2 * H, H).addmm_(dg.narrow(1, 3 * H, H).t(), hp);
-  }
+  dw_hh.addmm_(dgates_step.t(), sched.to_rows(h0));  // iteration 0: h_prev = h0 (see lstm_backward)
   Tensor db_ih, db_hh;
   if (has_bias) {
-    const Tensor sums = dg2d.sum(0);
     db_ih = sums.narrow(0, 0, 3 * H).clone();
     db_hh = at::cat({sums.narrow(0, 0, 2 * H), sums.narrow(0, 3 * H, H)});
   } else {
