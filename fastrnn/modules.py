@@ -473,7 +473,8 @@ class LSTMCell(_CellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        if self._fast_path_ok(input) and (hx is None or (type(hx) is tuple and len(hx) == 2)):
+        if self._fast_path_ok(input) and (hx is None or (type(hx) is tuple and len(hx) == 2 and
+                                                         isinstance(hx[0], Tensor) and isinstance(hx[1], Tensor))):
             h0, c0 = (None, None) if hx is None else hx
             p = self._parameters
             try:

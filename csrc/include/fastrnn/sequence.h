@@ -214,16 +214,17 @@ inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dg, const 
 // buffer is tens of MB of fresh pages from the OS at every call: page faults took ~15% of the
 // CPU time of a charrnn-sized fwd+bwd. Chunks are runs of iterations; they are runs of time
 // indices when every entry reads the same time at an iteration — forward (t = s), or reverse
-// without lengths (t = T-1-s) — so reverse with lengths keeps all T steps.
+// without lengths (t = T-1-s) — so reverse with lengths keeps all T steps. Half and bfloat16
+// keep all steps too: summing chunk results in those types would round once per chunk.
 struct GradChunks {
   static constexpr int64_t kMinRows = 512;  // rows of the chunk GEMMs, for their efficiency
   int64_t steps, T;
   bool reverse;
-  GradChunks(int64_t budget_bytes, const Dims& d, bool reverse, bool masked, int64_t width, int64_t elem)
+  GradChunks(int64_t budget_bytes, const Dims& d, bool reverse, bool masked, int64_t width, const Tensor& x)
       : steps(d.T), T(d.T), reverse(reverse) {
-    if (budget_bytes > 0 && !(reverse && masked)) {
+    if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(x.scalar_type())) {
       const int64_t min_steps = std::min(d.T, (kMinRows + d.B - 1) / d.B);
-      steps = std::clamp(budget_bytes / (d.B * width * elem), min_steps, d.T);
+      steps = std::clamp(budget_bytes / (d.B * width * int64_t(x.element_size())), min_steps, d.T);
     }
   }
   int64_t lo(int64_t s) const { return s / steps * steps; }  // the chunk's last iteration
@@ -398,7 +399,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   const bool masked = lengths.device.defined();
 
   // Padded positions are never written by the steps; their grads must read as zero.
-  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * d.H, x.element_size());
+  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * d.H, x);
   Tensor dgates = detail::zeros_if(masked, {chunks.steps, d.B, 4 * d.H}, x);
   Tensor dx = at::empty({d.T, d.B, d.I}, x.options());
   Tensor dw_ih = at::zeros({4 * d.H, d.I}, x.options()), dw_hh = at::zeros({4 * d.H, d.P}, x.options());
@@ -557,7 +558,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   const bool masked = lengths.device.defined();
   const int64_t H = d.H;
-  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * H, x.element_size());
+  const detail::GradChunks chunks(Launch::kGradChunkBytes, d, reverse, masked, 4 * H, x);
   Tensor dgates = detail::zeros_if(masked, {chunks.steps, d.B, 4 * H}, x);  // see lstm_backward
   Tensor dgates_step = at::empty({d.B, 3 * d.H}, x.options());
   Tensor dx = at::empty({d.T, d.B, d.I}, x.options());
