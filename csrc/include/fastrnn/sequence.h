@@ -219,9 +219,9 @@ inline std::pair<Tensor, Tensor> grads_and_prev_outputs(const Tensor& dg, const 
 struct GradChunks {
   static constexpr int64_t kMinRows = 512;  // rows of the chunk GEMMs, for their efficiency
   int64_t steps, T;
-  bool reverse;
+  bool reverse, masked;
   GradChunks(int64_t budget_bytes, const Dims& d, bool reverse, bool masked, int64_t width, const Tensor& x)
-      : steps(d.T), T(d.T), reverse(reverse) {
+      : steps(d.T), T(d.T), reverse(reverse), masked(masked) {
     if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(x.scalar_type())) {
       const int64_t min_steps = std::min(d.T, (kMinRows + d.B - 1) / d.B);
       steps = std::clamp(budget_bytes / (d.B * width * int64_t(x.element_size())), min_steps, d.T);
@@ -232,6 +232,14 @@ struct GradChunks {
   bool starts(int64_t s) const { return s == lo(s) + length(s) - 1; }  // iterations run downwards
   bool ends(int64_t s) const { return s == lo(s); }
   int64_t t0(int64_t s) const { return reverse ? T - lo(s) - length(s) : lo(s); }  // its first time index
+  // Before iteration s: where a new chunk starts, point the step at it and clear the buffer of
+  // the previous chunk's grads where padded positions will not overwrite them.
+  template <typename Step>
+  void enter(int64_t s, Step& a, Tensor& buffer) const {
+    if (!starts(s)) return;
+    a.dgates_t0 = t0(s);
+    if (masked && s != T - 1) buffer.zero_();
+  }
 };
 
 // The input projection of all steps, x W_ih^T + bias, as one GEMM. When activations are saved it
@@ -452,10 +460,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     }
     for (int64_t s = d.T - 1; s >= 0; --s) {
       const int64_t n = sched.rows(s, d.B);
-      if (chunks.starts(s)) {
-        a.dgates_t0 = chunks.t0(s);
-        if (masked && s != d.T - 1) dgates.zero_();
-      }
+      chunks.enter(s, a, dgates);
       if (proj) {
         pb.s = s;
         pb.rows = n;
@@ -593,10 +598,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
     for (int64_t s = d.T - 1; s >= 0; --s) {
       const int64_t n = sched.rows(s, d.B);
-      if (chunks.starts(s)) {
-        a.dgates_t0 = chunks.t0(s);
-        if (masked && s != d.T - 1) dgates.zero_();
-      }
+      chunks.enter(s, a, dgates);
       a.s = s;
       a.rows = n;
       Launch::template gru_backward<scalar_t>(a);
