@@ -78,7 +78,7 @@ if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
     link_flags.append("-fopenmp")
 
 if use_cuda:
-    sources += ["csrc/cuda/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += ["csrc/cuda/ops_cuda.cpp", "csrc/cuda/recurrence.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
     # Some toolkits lack headers torch's CUDA headers include (cusparse.h, cublas_v2.h); the

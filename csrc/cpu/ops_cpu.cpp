@@ -1,5 +1,7 @@
-// CPU kernels: the cell_math.h step functions over the rows x H pairs of each step with
-// at::parallel_for, and the shared sequence loops of sequence.h registered for the CPU key.
+// The CPU backend: the step loop (step_loop.h) with the point functions of steps.h run over each
+// step's rows x units pairs by at::parallel_for, MKL-packed recurrent GEMMs, and, for single
+// steps (cell calls) of few rows, a fused pass that computes both products and the pointwise
+// together. Registered for the CPU dispatch key.
 //
 // For float the math runs on 16-wide SIMD lanes (simd.h: consecutive hidden units of one row),
 // the remainder of a row and the other types one unit at a time: the same point functions
@@ -11,8 +13,8 @@
 #include <atomic>
 #include <type_traits>
 
-#include "fastrnn/cell_math.h"
-#include "fastrnn/sequence.h"
+#include "fastrnn/backend.h"
+#include "fastrnn/step_loop.h"
 #include "packed_gemm.h"
 #include "simd.h"
 
@@ -30,48 +32,66 @@ namespace fastrnn {
 
 namespace {
 
-// Work items are (row, chunk of kChunk hidden units): rows alone are too coarse when the batch
-// is small (B = 1 in generation, 8 rows of 256 units in the small config ran on one thread).
-// A pair costs a few transcendentals, ~5-10 ns, so kGrainPairs pairs (~5 us) per task keeps
-// the fork/join (~1-2 us) paying for itself.
-constexpr int64_t kChunk = 64;  // a multiple of the SIMD width: only a row's last chunk has a tail
+// Work items are (row, tile of kTileUnits units): rows alone are too coarse when the batch is
+// small (B = 1 in generation, 8 rows of 256 units in the small config ran on one thread). A
+// pair costs a few transcendentals, ~5-10 ns, so kGrainPairs pairs (~5 us) per task keeps the
+// fork/join (~1-2 us) paying for itself.
+constexpr int64_t kTileUnits = 64;  // a multiple of the SIMD width: only a row's last tile has a tail
 constexpr int64_t kGrainPairs = 1024;
 
-template <typename scalar_t, template <typename, typename> class Point, typename Args>
-FASTRNN_CPU_CLONES void run_items(const Args& a, int64_t chunks_per_row, int64_t begin, int64_t end) {
-  using acc_t = at::opmath_type<scalar_t>;
+// Pairs (r, j) of the items [begin, end): SIMD vectors of consecutive units for float, one unit
+// at a time for the tail and the other types.
+template <class Point, class Step>
+FASTRNN_CPU_CLONES void run_items(const Step& a, int64_t tiles_per_row, int64_t begin, int64_t end) {
+  using T = typename Step::scalar_type;
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t r = item / chunks_per_row;
-    const int64_t j_end = std::min(a.H, (item % chunks_per_row + 1) * kChunk);
-    int64_t j = (item % chunks_per_row) * kChunk;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      for (; j + Lanes<cpu::VecF>::width <= j_end; j += Lanes<cpu::VecF>::width) Point<scalar_t, cpu::VecF>::run(a, r, j);
+    const int64_t r = item / tiles_per_row;
+    const int64_t j_end = std::min(a.units, (item % tiles_per_row + 1) * kTileUnits);
+    int64_t j = (item % tiles_per_row) * kTileUnits;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; j + Lanes<cpu::VecF>::width <= j_end; j += Lanes<cpu::VecF>::width) Point::template run<cpu::VecF>(a, r, j);
     }
-    for (; j < j_end; ++j) Point<scalar_t, acc_t>::run(a, r, j);
+    for (; j < j_end; ++j) Point::template run<at::opmath_type<T>>(a, r, j);
   }
 }
 
-template <typename scalar_t, template <typename, typename> class Point, typename Args>
-void for_each_pair(const Args& a) {
-  const int64_t chunks_per_row = (a.H + kChunk - 1) / kChunk;
-  const int64_t grain = std::max<int64_t>(1, kGrainPairs / std::min(a.H, kChunk));
-  at::parallel_for(0, a.rows * chunks_per_row, grain, [&](int64_t begin, int64_t end) {
-    run_items<scalar_t, Point>(a, chunks_per_row, begin, end);
+// The generic launch: Point over a step's rows x units pairs.
+template <class Point, class Step>
+void for_each_pair(const Step& a) {
+  const int64_t tiles_per_row = (a.units + kTileUnits - 1) / kTileUnits;
+  const int64_t grain = std::max<int64_t>(1, kGrainPairs / std::min(a.units, kTileUnits));
+  at::parallel_for(0, a.rows * tiles_per_row, grain, [&](int64_t begin, int64_t end) {
+    run_items<Point>(a, tiles_per_row, begin, end);
   });
 }
 
 // ---- A single step in one pass (cell calls: generation at batch 1 and the like).
 //
-// Each task owns a chunk of hidden units: for every unit it computes the G gate rows of both
-// products, then runs the pointwise over the chunk. One fork/join per call instead of three
-// (two MKL GEMVs and the pointwise) and no bias allocation. A GEMV is bound by the weight
-// traffic, so the loop is shaped for streaming: the G gate rows of a unit are read together
-// (G concurrent sequential streams per matrix, which run clearly faster here than one row at a
-// time), consecutive units continue those streams, and each row is reused from L1 for every
-// batch row.
+// Each task owns a tile of units: for every unit it computes the G gate rows of both products,
+// then runs the pointwise over the tile. One fork/join per call instead of three (two MKL GEMVs
+// and the pointwise) and no bias allocation. A GEMV is bound by the weight traffic, so the loop
+// is shaped for streaming: the G gate rows of a unit are read together (G concurrent sequential
+// streams per matrix, which run clearly faster here than one row at a time), consecutive units
+// continue those streams, and each row is reused from L1 for every batch row.
 constexpr int64_t kSingleStepMaxRows = 4;          // beyond this a GEMM reuses weights better
-constexpr int64_t kSingleStepChunk = 32;           // units per task: a multiple of the SIMD width
+constexpr int64_t kSingleStepTileUnits = 32;       // units per task: a multiple of the SIMD width
 constexpr int64_t kSingleStepGrainFloats = 65536;  // weight floats per thread at least (~256 KiB)
+
+// The operands of the two products of a single step (T = 1, no projection):
+//   xproj[b, m] = x[b] . w_ih[m] + b_ih[m] + (m < b_hh_rows ? b_hh[m] : 0)   (into the step's xproj)
+//   hproj[r, m] = h0[order[r]] . w_hh[m]                                        (into its hproj)
+// for m < G*H. h0 is read only: the step writes the new state into the plan's buffers.
+struct SingleStepProducts {
+  const float* x;     // [B, I]   the step's input, by batch entry
+  const float* h0;    // [B, H]   the previous hidden state, by batch entry
+  const float* w_ih;  // [G*H, I] row-major
+  const float* w_hh;  // [G*H, H] row-major
+  const float* b_ih;  // [G*H] or nullptr
+  const float* b_hh;  // [G*H] or nullptr; only its first b_hh_rows entries join xproj (GRU
+                      //        keeps b_hn apart)
+  int64_t b_hh_rows;
+  int64_t I;
+};
 
 // out[g] = w[g * gate_stride, :n] . v[:n] for g < G: the G gate rows of one unit.
 template <int G>
@@ -98,10 +118,11 @@ FASTRNN_INLINE void gate_dots(const float* w, int64_t gate_stride, const float* 
   }
 }
 
-template <int G, template <typename, typename> class Point, typename Args>
-FASTRNN_CPU_CLONES void single_step_units(const Args& a, const SingleStepProducts<float>& p, float* hproj,
-                                          int64_t j_begin, int64_t j_end) {
-  const int64_t H = a.H, I = p.I;
+// Units [j_begin, j_end) of a single step: both products, then Point over the tile.
+template <int G, class Point, class Step>
+FASTRNN_CPU_CLONES void single_step_units(const Step& a, const SingleStepProducts& p, float* hproj, int64_t j_begin,
+                                          int64_t j_end) {
+  const int64_t H = a.units, I = p.I;
   float xo[G], ho[G];
   for (int64_t j = j_begin; j < j_end; ++j) {
     for (int64_t r = 0; r < a.rows; ++r) {
@@ -118,78 +139,82 @@ FASTRNN_CPU_CLONES void single_step_units(const Args& a, const SingleStepProduct
   }
   for (int64_t r = 0; r < a.rows; ++r) {
     int64_t j = j_begin;
-    for (; j + Lanes<cpu::VecF>::width <= j_end; j += Lanes<cpu::VecF>::width) Point<float, cpu::VecF>::run(a, r, j);
-    for (; j < j_end; ++j) Point<float, float>::run(a, r, j);
+    for (; j + Lanes<cpu::VecF>::width <= j_end; j += Lanes<cpu::VecF>::width) Point::template run<cpu::VecF>(a, r, j);
+    for (; j < j_end; ++j) Point::template run<float>(a, r, j);
   }
 }
 
-template <typename scalar_t, template <typename, typename> class Point, int G, typename Args>
-bool single_step(const Args& a, const SingleStepProducts<scalar_t>& p) {
-  if constexpr (!std::is_same_v<scalar_t, float>) {
-    return false;
-  } else {
-    if (a.rows > kSingleStepMaxRows) return false;
-    TORCH_INTERNAL_ASSERT(p.G == G);
-    const int64_t chunks = (a.H + kSingleStepChunk - 1) / kSingleStepChunk;
-    const int64_t weights = G * a.H * (p.I + a.H);
-    const int64_t tasks = std::clamp<int64_t>(weights / kSingleStepGrainFloats, 1, std::min<int64_t>(at::get_num_threads(), chunks));
-    float* hproj = const_cast<float*>(a.hproj);  // the step reads it; here it is produced
-    // Chunks are handed out from a shared counter rather than split in equal halves: a call
-    // takes ~100 us, and a thread that wakes up late (common on shared VMs) would otherwise
-    // leave the others waiting for its half.
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
-      for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
-        single_step_units<G, Point>(a, p, hproj, c * kSingleStepChunk, std::min(a.H, (c + 1) * kSingleStepChunk));
-      }
-    });
-    return true;
-  }
+// Whether a forward call runs as one fused pass: a float cell call (T = 1, no projection) of
+// at most kSingleStepMaxRows rows.
+inline bool single_step_fits(const ForwardPlan& p) {
+  return p.d.T == 1 && !p.projected() && p.x.scalar_type() == at::kFloat && p.d.B <= kSingleStepMaxRows;
 }
 
-// Adapters so a point function template can be passed as a template template argument.
-#define FASTRNN_POINT(name)                                                                   \
-  template <typename T, typename V>                                                           \
-  struct name##_p {                                                                           \
-    template <typename Args>                                                                  \
-    static inline __attribute__((always_inline)) void run(const Args& a, int64_t r, int64_t j) { \
-      name<T, V>(a, r, j);                                                                    \
-    }                                                                                         \
-  };
-FASTRNN_POINT(lstm_forward_point)
-FASTRNN_POINT(lstm_backward_point)
-FASTRNN_POINT(lstm_proj_commit_point)
-FASTRNN_POINT(lstm_proj_backward_point)
-FASTRNN_POINT(gru_forward_point)
-FASTRNN_POINT(gru_backward_point)
-#undef FASTRNN_POINT
+// Runs a single step in one pass. G: gates (4 LSTM, 3 GRU); b_hh_rows: how much of b_hh joins
+// xproj.
+template <int G, class Point, class Step>
+void single_step(ForwardPlan& plan, Step& a, const Tensor& hproj, int64_t b_hh_rows) {
+  const SingleStepProducts p{plan.x.const_data_ptr<float>(),
+                             plan.h0.const_data_ptr<float>(),
+                             plan.w_ih.const_data_ptr<float>(),
+                             plan.w_hh.const_data_ptr<float>(),
+                             plan.b_ih.defined() ? plan.b_ih.const_data_ptr<float>() : nullptr,
+                             plan.b_hh.defined() ? plan.b_hh.const_data_ptr<float>() : nullptr,
+                             b_hh_rows,
+                             plan.d.I};
+  const int64_t tiles = (a.units + kSingleStepTileUnits - 1) / kSingleStepTileUnits;
+  const int64_t weights = G * a.units * (p.I + a.units);
+  const int64_t tasks = std::clamp<int64_t>(weights / kSingleStepGrainFloats, 1, std::min<int64_t>(at::get_num_threads(), tiles));
+  float* hp = hproj.mutable_data_ptr<float>();
+  // Tiles are handed out from a shared counter rather than split in equal halves: a call takes
+  // ~100 us, and a thread that wakes up late (common on shared VMs) would otherwise leave the
+  // others waiting for its half.
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < tiles; c = next.fetch_add(1)) {
+      single_step_units<G, Point>(a, p, hp, c * kSingleStepTileUnits, std::min(a.units, (c + 1) * kSingleStepTileUnits));
+    }
+  });
+}
 
-struct CpuLaunch {
+struct CpuKernels {
+  static constexpr const char* kStepLoopPath = "cpu.step_loop";
   using Gemm = cpu::PackedGemm;
-  // The backward keeps its gate grads in chunks of at most this many bytes (sequence.h:
-  // GradChunks): smaller buffers come back from the heap instead of as fresh pages.
+  // The backward keeps its gate grads in chunks of at most this many bytes (GradChunks):
+  // smaller buffers come back from the heap instead of as fresh pages.
   static constexpr int64_t kGradChunkBytes = int64_t{8} << 20;
-  template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { for_each_pair<T, lstm_forward_point_p>(a); }
-  template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { for_each_pair<T, lstm_backward_point_p>(a); }
-  template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { for_each_pair<T, lstm_proj_commit_point_p>(a); }
-  template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { for_each_pair<T, lstm_proj_backward_point_p>(a); }
-  template <typename T> static void gru_forward(const GruForwardStep<T>& a) { for_each_pair<T, gru_forward_point_p>(a); }
-  template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { for_each_pair<T, gru_backward_point_p>(a); }
-  template <typename T> static bool lstm_single_step(const LstmForwardStep<T>& a, const SingleStepProducts<T>& p) {
-    return single_step<T, lstm_forward_point_p, 4>(a, p);
+  template <class Point, class Step>
+  static void run(const Step& a) {
+    for_each_pair<Point>(a);
   }
-  template <typename T> static bool gru_single_step(const GruForwardStep<T>& a, const SingleStepProducts<T>& p) {
-    return single_step<T, gru_forward_point_p, 3>(a, p);
+};
+
+struct CpuBackend {
+  static void lstm_forward(ForwardPlan& p) {
+    if (!single_step_fits(p)) return StepLoop<CpuKernels>::lstm_forward(p);
+    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, 4 * p.d.H}, p.x.options());
+    auto a = lstm_forward_step<float>(p, xproj, hproj, Tensor());
+    single_step<4, LstmForwardPoint>(p, a, hproj, 4 * p.d.H);
+    PathLog::record("lstm_forward", "cpu.single_step");
   }
+  static void gru_forward(ForwardPlan& p) {
+    if (!single_step_fits(p)) return StepLoop<CpuKernels>::gru_forward(p);
+    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, 3 * p.d.H}, p.x.options());
+    auto a = gru_forward_step<float>(p, xproj, hproj, p.hidden_n_bias());
+    single_step<3, GruForwardPoint>(p, a, hproj, 2 * p.d.H);
+    PathLog::record("gru_forward", "cpu.single_step");
+  }
+  static void lstm_backward(BackwardPlan& p) { StepLoop<CpuKernels>::lstm_backward(p); }
+  static void gru_backward(BackwardPlan& p) { StepLoop<CpuKernels>::gru_backward(p); }
 };
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CPU, m) {
-  m.impl("lstm_forward", &lstm_forward<CpuLaunch>);
-  m.impl("lstm_backward", &lstm_backward<CpuLaunch>);
-  m.impl("gru_forward", &gru_forward<CpuLaunch>);
-  m.impl("gru_backward", &gru_backward<CpuLaunch>);
+  m.impl("lstm_forward", &lstm_forward<CpuBackend>);
+  m.impl("lstm_backward", &lstm_backward<CpuBackend>);
+  m.impl("gru_forward", &gru_forward<CpuBackend>);
+  m.impl("gru_backward", &gru_backward<CpuBackend>);
 }
 
 }  // namespace fastrnn

@@ -9,7 +9,7 @@
 
 #include <ATen/ATen.h>
 
-#include "fastrnn/sequence.h"
+#include "fastrnn/gemm.h"
 
 namespace fastrnn {
 namespace cpu {

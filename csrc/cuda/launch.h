@@ -1,18 +1,16 @@
-// Launchers of the fused step kernels (defined in lstm.cu / gru.cu), one thread per (b, j)
-// pair, on the current CUDA stream. Explicitly instantiated for float, double, Half, BFloat16.
+// The CUDA step launcher, callable from host-compiled code (ops_cuda.cpp): runs Point (a point
+// function of steps.h) over the step's rows x units pairs, one thread per pair, on the current
+// stream. Defined in kernel_utils.cuh and instantiated for float, double, Half and BFloat16 in
+// lstm.cu / gru.cu, so nvcc compiles only those small files.
 #pragma once
 
-#include "fastrnn/cell_math.h"
+#include "fastrnn/steps.h"
 
 namespace fastrnn {
 namespace cuda {
 
-template <typename T> void launch_lstm_forward(const LstmForwardStep<T>& a);
-template <typename T> void launch_lstm_backward(const LstmBackwardStep<T>& a);
-template <typename T> void launch_lstm_proj_commit(const LstmProjCommitStep<T>& a);
-template <typename T> void launch_lstm_proj_backward(const LstmProjBackwardStep<T>& a);
-template <typename T> void launch_gru_forward(const GruForwardStep<T>& a);
-template <typename T> void launch_gru_backward(const GruBackwardStep<T>& a);
+template <class Point, class Step>
+void launch_step(const Step& a);
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -1,37 +1,65 @@
-// CUDA registration: the shared sequence loops of sequence.h (GEMMs via ATen/cuBLAS on the
-// current stream) with the fused step kernels of lstm.cu / gru.cu. Kept in a .cpp so nvcc only
-// compiles the small kernel files.
+// The CUDA backend: each layer call asks the recurrence dispatch (recurrence.cpp) how to run,
+// then runs it. The step loop's GEMMs go through ATen/cuBLAS on the current stream, its
+// pointwise steps are the kernels of lstm.cu / gru.cu. Kept in a .cpp so nvcc only compiles
+// the small kernel files.
 #include <torch/library.h>
 
-#include "fastrnn/sequence.h"
+#include "fastrnn/backend.h"
+#include "fastrnn/step_loop.h"
 #include "launch.h"
+#include "recurrence.h"
 
 namespace fastrnn {
 namespace {
 
-struct CudaLaunch {
+struct CudaKernels {
+  static constexpr const char* kStepLoopPath = "cuda.step_loop";
   using Gemm = AtenGemm;
   // All T steps of gate grads at once (device memory comes from the caching allocator; one
   // large GEMM per parameter grad).
   static constexpr int64_t kGradChunkBytes = 0;
-  template <typename T> static void lstm_forward(const LstmForwardStep<T>& a) { cuda::launch_lstm_forward(a); }
-  template <typename T> static void lstm_backward(const LstmBackwardStep<T>& a) { cuda::launch_lstm_backward(a); }
-  template <typename T> static void lstm_proj_commit(const LstmProjCommitStep<T>& a) { cuda::launch_lstm_proj_commit(a); }
-  template <typename T> static void lstm_proj_backward(const LstmProjBackwardStep<T>& a) { cuda::launch_lstm_proj_backward(a); }
-  template <typename T> static void gru_forward(const GruForwardStep<T>& a) { cuda::launch_gru_forward(a); }
-  template <typename T> static void gru_backward(const GruBackwardStep<T>& a) { cuda::launch_gru_backward(a); }
-  // A single step runs as two cuBLAS GEMVs and the pointwise kernel (no fused GEMV kernel yet).
-  template <typename T> static bool lstm_single_step(const LstmForwardStep<T>&, const SingleStepProducts<T>&) { return false; }
-  template <typename T> static bool gru_single_step(const GruForwardStep<T>&, const SingleStepProducts<T>&) { return false; }
+  template <class Point, class Step>
+  static void run(const Step& a) {
+    cuda::launch_step<Point>(a);
+  }
+};
+
+using Loop = StepLoop<CudaKernels>;
+
+// Every entry asks the dispatch first; only the step loop exists so far (a forced persistent
+// recurrence has already raised in choose_recurrence).
+template <class Plan>
+void check_step_loop(const Plan& p, bool backward) {
+  const cuda::Recurrence r = cuda::choose_recurrence(cuda::recurrence_query(p, backward));
+  TORCH_INTERNAL_ASSERT(r == cuda::Recurrence::kStepLoop, "fastrnn: unhandled recurrence ", cuda::recurrence_name(r));
+}
+
+struct CudaBackend {
+  static void lstm_forward(ForwardPlan& p) {
+    check_step_loop(p, false);
+    Loop::lstm_forward(p);
+  }
+  static void gru_forward(ForwardPlan& p) {
+    check_step_loop(p, false);
+    Loop::gru_forward(p);
+  }
+  static void lstm_backward(BackwardPlan& p) {
+    check_step_loop(p, true);
+    Loop::lstm_backward(p);
+  }
+  static void gru_backward(BackwardPlan& p) {
+    check_step_loop(p, true);
+    Loop::gru_backward(p);
+  }
 };
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastrnn, CUDA, m) {
-  m.impl("lstm_forward", &lstm_forward<CudaLaunch>);
-  m.impl("lstm_backward", &lstm_backward<CudaLaunch>);
-  m.impl("gru_forward", &gru_forward<CudaLaunch>);
-  m.impl("gru_backward", &gru_backward<CudaLaunch>);
+  m.impl("lstm_forward", &lstm_forward<CudaBackend>);
+  m.impl("lstm_backward", &lstm_backward<CudaBackend>);
+  m.impl("gru_forward", &gru_forward<CudaBackend>);
+  m.impl("gru_backward", &gru_backward<CudaBackend>);
 }
 
 }  // namespace fastrnn

@@ -1,0 +1,383 @@
+// The plan of one layer call (one layer, one direction, a whole sequence), shared by every
+// backend: argument checks, sizes, the length schedule, the outputs and their layout, the input
+// projection, and the folding of gate gradients into dx and the parameter grads. A backend
+// receives a plan and runs the recurrence however it likes (backend.h); the plan owns
+// everything around it. docs/DESIGN.md ("Op contract", "Workspace", "Lengths") is the long form.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "fastrnn/steps.h"
+
+namespace fastrnn {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+namespace detail {
+
+inline void check_same(const char* op, const char* name, const Tensor& t, const Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": expected ", name, " to have dtype ",
+              x.scalar_type(), " (the dtype of x), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": expected ", name, " on device ", x.device(),
+              " (the device of x), got ", t.device());
+}
+
+inline void check_shape(const char* op, const char* name, const Tensor& t, at::IntArrayRef want) {
+  TORCH_CHECK(t.sizes() == want, op, ": expected ", name, " of shape ", want, ", got ", t.sizes());
+}
+
+inline void check_state(const char* op, const char* name, const Tensor& t, const Tensor& x, int64_t B,
+                        int64_t width) {
+  check_shape(op, name, t, {B, width});
+  check_same(op, name, t, x);
+}
+
+inline Tensor zeros_if(bool zero, at::IntArrayRef size, const Tensor& like) {
+  return zero ? at::zeros(size, like.options()) : at::empty(size, like.options());
+}
+
+inline Tensor contiguous_or_undefined(const OptTensor& t) { return t.has_value() ? t->contiguous() : Tensor(); }
+
+}  // namespace detail
+
+struct Dims {
+  int64_t T, B, I, H;
+  int64_t P;  // width of the hidden state h: H, or proj_size with a projection
+};
+
+// Validates x [T, B, I], w_ih [G*H, I], w_hh [G*H, P], biases [G*H] and the optional projection
+// w_hr [P, H] (P = H without one); returns the sizes.
+inline Dims check_layer(const char* op, int64_t G, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+                        const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr) {
+  using detail::check_same;
+  using detail::check_shape;
+  TORCH_CHECK(x.dim() == 3, op, ": expected x of shape [T, B, I] (3-D), got ", x.dim(),
+              "-D with shape ", x.sizes());
+  TORCH_CHECK(x.is_floating_point(), op, ": expected a floating point x, got ", x.scalar_type());
+  TORCH_CHECK(x.size(0) >= 1 && x.size(1) >= 1, op, ": expected T >= 1 and B >= 1, got x of shape ",
+              x.sizes());
+  const char* state = w_hr.has_value() ? "P" : "H";
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % G == 0 && w_hh.size(0) >= G, op, ": expected w_hh of shape [",
+              G, "*H, ", state, "], got ", w_hh.sizes());
+  const int64_t H = w_hh.size(0) / G;
+  int64_t P = H;
+  if (w_hr.has_value()) {
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H && w_hr->size(0) >= 1, op,
+                ": expected w_hr of shape [P, H=", H, "], got ", w_hr->sizes());
+    P = w_hr->size(0);
+    check_same(op, "w_hr", *w_hr, x);
+  }
+  const Dims d{x.size(0), x.size(1), x.size(2), H, P};
+  check_shape(op, "w_hh", w_hh, {G * H, P});
+  check_shape(op, "w_ih", w_ih, {G * H, d.I});
+  check_same(op, "w_ih", w_ih, x);
+  check_same(op, "w_hh", w_hh, x);
+  for (const auto& [name, bias] : {std::pair{"b_ih", &b_ih}, std::pair{"b_hh", &b_hh}}) {
+    if (bias->has_value()) {
+      check_shape(op, name, **bias, {G * H});
+      check_same(op, name, **bias, x);
+    }
+  }
+  return d;
+}
+
+// Lengths: int64 [B] with every value in [1, T], on the CPU or on x's device.
+struct CheckedLengths {
+  Tensor device;  // on x's device for the kernels; undefined when no lengths were given
+  Tensor host;    // the same on the CPU when the caller gave them there (free to read), else undefined
+};
+
+// CPU lengths are checked here on the host; lengths already on a GPU are checked asynchronously
+// (no host sync), and the kernels clamp them so that nothing is read out of bounds even before
+// that check reports.
+inline CheckedLengths check_lengths(const char* op, const OptTensor& lengths, const Tensor& x, const Dims& d) {
+  if (!lengths.has_value()) return {};
+  const Tensor& l = *lengths;
+  TORCH_CHECK_TYPE(l.scalar_type() == at::kLong, op, ": expected lengths of dtype int64, got ",
+                   l.scalar_type());
+  TORCH_CHECK_VALUE(l.dim() == 1 && l.size(0) == d.B, op, ": expected lengths of shape [", d.B,
+                    "] (one per batch entry), got ", l.sizes());
+  TORCH_CHECK(l.device().is_cpu() || l.device() == x.device(), op,
+              ": expected lengths on the CPU or on ", x.device(), ", got ", l.device());
+  if (l.device().is_cpu()) {
+    const Tensor lc = l.contiguous();
+    const int64_t* p = lc.const_data_ptr<int64_t>();
+    for (int64_t b = 0; b < d.B; ++b) {
+      TORCH_CHECK_VALUE(p[b] >= 1 && p[b] <= d.T, op, ": expected every length in [1, T=", d.T,
+                        "], got lengths[", b, "] = ", p[b]);
+    }
+    return {lc.to(x.device(), /*non_blocking=*/true), lc};
+  }
+  at::_assert_async(at::logical_and(l >= 1, l <= d.T).all(),
+                    "fastrnn: every length must lie in [1, T]");
+  return {l.contiguous(), Tensor()};
+}
+
+// Which rows each iteration runs. With lengths on the host, rows are entries sorted by length
+// (longest first) and iteration s runs only the active prefix; otherwise every iteration runs
+// all B rows in batch order (device lengths would need a sync to count).
+struct Schedule {
+  Tensor order;                 // [B] int64 on x's device: row -> batch entry; undefined = identity
+  std::vector<int64_t> active;  // [T] rows active at each iteration; empty = all B
+
+  Schedule() = default;
+  Schedule(const CheckedLengths& l, const Dims& d, const Tensor& x) {
+    if (!l.host.defined()) return;
+    const Tensor sorted_order = std::get<1>(at::sort(l.host, /*stable=*/true, /*dim=*/0, /*descending=*/true));
+    const int64_t* len = l.host.const_data_ptr<int64_t>();
+    active.assign(d.T, 0);
+    for (int64_t b = 0; b < d.B; ++b) active[len[b] - 1] += 1;  // entries finishing after step L-1
+    for (int64_t s = d.T - 2; s >= 0; --s) active[s] += active[s + 1];
+    order = sorted_order.to(x.device(), /*non_blocking=*/true);
+  }
+  int64_t rows(int64_t s, int64_t B) const { return active.empty() ? B : active[s]; }
+  const int64_t* order_ptr() const { return order.defined() ? order.const_data_ptr<int64_t>() : nullptr; }
+  // [B, ...] in batch order -> by row (a fresh contiguous tensor either way).
+  Tensor to_rows(const Tensor& t) const { return order.defined() ? t.index_select(0, order) : t.contiguous().clone(); }
+  // By row -> batch order.
+  Tensor to_batch(const Tensor& t) const {
+    return order.defined() ? at::empty_like(t).index_copy_(0, order, t) : t;
+  }
+};
+
+// What every plan has: the checked sizes, the schedule and the contiguous weights.
+struct LayerPlan {
+  const char* op;
+  int64_t G;  // gates: 4 (LSTM) or 3 (GRU)
+  Dims d;
+  bool reverse;
+  CheckedLengths lengths;
+  Schedule sched;
+  Tensor x;               // [T, B, I] contiguous
+  Tensor w_ih;            // [G*H, I]  contiguous
+  Tensor w_hh;            // [G*H, P]  contiguous
+  Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
+
+  LayerPlan(const char* op, int64_t G, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+            const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
+      : op(op), G(G), d(check_layer(op, G, x, w_ih, w_hh, b_ih, b_hh, w_hr)), reverse(reverse), x(x.contiguous()),
+        w_ih(w_ih.contiguous()), w_hh(w_hh.contiguous()), w_hr(detail::contiguous_or_undefined(w_hr)) {}
+
+  // After the other checks (so that a bad call reports its first problem in argument order).
+  void schedule(const OptTensor& lengths_) {
+    lengths = check_lengths(op, lengths_, x, d);
+    sched = Schedule(lengths, d, x);
+  }
+
+  bool masked() const { return lengths.device.defined(); }
+  bool projected() const { return w_hr.defined(); }
+
+  // The fields of StepCommon for a launch over `units` per row; s and rows are the loop's.
+  template <typename Step>
+  void fill_common(Step& a, int64_t units) const {
+    a.lengths = masked() ? lengths.device.const_data_ptr<int64_t>() : nullptr;
+    a.order = sched.order_ptr();
+    a.s = 0;
+    a.rows = d.B;
+    a.T = d.T;
+    a.B = d.B;
+    a.units = units;
+    a.reverse = reverse;
+  }
+};
+
+// A forward call. The plan allocates the outputs; a backend fills y, saved and the running
+// states h and c (which start as h0, c0 by row and end as h_n, c_n by row).
+struct ForwardPlan : LayerPlan {
+  bool save;
+  int64_t saved_width;    // per (t, b) of `saved`: 5H / 6H (LSTM, with projection) or 4H (GRU)
+  Tensor h0;              // [B, P] the caller's, contiguous, batch order
+  Tensor b_ih, b_hh;      // [G*H] contiguous, or undefined
+  Tensor y;               // [T, B, P]  zeros where padded
+  Tensor saved;           // [T, B, saved_width] activations for backward ([0] when !save); zeros where padded
+  Tensor h;               // [B, P] by row
+  Tensor c;               // [B, H] by row (LSTM), undefined (GRU)
+
+  ForwardPlan(const char* op, int64_t G, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
+              const Tensor& w_hh, const OptTensor& b_ih_, const OptTensor& b_hh_, const OptTensor& w_hr,
+              const OptTensor& lengths, bool reverse, bool save)
+      : LayerPlan(op, G, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
+    detail::check_state(op, "h0", h0_, x, d.B, d.P);
+    if (c0.has_value()) detail::check_state(op, "c0", *c0, x, d.B, d.H);
+    schedule(lengths);
+    saved_width = G == 4 ? lstm_saved_width(d.H, projected()) : 4 * d.H;
+    h0 = h0_.contiguous();
+    b_ih = detail::contiguous_or_undefined(b_ih_);
+    b_hh = detail::contiguous_or_undefined(b_hh_);
+    // Padded positions are never written by the steps; zero them so every output is
+    // deterministic (and the saved o * tanh(c), read there by the projection's weight grad
+    // times a zero grad, is finite).
+    y = detail::zeros_if(masked(), {d.T, d.B, d.P}, x);
+    saved = save ? detail::zeros_if(masked(), {d.T, d.B, saved_width}, x) : at::empty({0}, x.options());
+    h = sched.to_rows(h0);
+    if (c0.has_value()) c = sched.to_rows(*c0);
+  }
+
+  // The input projection of all steps, [T*B, G*H] (positions xproj.stride(0) apart). When
+  // activations are saved it is a view of the gate columns of `saved`, where each step then
+  // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
+  Tensor input_projection_buffer() const {
+    const int64_t gates = G * d.H;
+    return save ? saved.view({d.T * d.B, saved_width}).narrow(1, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
+  }
+
+  // out = x W_ih^T + bias, as one GEMM over all steps.
+  void project_input(Tensor out, const Tensor& bias) const {
+    const Tensor x2d = x.view({d.T * d.B, d.I});
+    if (bias.defined()) {
+      at::addmm_out(out, bias, x2d, w_ih.t());
+    } else {
+      at::mm_out(out, x2d, w_ih.t());
+    }
+  }
+
+  // The bias the input projection adds: LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0) (b_hn
+  // stays inside the reset product, see input_hidden_bias).
+  Tensor input_bias() const {
+    if (G == 4) return b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
+    if (!b_hh.defined()) return b_ih;
+    const Tensor bias = at::cat({b_hh.narrow(0, 0, 2 * d.H), at::zeros({d.H}, b_hh.options())});
+    return b_ih.defined() ? bias + b_ih : bias;
+  }
+  // GRU: b_hn [H] (contiguous), or undefined.
+  Tensor hidden_n_bias() const { return b_hh.defined() ? b_hh.narrow(0, 2 * d.H, d.H).contiguous() : Tensor(); }
+
+  std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
+    return {y, sched.to_batch(h), sched.to_batch(c), saved};
+  }
+  std::tuple<Tensor, Tensor, Tensor> gru_outputs() const { return {y, sched.to_batch(h), saved}; }
+};
+
+// A backward call. The plan allocates the parameter grads; a backend runs the recurrence
+// backwards, producing the pre-activation gate grads of every step, and hands them to
+// fold_gate_grads in runs of time steps (all T at once, or chunks), plus the first iteration's
+// hidden-side gate grads to fold_first_step. It leaves dh0 (and dc0) by row.
+//
+// Gate-grad layout, [n, B, dgates_width] time order: LSTM di, df, dg, do (4H; both the input
+// and the hidden side); GRU dr, dz, dn (the input side, 3H) then dn * r (4H in all; the hidden
+// side is dr, dz, dn * r).
+struct BackwardPlan : LayerPlan {
+  bool has_bias;
+  int64_t dgates_width;   // 4H (LSTM and GRU)
+  Tensor dy;              // [T, B, P] contiguous
+  Tensor dh_n, dc_n;      // [B, P], [B, H] contiguous (dc_n undefined for GRU)
+  Tensor h0, c0;          // [B, P], [B, H] contiguous, batch order (c0 undefined for GRU)
+  Tensor y;               // [T, B, P] the forward's outputs
+  Tensor saved;           // [T, B, saved_width] the forward's saved activations
+  Tensor dx;              // [T, B, I]  written by fold_gate_grads
+  Tensor dw_ih, dw_hh;    // [G*H, I], [G*H, P] accumulated
+  Tensor bias_sums;       // [dgates_width] column sums of the gate grads, or undefined (no bias)
+  // Set by the backend:
+  Tensor dh, dc;          // [B, P], [B, H] by row: dL/dh0, dL/dc0 (dc undefined for GRU)
+  Tensor dw_hr;           // [P, H] with a projection (projection_grad)
+
+  BackwardPlan(const char* op, int64_t G, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
+               const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
+               const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
+               bool has_bias)
+      : LayerPlan(op, G, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse), has_bias(has_bias) {
+    using detail::check_shape;
+    detail::check_state(op, "h0", h0_, x, d.B, d.P);
+    if (c0_.has_value()) detail::check_state(op, "c0", *c0_, x, d.B, d.H);
+    detail::check_state(op, "dh_n", dh_n_, x, d.B, d.P);
+    if (dc_n_.has_value()) detail::check_state(op, "dc_n", *dc_n_, x, d.B, d.H);
+    check_shape(op, "dy", dy_, {d.T, d.B, d.P});
+    detail::check_same(op, "dy", dy_, x);
+    check_shape(op, "y", y_, {d.T, d.B, d.P});
+    TORCH_CHECK(saved_.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
+                "e.g. under torch.no_grad()), so there is nothing to differentiate");
+    check_shape(op, "ws", saved_, {d.T, d.B, G == 4 ? lstm_saved_width(d.H, projected()) : 4 * d.H});
+    schedule(lengths);
+    dgates_width = 4 * d.H;
+    dy = dy_.contiguous();
+    dh_n = dh_n_.contiguous();
+    h0 = h0_.contiguous();
+    if (c0_.has_value()) {
+      c0 = c0_->contiguous();
+      dc_n = dc_n_->contiguous();
+    }
+    y = y_.contiguous();
+    saved = saved_.contiguous();
+    dx = at::empty({d.T, d.B, d.I}, x.options());
+    dw_ih = at::zeros({G * d.H, d.I}, x.options());
+    dw_hh = at::zeros({G * d.H, d.P}, x.options());
+    if (has_bias) bias_sums = at::zeros({dgates_width}, x.options());
+  }
+
+  // Folds the gate grads dg [n, B, dgates_width] of the times [t0, t0 + n) into dx, dW_ih, the
+  // bias sums and dW_hh (except each entry's first step, whose h_prev is h0: fold_first_step).
+  void fold_gate_grads(const Tensor& dg, int64_t t0) const {
+    const int64_t n = dg.size(0), in_cols = G * d.H;
+    const Tensor dg2d = dg.view({n * d.B, dgates_width}), dgx = dg2d.narrow(1, 0, in_cols);
+    Tensor dx_part = dx.narrow(0, t0, n).view({n * d.B, d.I});
+    at::mm_out(dx_part, dgx, w_ih);
+    dw_ih.addmm_(dgx.t(), x.narrow(0, t0, n).view({n * d.B, d.I}));
+    if (has_bias) bias_sums.add_(dg2d.sum(0));
+    // For dW_hh: the grads of the steps of the range that are not an entry's first, next to
+    // the h_prev they multiply — the neighbouring output in time (padded neighbours are zero
+    // and meet zero grads).
+    const int64_t first = reverse ? t0 : std::max<int64_t>(t0, 1), end = reverse ? std::min(t0 + n, d.T - 1) : t0 + n;
+    const int64_t m = end - first;
+    if (m <= 0) return;
+    const Tensor dgp = dg.narrow(0, first - t0, m).reshape({m * d.B, dgates_width});
+    const Tensor h_prev = y.narrow(0, reverse ? first + 1 : first - 1, m).reshape({m * d.B, d.P});
+    for_each_hidden_block([&](int64_t col, int64_t row, int64_t len) {
+      dw_hh.narrow(0, row, len).addmm_(dgp.narrow(1, col, len).t(), h_prev);
+    });
+  }
+
+  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0:
+  // dgates_step [B, G*H] by row holds its hidden-side grads in dW_hh's row order.
+  void fold_first_step(const Tensor& dgates_step) const { dw_hh.addmm_(dgates_step.t(), sched.to_rows(h0)); }
+
+  // dW_hr = sum over steps of dp^T o tanh(c), from dp [T, B, P] (the full grads of the
+  // projected states) and the saved o * tanh(c).
+  Tensor projection_grad(const Tensor& dp) const {
+    return at::mm(dp.view({d.T * d.B, d.P}).t(), saved.view({d.T * d.B, saved.size(2)}).narrow(1, 5 * d.H, d.H));
+  }
+
+  // (db_ih, db_hh) from the bias sums: LSTM both are the sum of di..do; GRU b_ih takes
+  // dr, dz, dn and b_hh dr, dz, dn * r. Empty tensors without biases.
+  std::pair<Tensor, Tensor> bias_grads() const {
+    if (!has_bias) return {at::empty({0}, x.options()), at::empty({0}, x.options())};
+    std::vector<Tensor> hidden;
+    for_each_hidden_block([&](int64_t col, int64_t, int64_t len) { hidden.push_back(bias_sums.narrow(0, col, len)); });
+    const Tensor db_ih = G * d.H == dgates_width ? bias_sums : bias_sums.narrow(0, 0, G * d.H).clone();
+    return {db_ih, at::cat(hidden)};
+  }
+
+  // (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr), batch order; dW_hr empty without projection.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
+    const auto [db_ih, db_hh] = bias_grads();
+    return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh,
+            projected() ? dw_hr : at::empty({0}, x.options())};
+  }
+  // (dx, dh0, dW_ih, dW_hh, db_ih, db_hh), batch order.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_outputs() const {
+    const auto [db_ih, db_hh] = bias_grads();
+    return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh};
+  }
+
+ private:
+  // The hidden side of the gate grads as blocks (column in dgates, row in dW_hh, length).
+  template <typename F>
+  void for_each_hidden_block(F&& f) const {
+    if (G == 4) {
+      f(0, 0, 4 * d.H);
+    } else {
+      f(0, 0, 2 * d.H);
+      f(3 * d.H, 2 * d.H, d.H);
+    }
+  }
+};
+
+}  // namespace fastrnn

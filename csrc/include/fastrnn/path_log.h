@@ -1,0 +1,57 @@
+// Which implementation ran the last call of each op, so that tests can assert that the path
+// they target really ran (fastrnn._C.last_path(op) in Python). One record per op, process-wide
+// (backward may run on an autograd worker thread), written once per layer call.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+
+namespace fastrnn {
+
+struct PathRecord {
+  const char* path = nullptr;  // a string literal, e.g. "cpu.step_loop", "cpu.single_step", "cuda.step_loop"
+  int64_t grad_chunks = 0;     // backward: how many runs of steps the gate grads were folded in
+};
+
+class PathLog {
+ public:
+  static constexpr const char* kOps[] = {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward"};
+  static constexpr int kNumOps = 4;
+
+  // op: "fastrnn::lstm_forward" or "lstm_forward" (one of kOps); path: a string literal.
+  static void record(const char* op, const char* path, int64_t grad_chunks = 0) {
+    const int i = index(op);
+    if (i < 0) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    records()[i] = PathRecord{path, grad_chunks};
+  }
+  static bool known(const char* op) { return index(op) >= 0; }
+  // false when the op is unknown or has not run yet.
+  static bool get(const char* op, PathRecord& out) {
+    const int i = index(op);
+    if (i < 0) return false;
+    std::lock_guard<std::mutex> lock(mutex());
+    out = records()[i];
+    return out.path != nullptr;
+  }
+
+ private:
+  static int index(const char* op) {
+    if (std::strncmp(op, "fastrnn::", 9) == 0) op += 9;
+    for (int i = 0; i < kNumOps; ++i) {
+      if (std::strcmp(op, kOps[i]) == 0) return i;
+    }
+    return -1;
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+  static PathRecord* records() {
+    static PathRecord r[kNumOps];
+    return r;
+  }
+};
+
+}  // namespace fastrnn

@@ -1,0 +1,252 @@
+// The step-loop recurrence: per time step one recurrent GEMM and one fused pointwise launch
+// (the point functions of steps.h), backward likewise in reverse with the gate grads folded into
+// dx and the parameter grads in runs of steps. One implementation of the backend entry points
+// (backend.h) for every device, over a `Kernels` policy:
+//   using Gemm = ...;                                  // the recurrent GEMM (gemm.h)
+//   static constexpr int64_t kGradChunkBytes = ...;    // backward gate-grad buffer (GradChunks)
+//   template <class Point, class Step> static void run(const Step& a);
+//                                                      // Point::run over a.rows x a.units pairs
+// The CPU backend runs it for everything but its fused single steps; CUDA runs it when the
+// recurrence dispatch (cuda/recurrence.cpp) picks the step loop.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "fastrnn/gemm.h"
+#include "fastrnn/layer_plan.h"
+#include "fastrnn/path_log.h"
+
+namespace fastrnn {
+
+// The backward's gate grads reach dx and the parameter grads only through sums over steps, so
+// the loop may keep just a chunk of steps of them (Kernels::kGradChunkBytes; 0 = all T steps)
+// and fold each chunk as soon as it is complete. On the CPU a whole [T, B, 4H] buffer is tens of
+// MB of fresh pages from the OS at every call: page faults took ~15% of the CPU time of a
+// charrnn-sized fwd+bwd. Chunks are runs of iterations; they are runs of time indices when
+// every entry reads the same time at an iteration — forward (t = s), or reverse without lengths
+// (t = T-1-s) — so reverse with lengths keeps all T steps. Half and bfloat16 keep all steps
+// too: summing chunk results in those types would round once per chunk.
+struct GradChunks {
+  static constexpr int64_t kMinGemmRows = 512;  // rows (chunk steps x B) of the fold GEMMs
+  int64_t steps, T;
+  bool reverse, masked;
+  GradChunks(int64_t budget_bytes, const LayerPlan& p, int64_t width)
+      : steps(p.d.T), T(p.d.T), reverse(p.reverse), masked(p.masked()) {
+    if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(p.x.scalar_type())) {
+      const int64_t B = p.d.B;
+      const int64_t min_steps = std::min(T, (kMinGemmRows + B - 1) / B);
+      steps = std::clamp(budget_bytes / (B * width * int64_t(p.x.element_size())), min_steps, T);
+    }
+  }
+  int64_t count() const { return (T + steps - 1) / steps; }
+  int64_t lo(int64_t s) const { return s / steps * steps; }  // the chunk's last iteration
+  int64_t length(int64_t s) const { return std::min(steps, T - lo(s)); }
+  bool starts(int64_t s) const { return s == lo(s) + length(s) - 1; }  // iterations run downwards
+  bool ends(int64_t s) const { return s == lo(s); }
+  int64_t t0(int64_t s) const { return reverse ? T - lo(s) - length(s) : lo(s); }  // its first time index
+  // Before iteration s: where a new chunk starts, point the step at it and clear the buffer of
+  // the previous chunk's grads where padded positions will not overwrite them.
+  template <typename Step>
+  void enter(int64_t s, Step& a, at::Tensor& buffer) const {
+    if (!starts(s)) return;
+    a.dgates_t0 = t0(s);
+    if (masked && s != T - 1) buffer.zero_();
+  }
+};
+
+// The arguments of the forward point functions for a plan, before the loop sets s and rows.
+// xproj [T*B, G*H] (positions xproj.stride(0) apart), hproj [B, G*H] by row; hfull [B, H] by
+// row with a projection (else undefined).
+template <typename T>
+LstmForwardStep<T> lstm_forward_step(ForwardPlan& p, const Tensor& xproj, const Tensor& hproj, const Tensor& hfull) {
+  LstmForwardStep<T> a{};
+  p.fill_common(a, p.d.H);
+  a.xproj = xproj.data_ptr<T>();
+  a.xstride = xproj.stride(0);
+  a.hproj = hproj.const_data_ptr<T>();
+  a.h = p.h.mutable_data_ptr<T>();
+  a.c = p.c.mutable_data_ptr<T>();
+  a.y = p.y.mutable_data_ptr<T>();
+  a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
+  a.hfull = hfull.defined() ? hfull.mutable_data_ptr<T>() : nullptr;
+  return a;
+}
+
+template <typename T>
+GruForwardStep<T> gru_forward_step(ForwardPlan& p, const Tensor& xproj, const Tensor& hproj, const Tensor& b_hn) {
+  GruForwardStep<T> a{};
+  p.fill_common(a, p.d.H);
+  a.xproj = xproj.data_ptr<T>();
+  a.xstride = xproj.stride(0);
+  a.hproj = hproj.const_data_ptr<T>();
+  a.h = p.h.mutable_data_ptr<T>();
+  a.y = p.y.mutable_data_ptr<T>();
+  a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
+  a.b_hn = b_hn.defined() ? b_hn.const_data_ptr<T>() : nullptr;
+  return a;
+}
+
+template <class Kernels>
+struct StepLoop {
+  static constexpr const char* kPathName = Kernels::kStepLoopPath;
+
+  static void lstm_forward(ForwardPlan& p) {
+    const Dims& d = p.d;
+    const Tensor xproj = p.input_projection_buffer();
+    p.project_input(xproj, p.input_bias());
+    Tensor hproj = at::empty({d.B, 4 * d.H}, p.x.options());
+    Tensor hfull, hnew;
+    std::optional<typename Kernels::Gemm> gemm_hr;
+    if (p.projected()) {
+      hfull = at::zeros({d.B, d.H}, p.x.options());
+      hnew = at::empty({d.B, d.P}, p.x.options());
+      gemm_hr.emplace(p.w_hr, /*transpose=*/true, d.B, d.T);
+    }
+    const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_forward", [&] {
+      auto a = lstm_forward_step<scalar_t>(p, xproj, hproj, hfull);
+      LstmProjCommitStep<scalar_t> pc{};
+      if (p.projected()) {
+        p.fill_common(pc, d.P);
+        pc.hnew = hnew.const_data_ptr<scalar_t>();
+        pc.h = a.h;
+        pc.y = a.y;
+      }
+      for (int64_t s = 0; s < d.T; ++s) {
+        const int64_t n = p.sched.rows(s, d.B);
+        gemm_hh(hproj, p.h, n, false);
+        a.s = s;
+        a.rows = n;
+        Kernels::template run<LstmForwardPoint>(a);
+        if (p.projected()) {
+          (*gemm_hr)(hnew, hfull, n, false);
+          pc.s = s;
+          pc.rows = n;
+          Kernels::template run<LstmProjCommitPoint>(pc);
+        }
+      }
+    });
+    PathLog::record("lstm_forward", kPathName);
+  }
+
+  static void gru_forward(ForwardPlan& p) {
+    const Dims& d = p.d;
+    const Tensor xproj = p.input_projection_buffer();
+    p.project_input(xproj, p.input_bias());
+    const Tensor b_hn = p.hidden_n_bias();
+    Tensor hproj = at::empty({d.B, 3 * d.H}, p.x.options());
+    const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
+      auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
+      for (int64_t s = 0; s < d.T; ++s) {
+        const int64_t n = p.sched.rows(s, d.B);
+        gemm_hh(hproj, p.h, n, false);
+        a.s = s;
+        a.rows = n;
+        Kernels::template run<GruForwardPoint>(a);
+      }
+    });
+    PathLog::record("gru_forward", kPathName);
+  }
+
+  static void lstm_backward(BackwardPlan& p) {
+    const Dims& d = p.d;
+    const auto opts = p.x.options();
+    // Padded positions are never written by the steps; their grads must read as zero.
+    const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
+    Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);
+    Tensor dgates_step = at::empty({d.B, 4 * d.H}, opts);
+    p.dh = at::zeros({d.B, d.P}, opts);
+    p.dc = at::zeros({d.B, d.H}, opts);
+    const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
+    Tensor dp, dp_step, dh_full;
+    std::optional<typename Kernels::Gemm> gemm_hr;
+    if (p.projected()) {
+      gemm_hr.emplace(p.w_hr, /*transpose=*/false, d.B, d.T);
+      dp = detail::zeros_if(p.masked(), {d.T, d.B, d.P}, p.x);
+      dp_step = at::empty({d.B, d.P}, opts);
+      dh_full = at::empty({d.B, d.H}, opts);
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_backward", [&] {
+      LstmBackwardStep<scalar_t> a{};
+      p.fill_common(a, d.H);
+      a.dy = p.dy.const_data_ptr<scalar_t>();
+      a.dh_n = p.dh_n.const_data_ptr<scalar_t>();
+      a.dc_n = p.dc_n.const_data_ptr<scalar_t>();
+      a.saved = p.saved.const_data_ptr<scalar_t>();
+      a.c0 = p.c0.const_data_ptr<scalar_t>();
+      a.dh = p.dh.const_data_ptr<scalar_t>();
+      a.dh_full = p.projected() ? dh_full.const_data_ptr<scalar_t>() : nullptr;
+      a.dc = p.dc.mutable_data_ptr<scalar_t>();
+      a.dgates = dgates.mutable_data_ptr<scalar_t>();
+      a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
+      LstmProjBackwardStep<scalar_t> pb{};
+      if (p.projected()) {
+        p.fill_common(pb, d.P);
+        pb.dy = a.dy;
+        pb.dh_n = a.dh_n;
+        pb.dh = a.dh;
+        pb.dp = dp.mutable_data_ptr<scalar_t>();
+        pb.dp_step = dp_step.mutable_data_ptr<scalar_t>();
+      }
+      for (int64_t s = d.T - 1; s >= 0; --s) {
+        const int64_t n = p.sched.rows(s, d.B);
+        chunks.enter(s, a, dgates);
+        if (p.projected()) {
+          pb.s = s;
+          pb.rows = n;
+          Kernels::template run<LstmProjBackwardPoint>(pb);
+          (*gemm_hr)(dh_full, dp_step, n, false);
+        }
+        a.s = s;
+        a.rows = n;
+        Kernels::template run<LstmBackwardPoint>(a);
+        gemm_hh(p.dh, dgates_step, n, false);
+        if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+      }
+    });
+    p.fold_first_step(dgates_step);
+    if (p.projected()) p.dw_hr = p.projection_grad(dp);
+    PathLog::record("lstm_backward", kPathName, chunks.count());
+  }
+
+  static void gru_backward(BackwardPlan& p) {
+    const Dims& d = p.d;
+    const auto opts = p.x.options();
+    const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
+    Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);  // see lstm_backward
+    Tensor dgates_step = at::empty({d.B, 3 * d.H}, opts);
+    p.dh = at::zeros({d.B, d.H}, opts);
+    const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
+      GruBackwardStep<scalar_t> a{};
+      p.fill_common(a, d.H);
+      a.dy = p.dy.const_data_ptr<scalar_t>();
+      a.dh_n = p.dh_n.const_data_ptr<scalar_t>();
+      a.saved = p.saved.const_data_ptr<scalar_t>();
+      a.h0 = p.h0.const_data_ptr<scalar_t>();
+      a.y = p.y.const_data_ptr<scalar_t>();
+      a.dh = p.dh.mutable_data_ptr<scalar_t>();
+      a.dgates = dgates.mutable_data_ptr<scalar_t>();
+      a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
+      for (int64_t s = d.T - 1; s >= 0; --s) {
+        const int64_t n = p.sched.rows(s, d.B);
+        chunks.enter(s, a, dgates);
+        a.s = s;
+        a.rows = n;
+        Kernels::template run<GruBackwardPoint>(a);
+        // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
+        gemm_hh(p.dh, dgates_step, n, true);
+        if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+      }
+    });
+    p.fold_first_step(dgates_step);
+    PathLog::record("gru_backward", kPathName, chunks.count());
+  }
+};
+
+}  // namespace fastrnn

@@ -1,0 +1,329 @@
+// The per-step point functions of the step-loop recurrence: for one (row r, unit j) pair of a
+// time step, load what the cell math needs, run it (cell_math.h), store the results.
+//
+// A step's arguments are a plain struct of pointers and sizes (the `*Step` structs below), and
+// each point function is a type with one static member template
+//   template <typename V, typename Step> static void run(const Step& a, int64_t r, int64_t j);
+// so every backend launches any of them through one generic launcher: the CUDA kernels call it
+// from one thread per pair (cuda/kernel_utils.cuh), the CPU over the same index space with
+// at::parallel_for and SIMD vectors of consecutive j (cpu/ops_cpu.cpp). Nothing here touches
+// shared memory or synchronises, so the CPU build runs exactly the GPU indexing.
+//
+// Conventions shared by every step (docs/DESIGN.md, "Lengths" and "Workspace"):
+//   - T time steps, B batch entries, H hidden units (P: the projected width, proj_size); tensors
+//     are row-major and time-major: position (t, b) of a [T, B, W] tensor is element tb * W
+//     with tb = t * B + b.
+//   - Iteration s (0 <= s < T) is the s-th step the recurrence takes. Entry b, with length L
+//     (T when no lengths are given), is active for s < L and then reads time index
+//     t = s (forward) or t = L - 1 - s (reverse). Finished entries keep their state and
+//     write nothing, so padded outputs keep the zeros they were allocated with.
+//   - A *row* is a slot of the running per-step buffers (states, GEMM results, grads of this
+//     step); row r holds batch entry b = order[r]. With lengths known on the host the driver sorts
+//     rows by length, longest first, so the active rows of every step are a prefix `rows` long
+//     and finished entries cost nothing. Everything the caller sees (x, y, h0, c0, dy, dh_n,
+//     saved activations, time-order grads) stays in batch-entry order and is indexed by b.
+#pragma once
+
+#include "fastrnn/cell_math.h"
+
+namespace fastrnn {
+
+// Batch entry held by row r.
+C10_HOST_DEVICE FASTRNN_INLINE int64_t entry_of(const int64_t* order, int64_t r) {
+  return order == nullptr ? r : order[r];
+}
+
+// Length of entry b; the clamp keeps a bad length from ever indexing out of bounds
+// (host code rejects such lengths before launching; this is the last line of defence).
+C10_HOST_DEVICE FASTRNN_INLINE int64_t seq_length(const int64_t* lengths, int64_t b, int64_t T) {
+  if (lengths == nullptr) return T;
+  const int64_t L = lengths[b];
+  return L < 0 ? 0 : (L > T ? T : L);
+}
+
+// Time index read by entry b (length L) at iteration s; false once the entry has finished.
+C10_HOST_DEVICE FASTRNN_INLINE bool step_time(int64_t s, int64_t L, bool reverse, int64_t& t) {
+  if (s >= L) return false;
+  t = reverse ? L - 1 - s : s;
+  return true;
+}
+
+// Fields every step shares: where it is in the sequence and which pairs it covers.
+struct StepCommon {
+  const int64_t* lengths;  // [B] or nullptr (every entry has length T)
+  const int64_t* order;    // [B] row -> batch entry, or nullptr (identity)
+  int64_t s;               // iteration
+  int64_t rows;            // rows launched this step (B, or the active prefix when sorted)
+  int64_t T, B;
+  int64_t units;           // units per row: the launch covers rows x units pairs (H for the cell
+                           // steps, P for the projection steps)
+  bool reverse;
+};
+
+// ---------------------------------------------------------------------------------------------
+// LSTM
+
+// Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
+C10_HOST_DEVICE FASTRNN_INLINE int64_t lstm_saved_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
+
+template <typename scalar_t>
+struct LstmForwardStep : StepCommon {  // units = H
+  using scalar_type = scalar_t;
+  scalar_t* xproj;            // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order, positions xstride
+                              //            apart; when it lives in `saved`, the step overwrites it
+                              //            with i, f, g, o
+  int64_t xstride;
+  const scalar_t* hproj;      // [rows, 4H] h_{s-1} W_hh^T for this iteration
+  scalar_t* h;                // [B, P]     running hidden state by row, updated in place (without
+                              //            projection; with one, lstm_proj_commit writes it)
+  scalar_t* c;                // [B, H]     running cell state by row, updated in place
+  scalar_t* y;                // [T, B, H]  outputs, time order (without projection)
+  scalar_t* saved;            // [T, B, 5H] saved i, f, g, o, c for backward (6H with projection:
+                              //            adds o * tanh(c)); nullptr: save nothing
+  scalar_t* hfull;            // [B, H] by row, with projection: o * tanh(c), the input of the
+                              //            projection GEMM; nullptr without projection
+};
+
+struct LstmForwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmForwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    const int64_t b = entry_of(a.order, r);
+    int64_t t;
+    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
+    const int64_t H = a.units;
+    const int64_t tb = t * a.B + b;
+    const T* xp = a.xproj + tb * a.xstride + j;
+    const T* hp = a.hproj + r * 4 * H + j;
+    const int64_t k = r * H + j;
+    const auto v = lstm_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
+                                        L::load(xp + 2 * H) + L::load(hp + 2 * H),
+                                        L::load(xp + 3 * H) + L::load(hp + 3 * H), L::load(a.c + k));
+    L::store(a.c + k, v.c);
+    if (a.hfull != nullptr) {
+      L::store(a.hfull + k, v.h);
+    } else {
+      L::store(a.h + k, v.h);
+      L::store(a.y + tb * H + j, v.h);
+    }
+    if (a.saved != nullptr) {
+      T* w = a.saved + tb * lstm_saved_width(H, a.hfull != nullptr) + j;
+      L::store(w, v.i);
+      L::store(w + H, v.f);
+      L::store(w + 2 * H, v.g);
+      L::store(w + 3 * H, v.o);
+      L::store(w + 4 * H, v.c);
+      if (a.hfull != nullptr) L::store(w + 5 * H, v.h);
+    }
+  }
+};
+
+template <typename scalar_t>
+struct LstmBackwardStep : StepCommon {  // units = H
+  using scalar_type = scalar_t;
+  const scalar_t* dy;         // [T, B, H]  grad of outputs, time order
+  const scalar_t* dh_n;       // [B, H]     grad of the final hidden state
+  const scalar_t* dc_n;       // [B, H]     grad of the final cell state
+  const scalar_t* saved;      // [T, B, 5H] what the forward saved (6H with projection)
+  const scalar_t* c0;         // [B, H]     initial cell state
+  const scalar_t* dh;         // [B, H]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
+  const scalar_t* dh_full;    // [B, H]     by row, with projection: the complete dL/d(o * tanh(c))
+                              //            of this iteration (dy, dh_n, dh then unused); else nullptr
+  scalar_t* dc;               // [B, H]     by row; in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
+  scalar_t* dgates;           // [n, B, 4H] pre-activation gate grads of the times
+                              //            [dgates_t0, dgates_t0 + n), time order
+  int64_t dgates_t0;
+  scalar_t* dgates_step;      // [B, 4H]    by row: the same for this iteration, zero for finished
+                              //            entries; the next GEMM computes dh_{s-1} from it
+};
+
+struct LstmBackwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmBackwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    const int64_t H = a.units;
+    T* dstep = a.dgates_step + r * 4 * H + j;
+    const int64_t b = entry_of(a.order, r);
+    const int64_t len = seq_length(a.lengths, b, a.T);
+    int64_t t;
+    if (!step_time(a.s, len, a.reverse, t)) {
+      for (int q = 0; q < 4; ++q) L::store(dstep + q * H, V(0));
+      return;
+    }
+    const int64_t k = r * H + j;   // running buffers
+    const int64_t kb = b * H + j;  // caller's [B, H] tensors
+    const int64_t tb = t * a.B + b;
+    // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
+    const bool last = a.s == len - 1;
+    const V dh = a.dh_full != nullptr ? L::load(a.dh_full + k)
+                                      : (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + tb * H + j);
+    const V dc = last ? L::load(a.dc_n + kb) : L::load(a.dc + k);
+    const int64_t width = lstm_saved_width(H, a.dh_full != nullptr);
+    const T* w = a.saved + tb * width + j;
+    const V c_prev = a.s == 0 ? L::load(a.c0 + kb)
+                              : L::load(a.saved + ((a.reverse ? t + 1 : t - 1) * a.B + b) * width + 4 * H + j);
+    const auto d = lstm_cell_backward<V>(dh, dc, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H),
+                                         L::load(w + 4 * H), c_prev);
+    L::store(a.dc + k, d.dc_prev);
+    T* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
+    const V grads[4] = {d.di, d.df, d.dg, d.d_o};
+    for (int q = 0; q < 4; ++q) {
+      L::store(dt + q * H, grads[q]);
+      L::store(dstep + q * H, grads[q]);
+    }
+  }
+};
+
+// Projection (nn.LSTM's proj_size = P): after the GEMM hnew = hfull W_hr^T, active entries take
+// hnew as their state and output; finished ones keep theirs.
+template <typename scalar_t>
+struct LstmProjCommitStep : StepCommon {  // units = P
+  using scalar_type = scalar_t;
+  const scalar_t* hnew;       // [rows, P]  projected hidden state of this iteration
+  scalar_t* h;                // [B, P]     running hidden state by row, updated in place
+  scalar_t* y;                // [T, B, P]  outputs, time order
+};
+
+struct LstmProjCommitPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmProjCommitStep<T>& a, int64_t r, int64_t p) {
+    using L = Lanes<V>;
+    const int64_t b = entry_of(a.order, r);
+    int64_t t;
+    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
+    const int64_t P = a.units;
+    const int64_t k = r * P + p;
+    const V h = L::load(a.hnew + k);
+    L::store(a.h + k, h);
+    L::store(a.y + (t * a.B + b) * P + p, h);
+  }
+};
+
+// Backward through the projection: the grad of this iteration's projected state, to be
+// multiplied by W_hr (per step) into the grad of o * tanh(c), and by hfull (after the loop)
+// into dW_hr.
+template <typename scalar_t>
+struct LstmProjBackwardStep : StepCommon {  // units = P
+  using scalar_type = scalar_t;
+  const scalar_t* dy;         // [T, B, P]  grad of outputs, time order
+  const scalar_t* dh_n;       // [B, P]     grad of the final hidden state
+  const scalar_t* dh;         // [B, P]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
+  scalar_t* dp;               // [T, B, P]  dL/dh_s in full, time order
+  scalar_t* dp_step;          // [B, P]     by row: the same for this iteration, zero for finished entries
+};
+
+struct LstmProjBackwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmProjBackwardStep<T>& a, int64_t r, int64_t p) {
+    using L = Lanes<V>;
+    const int64_t P = a.units;
+    const int64_t k = r * P + p;
+    const int64_t b = entry_of(a.order, r);
+    const int64_t len = seq_length(a.lengths, b, a.T);
+    int64_t t;
+    if (!step_time(a.s, len, a.reverse, t)) {
+      L::store(a.dp_step + k, V(0));
+      return;
+    }
+    const int64_t tb = t * a.B + b;
+    const V d = (a.s == len - 1 ? L::load(a.dh_n + b * P + p) : L::load(a.dh + k)) + L::load(a.dy + tb * P + p);
+    L::store(a.dp + tb * P + p, d);
+    L::store(a.dp_step + k, d);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// GRU
+
+template <typename scalar_t>
+struct GruForwardStep : StepCommon {  // units = H
+  using scalar_type = scalar_t;
+  scalar_t* xproj;            // [T, B, 3H] x_t W_ih^T + b_ih + (b_hr, b_hz, 0), time order, positions
+                              //            xstride apart; in `saved`, overwritten with r, z, n
+  int64_t xstride;
+  const scalar_t* hproj;      // [rows, 3H] h_{s-1} W_hh^T for this iteration
+  const scalar_t* b_hn;       // [H] or nullptr: the part of b_hh that sits inside the reset product
+  scalar_t* h;                // [B, H]     running hidden state by row, updated in place
+  scalar_t* y;                // [T, B, H]  outputs, time order
+  scalar_t* saved;            // [T, B, 4H] saved r, z, n, W_hn h + b_hn; nullptr: save nothing
+};
+
+struct GruForwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const GruForwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    const int64_t b = entry_of(a.order, r);
+    int64_t t;
+    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
+    const int64_t H = a.units;
+    const int64_t tb = t * a.B + b;
+    const T* xp = a.xproj + tb * a.xstride + j;
+    const T* hp = a.hproj + r * 3 * H + j;
+    const V hn = a.b_hn != nullptr ? L::load(hp + 2 * H) + L::load(a.b_hn + j) : L::load(hp + 2 * H);
+    const int64_t k = r * H + j;
+    const auto v = gru_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
+                                       L::load(xp + 2 * H), hn, L::load(a.h + k));
+    L::store(a.h + k, v.h);
+    L::store(a.y + tb * H + j, v.h);
+    if (a.saved != nullptr) {
+      T* w = a.saved + tb * 4 * H + j;
+      L::store(w, v.r);
+      L::store(w + H, v.z);
+      L::store(w + 2 * H, v.n);
+      L::store(w + 3 * H, v.hn);
+    }
+  }
+};
+
+template <typename scalar_t>
+struct GruBackwardStep : StepCommon {  // units = H
+  using scalar_type = scalar_t;
+  const scalar_t* dy;         // [T, B, H]  grad of outputs, time order
+  const scalar_t* dh_n;       // [B, H]     grad of the final hidden state
+  const scalar_t* saved;      // [T, B, 4H] what the forward saved
+  const scalar_t* h0;         // [B, H]     initial hidden state
+  const scalar_t* y;          // [T, B, H]  forward outputs: h_{s-1} for s > 0
+  scalar_t* dh;               // [B, H]     by row; in: dL/dh_s through the recurrence (iteration
+                              //            s+1); out: the direct part z * dL/dh_s of dL/dh_{s-1}
+  scalar_t* dgates;           // [n, B, 4H] time order: dr, dz, dn (input side), dn * r (hidden n),
+                              //            of the times [dgates_t0, dgates_t0 + n)
+  int64_t dgates_t0;
+  scalar_t* dgates_step;      // [B, 3H]    by row: hidden-side dr, dz, dn * r of this iteration,
+                              //            zero for finished entries; the next GEMM adds it times
+                              //            W_hh to dh
+};
+
+struct GruBackwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const GruBackwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    const int64_t H = a.units;
+    T* dstep = a.dgates_step + r * 3 * H + j;
+    const int64_t b = entry_of(a.order, r);
+    const int64_t len = seq_length(a.lengths, b, a.T);
+    int64_t t;
+    if (!step_time(a.s, len, a.reverse, t)) {
+      for (int q = 0; q < 3; ++q) L::store(dstep + q * H, V(0));
+      return;
+    }
+    const int64_t k = r * H + j;
+    const int64_t kb = b * H + j;
+    const int64_t tb = t * a.B + b;
+    const bool last = a.s == len - 1;
+    const V dh = (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + tb * H + j);
+    const T* w = a.saved + tb * 4 * H + j;
+    const V h_prev = a.s == 0 ? L::load(a.h0 + kb) : L::load(a.y + ((a.reverse ? t + 1 : t - 1) * a.B + b) * H + j);
+    const auto d = gru_cell_backward<V>(dh, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H), h_prev);
+    L::store(a.dh + k, d.dh_direct);
+    T* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
+    L::store(dt, d.dr);
+    L::store(dt + H, d.dz);
+    L::store(dt + 2 * H, d.dn);
+    L::store(dt + 3 * H, d.dn_h);
+    L::store(dstep, d.dr);
+    L::store(dstep + H, d.dz);
+    L::store(dstep + 2 * H, d.dn_h);
+  }
+};
+
+}  // namespace fastrnn
