@@ -21,6 +21,13 @@ f64 = torch.float64
 # helpers
 
 
+def last_path(op):
+    """Which implementation ran the last call of op (csrc/include/fastrnn/path_log.h)."""
+    record = fastrnn._C.last_path(op)
+    assert record is not None, f"{op} has not run"
+    return record
+
+
 def make_lengths(spec, T, B):
     """None, "full" (all T), "mixed" (unsorted, one entry of length 1, one of length T when B > 1)
     or an explicit list."""
@@ -187,22 +194,27 @@ PROJ_GRID = [
 
 
 # The CPU backward folds its gate grads into dx and the parameter grads in chunks of steps once the
-# [T, B, 4H] buffer passes 8 MiB (sequence.h: GradChunks). At T=40, B=64, H=128 in float64 that is
-# 13 MiB: chunks of 32 and 8 steps, so a chunk boundary falls mid-sequence, the last chunk is short,
-# and with lengths the chunk buffer is re-zeroed. Reverse with lengths keeps all steps (checked
-# too); on CUDA every case runs unchunked.
+# [T, B, 4H] buffer passes 8 MiB (step_loop.h: GradChunks). At T=40, B=64, H=128 in float64 that
+# is 13 MiB: chunks of 32 and 8 steps, so a chunk boundary falls mid-sequence, the last chunk is
+# short, and with lengths the chunk buffer is re-zeroed. Reverse with lengths keeps all steps
+# (checked too). The last column: how many chunks the CPU backward must have folded.
 CHUNK_CASES = [
-    pytest.param(None, False, id="nolen-fwd"),
-    pytest.param(None, True, id="nolen-rev"),
-    pytest.param("mixed", False, id="mixed-fwd"),
-    pytest.param("mixed", True, id="mixed-rev"),
+    pytest.param(None, False, 2, id="nolen-fwd"),
+    pytest.param(None, True, 2, id="nolen-rev"),
+    pytest.param("mixed", False, 2, id="mixed-fwd"),
+    pytest.param("mixed", True, 1, id="mixed-rev"),
 ]
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-@pytest.mark.parametrize("lengths,reverse", CHUNK_CASES)
-def test_backward_in_chunks_matches_nn_and_reference(device, kind, lengths, reverse):
+@pytest.mark.parametrize("lengths,reverse,cpu_chunks", CHUNK_CASES)
+def test_backward_in_chunks_matches_nn_and_reference(device, kind, lengths, reverse, cpu_chunks):
     compare_layer(kind, device, 40, 64, 9, 128, True, lengths, reverse, f64)
+    ran = last_path(f"{kind}_backward")
+    if device.type == "cpu":
+        assert ran == {"path": "cpu.step_loop", "grad_chunks": cpu_chunks}
+    else:
+        assert ran["path"] == "cuda.step_loop"
 
 
 @pytest.mark.parametrize("T,B,I,H,P,bias,lengths,reverse", PROJ_GRID)
@@ -356,10 +368,12 @@ def test_single_step_fp32_matches_nn(device, kind, B, I, H, bias, grad):
     with torch.set_grad_enabled(grad):
         if kind == "lstm":
             fast = F.lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-            want = cell(x, (hx, cx))
         else:
             fast = (F.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh),)
-            want = (cell(x, hx),)
+        expected_path = "cuda.step_loop" if device.type == "cuda" else (
+            "cpu.single_step" if B <= 4 else "cpu.step_loop")
+        assert last_path(f"{kind}_forward")["path"] == expected_path
+        want = cell(x, (hx, cx)) if kind == "lstm" else (cell(x, hx),)
         # the same step through the layer op, with lengths (all 1 at T = 1)
         if kind == "lstm":
             _, h_l, c_l = F.lstm_layer(x[None], hx, cx, w_ih, w_hh, b_ih, b_hh, lengths=[1] * B)
