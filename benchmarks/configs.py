@@ -1,4 +1,4 @@
-"""Benchmark configurations, named as in DESIGN.md ("Benchmarks")."""
+"""Benchmark configurations, named as in docs/DESIGN.md ("Benchmarks")."""
 from dataclasses import dataclass, replace
 
 
