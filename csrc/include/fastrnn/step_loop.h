@@ -59,33 +59,33 @@ struct GradChunks {
 };
 
 // The arguments of the forward point functions for a plan, before the loop sets s and rows.
-// xproj [T*B, G*H] (positions xproj.stride(0) apart), hproj [B, G*H] by row; hfull [B, H] by
-// row with a projection (else undefined).
+// xproj [T*B, G*H] (positions xproj.stride(0) apart), hproj [B, G*H] by row.
 template <typename T>
-LstmForwardStep<T> lstm_forward_step(ForwardPlan& p, const Tensor& xproj, const Tensor& hproj, const Tensor& hfull) {
-  LstmForwardStep<T> a{};
+void fill_forward_step(ForwardPlan& p, ForwardStep<T>& a, const Tensor& xproj, const Tensor& hproj) {
   p.fill_common(a, p.d.H);
   a.xproj = xproj.data_ptr<T>();
   a.xstride = xproj.stride(0);
   a.hproj = hproj.const_data_ptr<T>();
   a.h = p.h.mutable_data_ptr<T>();
-  a.c = p.c.mutable_data_ptr<T>();
   a.y = p.y.mutable_data_ptr<T>();
   a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
+}
+
+// hfull [B, H] by row with a projection, else undefined.
+template <typename T>
+LstmForwardStep<T> lstm_forward_step(ForwardPlan& p, const Tensor& xproj, const Tensor& hproj, const Tensor& hfull) {
+  LstmForwardStep<T> a{};
+  fill_forward_step<T>(p, a, xproj, hproj);
+  a.c = p.c.mutable_data_ptr<T>();
   a.hfull = hfull.defined() ? hfull.mutable_data_ptr<T>() : nullptr;
   return a;
 }
 
+// b_hn [H], or undefined.
 template <typename T>
 GruForwardStep<T> gru_forward_step(ForwardPlan& p, const Tensor& xproj, const Tensor& hproj, const Tensor& b_hn) {
   GruForwardStep<T> a{};
-  p.fill_common(a, p.d.H);
-  a.xproj = xproj.data_ptr<T>();
-  a.xstride = xproj.stride(0);
-  a.hproj = hproj.const_data_ptr<T>();
-  a.h = p.h.mutable_data_ptr<T>();
-  a.y = p.y.mutable_data_ptr<T>();
-  a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
+  fill_forward_step<T>(p, a, xproj, hproj);
   a.b_hn = b_hn.defined() ? b_hn.const_data_ptr<T>() : nullptr;
   return a;
 }

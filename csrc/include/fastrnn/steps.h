@@ -60,27 +60,56 @@ struct StepCommon {
   bool reverse;
 };
 
+// Where the pair (row r, unit j) of a step reads and writes, for an entry active at a.s.
+struct Position {
+  int64_t b;   // batch entry
+  int64_t t;   // time index
+  int64_t tb;  // t * B + b: its position in time-major [T, B, ...] tensors
+  int64_t k;   // r * units + j: in the running [B, units] buffers (by row)
+  int64_t kb;  // b * units + j: in the caller's [B, units] tensors (by entry)
+  bool last;   // the entry's last step (it receives the final-state grads)
+};
+
+// false when the entry of row r has finished by iteration a.s.
+C10_HOST_DEVICE FASTRNN_INLINE bool locate(const StepCommon& a, int64_t r, int64_t j, Position& p) {
+  p.b = entry_of(a.order, r);
+  const int64_t len = seq_length(a.lengths, p.b, a.T);
+  if (!step_time(a.s, len, a.reverse, p.t)) return false;
+  p.tb = p.t * a.B + p.b;
+  p.k = r * a.units + j;
+  p.kb = p.b * a.units + j;
+  p.last = a.s == len - 1;
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // LSTM
 
 // Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
 C10_HOST_DEVICE FASTRNN_INLINE int64_t lstm_saved_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
 
+// What both cells' forward steps share.
 template <typename scalar_t>
-struct LstmForwardStep : StepCommon {  // units = H
+struct ForwardStep : StepCommon {  // units = H
   using scalar_type = scalar_t;
-  scalar_t* xproj;            // [T, B, 4H] x_t W_ih^T + b_ih + b_hh, time order, positions xstride
-                              //            apart; when it lives in `saved`, the step overwrites it
-                              //            with i, f, g, o
+  scalar_t* xproj;            // [T, B, G*H] x_t W_ih^T + the biases that join it (see the cell),
+                              //            time order, positions xstride apart; when it lives in
+                              //            `saved`, the step overwrites it with the activations
   int64_t xstride;
-  const scalar_t* hproj;      // [rows, 4H] h_{s-1} W_hh^T for this iteration
-  scalar_t* h;                // [B, P]     running hidden state by row, updated in place (without
-                              //            projection; with one, lstm_proj_commit writes it)
+  const scalar_t* hproj;      // [rows, G*H] h_{s-1} W_hh^T for this iteration
+  scalar_t* h;                // [B, H]     running hidden state by row, updated in place (LSTM
+                              //            with projection: lstm_proj_commit writes it)
+  scalar_t* y;                // [T, B, H]  outputs, time order (not written by an LSTM step
+                              //            with projection)
+  scalar_t* saved;            // [T, B, W]  saved activations (docs/DESIGN.md, "Workspace");
+                              //            nullptr: save nothing
+};
+
+// xproj = x W_ih^T + b_ih + b_hh; saved: i, f, g, o, c (and o * tanh(c) with projection).
+template <typename scalar_t>
+struct LstmForwardStep : ForwardStep<scalar_t> {
   scalar_t* c;                // [B, H]     running cell state by row, updated in place
-  scalar_t* y;                // [T, B, H]  outputs, time order (without projection)
-  scalar_t* saved;            // [T, B, 5H] saved i, f, g, o, c for backward (6H with projection:
-                              //            adds o * tanh(c)); nullptr: save nothing
-  scalar_t* hfull;            // [B, H] by row, with projection: o * tanh(c), the input of the
+  scalar_t* hfull;            // [B, H]     by row, with projection: o * tanh(c), the input of the
                               //            projection GEMM; nullptr without projection
 };
 
@@ -88,14 +117,11 @@ struct LstmForwardPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmForwardStep<T>& a, int64_t r, int64_t j) {
     using L = Lanes<V>;
-    const int64_t b = entry_of(a.order, r);
-    int64_t t;
-    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
-    const int64_t H = a.units;
-    const int64_t tb = t * a.B + b;
+    Position p;
+    if (!locate(a, r, j, p)) return;
+    const int64_t H = a.units, tb = p.tb, k = p.k;
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * 4 * H + j;
-    const int64_t k = r * H + j;
     const auto v = lstm_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
                                         L::load(xp + 2 * H) + L::load(hp + 2 * H),
                                         L::load(xp + 3 * H) + L::load(hp + 3 * H), L::load(a.c + k));
@@ -143,29 +169,23 @@ struct LstmBackwardPoint {
     using L = Lanes<V>;
     const int64_t H = a.units;
     T* dstep = a.dgates_step + r * 4 * H + j;
-    const int64_t b = entry_of(a.order, r);
-    const int64_t len = seq_length(a.lengths, b, a.T);
-    int64_t t;
-    if (!step_time(a.s, len, a.reverse, t)) {
+    Position p;
+    if (!locate(a, r, j, p)) {
       for (int q = 0; q < 4; ++q) L::store(dstep + q * H, V(0));
       return;
     }
-    const int64_t k = r * H + j;   // running buffers
-    const int64_t kb = b * H + j;  // caller's [B, H] tensors
-    const int64_t tb = t * a.B + b;
     // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
-    const bool last = a.s == len - 1;
-    const V dh = a.dh_full != nullptr ? L::load(a.dh_full + k)
-                                      : (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + tb * H + j);
-    const V dc = last ? L::load(a.dc_n + kb) : L::load(a.dc + k);
+    const V dh = a.dh_full != nullptr ? L::load(a.dh_full + p.k)
+                                      : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    const V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
     const int64_t width = lstm_saved_width(H, a.dh_full != nullptr);
-    const T* w = a.saved + tb * width + j;
-    const V c_prev = a.s == 0 ? L::load(a.c0 + kb)
-                              : L::load(a.saved + ((a.reverse ? t + 1 : t - 1) * a.B + b) * width + 4 * H + j);
+    const T* w = a.saved + p.tb * width + j;
+    const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
+                              : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + 4 * H + j);
     const auto d = lstm_cell_backward<V>(dh, dc, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H),
                                          L::load(w + 4 * H), c_prev);
-    L::store(a.dc + k, d.dc_prev);
-    T* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
+    L::store(a.dc + p.k, d.dc_prev);
+    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * 4 * H + j;
     const V grads[4] = {d.di, d.df, d.dg, d.d_o};
     for (int q = 0; q < 4; ++q) {
       L::store(dt + q * H, grads[q]);
@@ -188,14 +208,11 @@ struct LstmProjCommitPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmProjCommitStep<T>& a, int64_t r, int64_t p) {
     using L = Lanes<V>;
-    const int64_t b = entry_of(a.order, r);
-    int64_t t;
-    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
-    const int64_t P = a.units;
-    const int64_t k = r * P + p;
-    const V h = L::load(a.hnew + k);
-    L::store(a.h + k, h);
-    L::store(a.y + (t * a.B + b) * P + p, h);
+    Position at;
+    if (!locate(a, r, p, at)) return;
+    const V h = L::load(a.hnew + at.k);
+    L::store(a.h + at.k, h);
+    L::store(a.y + at.tb * a.units + p, h);
   }
 };
 
@@ -217,50 +234,36 @@ struct LstmProjBackwardPoint {
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmProjBackwardStep<T>& a, int64_t r, int64_t p) {
     using L = Lanes<V>;
     const int64_t P = a.units;
-    const int64_t k = r * P + p;
-    const int64_t b = entry_of(a.order, r);
-    const int64_t len = seq_length(a.lengths, b, a.T);
-    int64_t t;
-    if (!step_time(a.s, len, a.reverse, t)) {
-      L::store(a.dp_step + k, V(0));
+    Position at;
+    if (!locate(a, r, p, at)) {
+      L::store(a.dp_step + r * P + p, V(0));
       return;
     }
-    const int64_t tb = t * a.B + b;
-    const V d = (a.s == len - 1 ? L::load(a.dh_n + b * P + p) : L::load(a.dh + k)) + L::load(a.dy + tb * P + p);
-    L::store(a.dp + tb * P + p, d);
-    L::store(a.dp_step + k, d);
+    const V d = (at.last ? L::load(a.dh_n + at.kb) : L::load(a.dh + at.k)) + L::load(a.dy + at.tb * P + p);
+    L::store(a.dp + at.tb * P + p, d);
+    L::store(a.dp_step + at.k, d);
   }
 };
 
 // ---------------------------------------------------------------------------------------------
 // GRU
 
+// xproj = x W_ih^T + b_ih + (b_hr, b_hz, 0); saved: r, z, n, W_hn h + b_hn.
 template <typename scalar_t>
-struct GruForwardStep : StepCommon {  // units = H
-  using scalar_type = scalar_t;
-  scalar_t* xproj;            // [T, B, 3H] x_t W_ih^T + b_ih + (b_hr, b_hz, 0), time order, positions
-                              //            xstride apart; in `saved`, overwritten with r, z, n
-  int64_t xstride;
-  const scalar_t* hproj;      // [rows, 3H] h_{s-1} W_hh^T for this iteration
+struct GruForwardStep : ForwardStep<scalar_t> {
   const scalar_t* b_hn;       // [H] or nullptr: the part of b_hh that sits inside the reset product
-  scalar_t* h;                // [B, H]     running hidden state by row, updated in place
-  scalar_t* y;                // [T, B, H]  outputs, time order
-  scalar_t* saved;            // [T, B, 4H] saved r, z, n, W_hn h + b_hn; nullptr: save nothing
 };
 
 struct GruForwardPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const GruForwardStep<T>& a, int64_t r, int64_t j) {
     using L = Lanes<V>;
-    const int64_t b = entry_of(a.order, r);
-    int64_t t;
-    if (!step_time(a.s, seq_length(a.lengths, b, a.T), a.reverse, t)) return;
-    const int64_t H = a.units;
-    const int64_t tb = t * a.B + b;
+    Position p;
+    if (!locate(a, r, j, p)) return;
+    const int64_t H = a.units, tb = p.tb, k = p.k;
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * 3 * H + j;
     const V hn = a.b_hn != nullptr ? L::load(hp + 2 * H) + L::load(a.b_hn + j) : L::load(hp + 2 * H);
-    const int64_t k = r * H + j;
     const auto v = gru_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
                                        L::load(xp + 2 * H), hn, L::load(a.h + k));
     L::store(a.h + k, v.h);
@@ -299,23 +302,17 @@ struct GruBackwardPoint {
     using L = Lanes<V>;
     const int64_t H = a.units;
     T* dstep = a.dgates_step + r * 3 * H + j;
-    const int64_t b = entry_of(a.order, r);
-    const int64_t len = seq_length(a.lengths, b, a.T);
-    int64_t t;
-    if (!step_time(a.s, len, a.reverse, t)) {
+    Position p;
+    if (!locate(a, r, j, p)) {
       for (int q = 0; q < 3; ++q) L::store(dstep + q * H, V(0));
       return;
     }
-    const int64_t k = r * H + j;
-    const int64_t kb = b * H + j;
-    const int64_t tb = t * a.B + b;
-    const bool last = a.s == len - 1;
-    const V dh = (last ? L::load(a.dh_n + kb) : L::load(a.dh + k)) + L::load(a.dy + tb * H + j);
-    const T* w = a.saved + tb * 4 * H + j;
-    const V h_prev = a.s == 0 ? L::load(a.h0 + kb) : L::load(a.y + ((a.reverse ? t + 1 : t - 1) * a.B + b) * H + j);
+    const V dh = (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    const T* w = a.saved + p.tb * 4 * H + j;
+    const V h_prev = a.s == 0 ? L::load(a.h0 + p.kb) : L::load(a.y + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * H + j);
     const auto d = gru_cell_backward<V>(dh, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H), h_prev);
-    L::store(a.dh + k, d.dh_direct);
-    T* dt = a.dgates + ((t - a.dgates_t0) * a.B + b) * 4 * H + j;
+    L::store(a.dh + p.k, d.dh_direct);
+    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * 4 * H + j;
     L::store(dt, d.dr);
     L::store(dt + H, d.dz);
     L::store(dt + 2 * H, d.dn);
