@@ -21,10 +21,15 @@ Both of torch's exporters are covered:
   ``fastrnn.onnx.register()`` once, after which plain ``torch.onnx.export`` finds them.
 
 What ONNX's operators cannot express raises ``UnsupportedExportError`` naming it: an LSTM with
-``proj_size > 0`` (ONNX's LSTM has no projection).
+``proj_size > 0`` (ONNX's LSTM has no projection). Plain ``torch.onnx.export(dynamo=True)`` wraps
+it in its own ConversionError; ``fastrnn.onnx.export`` raises it as it is.
+
+Not exportable as such: a PackedSequence input (pass ``lengths=`` instead), and, with the
+TorchScript exporter only, a fastrnn.LSTM / GRU as the top-level module: that exporter passes the
+defaults of forward's keyword-only ``lengths`` positionally (a model that contains the layer works).
 
 Importing this module costs no more than ``import torch.onnx``: onnx and onnxscript are imported
-only when a dynamo export needs them.
+only when an export needs them.
 """
 from typing import Callable, Dict, List, Optional
 
@@ -152,7 +157,7 @@ def _gru_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
 
 
 _SYMBOLICS = {"fastrnn::lstm_forward": _lstm_symbolic, "fastrnn::gru_forward": _gru_symbolic}
-_TS_MIN_OPSET = 9  # the oldest opset torch's TorchScript exporter targets; LSTM/GRU exist since 7
+_TS_MIN_OPSET = 9  # for opset 9 (torch's base opset) and later; ONNX's LSTM / GRU are older
 
 
 def _register_torchscript() -> None:
@@ -166,8 +171,7 @@ def _register_torchscript() -> None:
 
 class _OnnxScriptEmitter:
     def __init__(self):
-        from onnxscript import opset18 as op
-        import onnx_ir as ir
+        from onnxscript import ir, opset18 as op
 
         self.op, self.ir = op, ir
 
@@ -218,27 +222,21 @@ def _gru_onnx(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse: bo
     return _emit(_OnnxScriptEmitter(), "GRU", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, reverse)
 
 
-def _translations() -> Dict[Callable, Callable]:
+def custom_translation_table() -> Dict[Callable, Callable]:
+    """fastrnn's ops -> their ONNX translations, for
+    ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)`` (a new dict each call)."""
     ops = torch.ops.fastrnn
     return {ops.lstm_forward.default: _lstm_onnx, ops.gru_forward.default: _gru_onnx}
 
 
-def custom_translation_table() -> Dict[Callable, Callable]:
-    """fastrnn's ops -> their ONNX translations, for
-    ``torch.onnx.export(..., dynamo=True, custom_translation_table=...)``."""
-    return _translations()
-
-
-_onnxscript_registered = False
+_translations = custom_translation_table  # for export(), whose parameter has the same name
 
 
 def register() -> None:
     """Make plain ``torch.onnx.export`` (dynamo=True) translate fastrnn's ops, by adding them to
-    onnxscript's function library, which the exporter reads at each export (imports onnxscript).
-    Idempotent. The TorchScript exporter's symbolics are registered on import already."""
-    global _onnxscript_registered
-    if _onnxscript_registered:
-        return
+    onnxscript's torch function library, which that exporter reads at each export. Imports
+    onnxscript (ImportError without it). Idempotent. The TorchScript exporter needs no call: its
+    symbolics are registered when fastrnn is imported."""
     import onnxscript
     from onnxscript.function_libs.torch_lib import registration
 
@@ -246,7 +244,6 @@ def register() -> None:
     for name, fn in (("fastrnn::lstm_forward", _lstm_onnx), ("fastrnn::gru_forward", _gru_onnx)):
         if name not in registration.default_registry:
             registration.default_registry.register(onnxscript.values.TracedOnnxFunction(opset, fn), name)
-    _onnxscript_registered = True
 
 
 def export(model, args=(), f=None, *, dynamo: bool = True,

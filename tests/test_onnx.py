@@ -130,24 +130,26 @@ def test_export_matches_eager(exporter, mode, config):
     _assert_close(_run(model, args), _eager(net, args))
 
 
-class ReverseLayer(nn.Module):
-    """One reverse-direction layer over masked lengths (fastrnn.functional)."""
+class Layer(nn.Module):
+    """One layer in one direction (fastrnn.functional) over masked lengths, with the biases
+    named in ``biases`` (the functional API allows either one alone)."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, reverse=False, biases=("ih", "hh")):
         super().__init__()
-        self.mode = mode
+        self.mode, self.reverse = mode, reverse
+        self.eval()
         G = 4 if mode == "LSTM" else 3
         self.w_ih = nn.Parameter(torch.randn(G * 5, 3) * 0.5)
         self.w_hh = nn.Parameter(torch.randn(G * 5, 5) * 0.5)
-        self.b_ih = nn.Parameter(torch.randn(G * 5) * 0.5)
-        self.b_hh = nn.Parameter(torch.randn(G * 5) * 0.5)
+        self.b_ih = nn.Parameter(torch.randn(G * 5) * 0.5) if "ih" in biases else None
+        self.b_hh = nn.Parameter(torch.randn(G * 5) * 0.5) if "hh" in biases else None
 
     def forward(self, x, lengths):
         p = (self.w_ih, self.w_hh, self.b_ih, self.b_hh)
         if self.mode == "LSTM":
-            y, h, c = fastrnn.functional.lstm_layer(x, None, None, *p, lengths=lengths, reverse=True)
+            y, h, c = fastrnn.functional.lstm_layer(x, None, None, *p, lengths=lengths, reverse=self.reverse)
             return y, h, c
-        return fastrnn.functional.gru_layer(x, None, *p, lengths=lengths, reverse=True)
+        return fastrnn.functional.gru_layer(x, None, *p, lengths=lengths, reverse=self.reverse)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
@@ -156,7 +158,7 @@ def test_reverse_with_lengths_reads_each_entry_from_its_last_step(exporter, mode
     # fastrnn: entry b of length L reads t = L-1 down to 0; ONNX's reverse direction with
     # sequence_lens must do the same, i.e. match the layer run on x[:L, b] alone
     torch.manual_seed(1)
-    net = ReverseLayer(mode)
+    net = Layer(mode, reverse=True)
     T, lengths = 6, [2, 6, 4]
     x = torch.randn(T, 3, 3)
     got = _run(_export(net, (x, torch.tensor(lengths)), exporter), (x, torch.tensor(lengths)))
@@ -166,6 +168,16 @@ def test_reverse_with_lengths_reads_each_entry_from_its_last_step(exporter, mode
         np.testing.assert_array_equal(got[0][L:, b], 0)
         for g, w in zip(got[1:], want[1:]):
             np.testing.assert_allclose(g[b:b + 1], w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", ["ih", "hh"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_one_bias_only(exporter, mode, bias):
+    torch.manual_seed(7)
+    net = Layer(mode, biases=(bias,))
+    args = (torch.randn(5, 2, 3), torch.tensor([5, 3]))
+    _assert_close(_run(_export(net, args, exporter), args), _eager(net, args))
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
