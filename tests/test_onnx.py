@@ -45,11 +45,11 @@ def _run(model: bytes, args):
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     inputs = sess.get_inputs()
     assert len(inputs) == len(args)
-    return sess.run(None, {i.name: a.numpy() for i, a in zip(inputs, args)})
+    return sess.run(None, {i.name: a.cpu().numpy() for i, a in zip(inputs, args)})
 
 
 def _flat(out):
-    return [a for t in out for a in _flat(t)] if isinstance(out, (tuple, list)) else [out.numpy()]
+    return [a for t in out for a in _flat(t)] if isinstance(out, (tuple, list)) else [out.cpu().numpy()]
 
 
 def _eager(net, args):
@@ -219,6 +219,16 @@ def test_cells(exporter, mode):
     model = _export(net, args, exporter)
     assert _op_types(model).count(mode[:-4]) == 1
     _assert_close(_run(model, args), _eager(net, args))
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_export_of_a_model_on_device(device, exporter):
+    # exported from the device's kernels (TorchScript: traced by running them), run on the CPU
+    torch.manual_seed(8)
+    rnn = fastrnn.LSTM(4, 5, num_layers=2, bidirectional=True, batch_first=True).eval().to(device)
+    net = Net(rnn, with_lengths=True, with_states=True)
+    args = tuple(a.to(device) for a in _inputs(rnn, 3, 6, True, True, lengths=[2, 6, 4]))
+    _assert_close(_run(_export(net, args, exporter), args), _eager(net, args))
 
 
 def test_custom_translation_table_with_plain_torch_onnx_export():
