@@ -6,6 +6,7 @@ from . import _ops  # noqa: F401  fake kernels + autograd
 from . import functional
 from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .convert import convert, to_torch
+from . import onnx  # noqa: F401  ONNX export: registers the TorchScript exporter's symbolics
 
 __all__ = ["functional", "built_with_cuda", "LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "to_torch"]
 __version__ = "0.1.0"
