@@ -20,7 +20,8 @@ import torch
 def tf32(matmul=False, cudnn=False):
     """TF32 on or off for cuBLAS matmuls (what fastrnn uses) and for cuDNN (torch.nn's RNNs on the
     GPU) inside the block; the previous settings after, also on an exception. No effect on the CPU."""
-    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    mm = torch.backends.cuda.matmul
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, getattr(mm, "fp32_precision", None)
     torch.set_float32_matmul_precision("high" if matmul else "highest")  # = matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = cudnn
     try:
@@ -28,6 +29,8 @@ def tf32(matmul=False, cudnn=False):
     finally:
         torch.set_float32_matmul_precision(saved[0])
         torch.backends.cudnn.allow_tf32 = saved[1]
+        if saved[2] is not None:  # newer torch: "none" (inherit) and "ieee" are distinct settings
+            mm.fp32_precision = saved[2]
 
 
 def exact_fp32():

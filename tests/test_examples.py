@@ -127,8 +127,13 @@ def test_char_lm_fastrnn_matches_torch_step_for_step(cell, small_text, device):
     assert type(slow.model.rnn) is (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.val[-1][1], slow.val[-1][1], rtol=1e-4, atol=0)
+    # On the GPU, cuDNN and fastrnn's cuBLAS GEMMs sum in different orders (both full fp32 here).
+    # Adam divides each gradient by its running RMS, so where a gradient is mostly cancellation its
+    # rounding moves the weight by a visible fraction of lr (1e-2): after 10 steps a few weights of
+    # thousands differ by ~3e-5 (H200), while the losses above still agree to 1e-5.
+    atol = 1e-5 if device.type == "cpu" else 2e-4
     for k, v in fast.model.state_dict().items():
-        torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=atol)
 
 
 def test_char_lm_bf16_autocast(small_text):
