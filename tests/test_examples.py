@@ -20,6 +20,7 @@ import char_lm  # noqa: E402
 import classify  # noqa: E402
 import migrate  # noqa: E402
 from _common import Progress, no_tf32  # noqa: E402
+from _subprocess import describe  # noqa: E402  (tests/: on sys.path under pytest)
 
 # a tiny LM: a few seconds per run on two cores
 TINY_LM = ["--hidden", "32", "--embed", "16", "--layers", "2", "--seq-len", "32", "--batch-size", "16",
@@ -107,10 +108,10 @@ def test_char_lm_sampling(tmp_path, small_text):
         char_lm.generate(model, vocab, "\u2603", 5)
 
     # the command line, as a script from another directory (path set-up, checkpoint loading)
-    cmd = [sys.executable, os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
+    cmd = [sys.executable, "-X", "faulthandler", os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
            "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, describe(proc)
     assert proc.stdout == s1 + "\n"
 
 
