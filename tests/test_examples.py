@@ -108,8 +108,8 @@ def test_char_lm_sampling(tmp_path, small_text):
         char_lm.generate(model, vocab, "\u2603", 5)
 
     # the command line, as a script from another directory (path set-up, checkpoint loading)
-    cmd = [sys.executable, "-X", "faulthandler", os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
-           "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
+    cmd = [sys.executable, "-X", "faulthandler", os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt,
+           "--prefix", "The ", "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, describe(proc)
     assert proc.stdout == s1 + "\n"
