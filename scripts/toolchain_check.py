@@ -88,8 +88,11 @@ def probe(build_dir):
 
     os.makedirs(build_dir, exist_ok=True)
     src = os.path.join(build_dir, "probe.cpp")
-    if not os.path.exists(src) or open(src).read() != PROBE_SOURCE:
-        with open(src, "w") as f:
+    with open(src, "a+") as f:  # rewritten only when it differs: ninja then keeps the cached build
+        f.seek(0)
+        if f.read() != PROBE_SOURCE:
+            f.seek(0)
+            f.truncate()
             f.write(PROBE_SOURCE)
     try:
         cpp_extension.load(name=LIBRARY, sources=[src], build_directory=build_dir, is_python_module=False,
