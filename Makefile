@@ -22,8 +22,9 @@ bench-quick: setup   ## a reduced run (about a minute on a 2-core CPU)
 bench-pytest: setup  ## the layer benchmarks as pytest-benchmark cases
 	$(PY) -m pytest benchmarks --benchmark-only
 
-# On a GPU machine with torch installed (system python, no venv, no internet): build for the local
-# GPU, CUDA tests, compute-sanitizer, benchmarks; everything lands in $(OUT).
+# On a GPU machine with torch installed (system python, no venv, no internet): check the C++
+# toolchain (scripts/toolchain_check.py, stops there if it fails), build for the local GPU, CUDA
+# tests, compute-sanitizer, benchmarks; everything lands in $(OUT). CXX / CC pick the compilers.
 gpu-check:
 	PYTHON=$${PYTHON:-python3} bash scripts/gpu_check.sh $(OUT)
 

@@ -6,6 +6,10 @@ Environment knobs:
   TORCH_CUDA_ARCH_LIST    target GPUs, e.g. "9.0"; default with no GPU visible: "8.0;9.0+PTX"
   MAX_JOBS                parallel compile jobs (nvcc on torch headers needs GBs per job)
   CUDA_HOME               toolkit root (the directory whose lib64 holds libcudart)
+  CXX, CC                 the host compilers. Some (e.g. a wrapper g++ with its own runtime
+                          libraries) build extensions that crash on any C++ exception, i.e. on
+                          every error fastrnn reports: `python scripts/toolchain_check.py` says
+                          in seconds whether yours does (fix: CXX=/usr/bin/g++ CC=/usr/bin/gcc).
 """
 import glob
 import os

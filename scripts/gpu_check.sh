@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One-command GPU check (make gpu-check): on a machine with an NVIDIA GPU and PyTorch installed,
-# no internet needed. Builds fastrnn in place for the local GPU, runs the CUDA tests,
+# no internet needed. First checks that the C++ compiler builds working PyTorch extensions
+# (scripts/toolchain_check.py; if not, it stops there and names the compiler and the fix), then
+# builds fastrnn in place for the local GPU, runs the CUDA tests,
 # compute-sanitizer (memcheck, racecheck) on a tiny LSTM/GRU case, the benchmark suite, then the
 # whole test suite if time is left, and writes every log and result into OUTDIR:
 #
@@ -10,7 +12,8 @@
 # A failing step does not stop the others. OUTDIR/summary.tsv holds each step's exit code
 # (124 = timed out); the script exits non-zero if any required step failed.
 # Environment: PYTHON (default python3), MAX_JOBS (default 8), GPU_CHECK_BUDGET_S (default 500),
-# COMPUTE_SANITIZER (path), TORCH_CUDA_ARCH_LIST (default: the local GPU's capability).
+# COMPUTE_SANITIZER (path), TORCH_CUDA_ARCH_LIST (default: the local GPU's capability), CXX / CC
+# (the compilers of the toolchain check and the build; e.g. CXX=/usr/bin/g++ CC=/usr/bin/gcc).
 set -u -o pipefail
 
 if [[ $# -ne 1 ]]; then
@@ -67,12 +70,45 @@ run_step() {
     echo "git status:"
     git -C "$ROOT" status --short 2>/dev/null
     echo "python: $(command -v "$PY") $("$PY" --version 2>&1)"
+    echo "CXX: ${CXX:-unset (c++)}, CC: ${CC:-unset}"
+    echo "${CXX:-c++} --version: $(${CXX:-c++} --version 2>&1 | head -n 1)"
     echo "nvcc: $(command -v nvcc || echo not on PATH)"
     nvcc --version 2>&1 | tail -n 2
     lscpu 2>/dev/null | grep -E 'Model name|^CPU\(s\)'
     echo "python packages:"
     "$PY" -m pip list 2>/dev/null | grep -i -E '^(torch|nvidia|numpy|pytest|matplotlib|ninja|setuptools)'
 } >"$OUT/versions.txt" 2>&1
+
+# summary.md (and the exit code) from summary.tsv; $1: a note on steps that were not run.
+finish() {
+    {
+        echo "# fastrnn GPU check"
+        echo
+        grep -E '^(date|git commit|TORCH_CUDA_ARCH_LIST):' "$OUT/versions.txt"
+        echo
+        echo '| step | exit code | seconds |'
+        echo '|---|---|---|'
+        tail -n +2 "$SUMMARY" | while IFS=$'\t' read -r s rc secs _; do echo "| $s | $rc | $secs |"; done
+        echo
+        if [[ -n ${1:-} ]]; then echo "$1"; fi
+        if ((${#FAILED[@]})); then echo "FAILED: ${FAILED[*]}"; else echo "all steps passed"; fi
+        echo "total: $((SECONDS - START))s"
+    } >"$OUT/summary.md"
+    cat "$OUT/summary.md" >&2
+    ((${#FAILED[@]} == 0))
+    exit
+}
+
+# --- the C++ toolchain, before anything is built or run ----------------------------------------
+# With some compilers (seen: a wrapper CXX=/opt/gcc/bin/g++) every C++ exception in an extension
+# crashes the process, i.e. every error fastrnn reports; a build and a test run would only show
+# that as 150 segfaulting tests. A tiny probe extension says so in seconds, naming the compiler.
+run_step toolchain 180 yes "$PY" scripts/toolchain_check.py
+if [[ " ${FAILED[*]-} " == *" toolchain "* ]]; then
+    sed -n '/^toolchain check/,/^then rerun/p' "$OUT/toolchain.log" >&2
+    finish "not run: everything after the toolchain check (it failed: see toolchain.log)"
+fi
+
 run_step nvidia-smi 30 yes sh -c "nvidia-smi && nvidia-smi -q"
 run_step torch-env 60 yes "$PY" - <<'PYEOF'
 import torch
@@ -137,17 +173,4 @@ run_step benchmarks 180 yes "$PY" -m benchmarks --device cuda --out "$OUT/bench"
 run_step tests-all 400 no "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
 
 # --- summary -----------------------------------------------------------------------------------
-{
-    echo "# fastrnn GPU check"
-    echo
-    grep -E '^(date|git commit|TORCH_CUDA_ARCH_LIST):' "$OUT/versions.txt"
-    echo
-    echo '| step | exit code | seconds |'
-    echo '|---|---|---|'
-    tail -n +2 "$SUMMARY" | while IFS=$'\t' read -r s rc secs _; do echo "| $s | $rc | $secs |"; done
-    echo
-    if ((${#FAILED[@]})); then echo "FAILED: ${FAILED[*]}"; else echo "all steps passed"; fi
-    echo "total: $((SECONDS - START))s"
-} >"$OUT/summary.md"
-cat "$OUT/summary.md" >&2
-((${#FAILED[@]} == 0))
+finish

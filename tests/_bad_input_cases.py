@@ -7,8 +7,10 @@ and says which exception it must raise and what the message must name. Run as a 
 
 it executes every case in this one process and prints one JSON line per case (name, device,
 exception type, message; for the non-contiguous cases the largest difference to the contiguous
-call). test_bad_inputs.py runs it in a subprocess so that a hard crash (segfault, abort) shows up
-as missing lines, i.e. failed tests, instead of killing pytest.
+call), preceded by a {"start": name, "device": ...} line. test_bad_inputs.py runs it in a
+subprocess (python -X faulthandler) so that a hard crash (segfault, abort) shows up as missing
+lines, i.e. failed tests naming the case that was running and the child's stderr, instead of
+killing pytest. `--crash-at NAME` makes case NAME segfault (the test of that reporting).
 """
 import json
 import sys
@@ -289,12 +291,20 @@ def build_cases():
 CASES = {c.name: c for c in build_cases()}
 
 
-def main(devices):
+def _segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+
+def main(devices, crash_at=None):
     for dev in devices:
         device = torch.device(dev)
         for name, case in CASES.items():
+            print(json.dumps({"start": name, "device": dev}), flush=True)
             rec = {"name": name, "device": dev, "exc": None, "msg": "", "diff": None}
             try:
+                if name == crash_at:
+                    _segfault()
                 rec["diff"] = case.run(device)
             except Exception as e:  # noqa: BLE001  (recorded and judged by the test)
                 rec["exc"] = type(e).__name__
@@ -305,4 +315,8 @@ def main(devices):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["cpu"])
+    args = sys.argv[1:]
+    crash = args[args.index("--crash-at") + 1] if "--crash-at" in args else None
+    if crash is not None:
+        del args[args.index("--crash-at"):args.index("--crash-at") + 2]
+    main(args or ["cpu"], crash)

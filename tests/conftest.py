@@ -1,9 +1,18 @@
 """Shared fixtures. CUDA cases are parametrized next to CPU ones and skip at run time when no
-GPU is visible (CUDA is never queried at import time)."""
+GPU is visible (CUDA is never queried at import time).
+
+- `device`: every test taking it runs as [cpu-...] and [cuda-...], the CUDA one marked `cuda` (so
+  `pytest -m cuda` selects it) and skipped only when no GPU is visible.
+- `cuda_device`: for CUDA-only tests; such tests get the `cuda` marker automatically.
+- `exact_fp32`: no TF32 in cuBLAS or cuDNN during the test (tests/_precision.py says why): for
+  every test that compares float32 GPU results with torch.nn's.
+"""
 import pytest
 import torch
 
 import fastrnn  # noqa: F401  registers torch.ops.fastrnn
+from _cuda_twins import CUDA_TWIN_PROBLEMS, cuda_twin_problems
+from _precision import exact_fp32 as _exact_fp32
 
 
 def _device_param(name):
@@ -18,3 +27,28 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible")
     return torch.device(request.param)
+
+
+@pytest.fixture
+def cuda_device():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible")
+    return torch.device("cuda")
+
+
+@pytest.fixture
+def exact_fp32():
+    with _exact_fp32():
+        yield
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m / -k deselect: the check sees every collected test
+def pytest_collection_modifyitems(config, items):
+    rows = []
+    for item in items:
+        if "cuda_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)
+        callspec = getattr(item, "callspec", None)
+        dev = callspec.params.get("device") if callspec is not None else None
+        rows.append((item.nodeid, item.get_closest_marker("cuda") is not None, dev))
+    config.stash[CUDA_TWIN_PROBLEMS] = cuda_twin_problems(rows)

@@ -3,11 +3,10 @@ non-contiguous inputs give the same results as contiguous ones.
 
 The cases live in tests/_bad_input_cases.py and all run in ONE subprocess per session (module
 fixture), which prints a JSON line per case. A hard crash (segfault, abort) in a kernel therefore
-fails the cases it cut off instead of killing pytest.
+fails the cases it cut off instead of killing pytest, each failure naming the case that was running,
+the signal, and the child's stderr (python -X faulthandler: the Python traceback of the crash).
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,33 +15,52 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bad_input_cases import CASES  # noqa: E402
+from _subprocess import describe, run_python  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).resolve().parent / "_bad_input_cases.py"
+
+
+class CaseRun:
+    """One run of the case script: its records by (name, device), the case it started last, the process."""
+
+    def __init__(self, devices, extra_args=()):
+        self.proc = run_python([SCRIPT, *extra_args, *devices], timeout=600)
+        self.results, self.started = {}, None
+        for line in self.proc.stdout.splitlines():
+            if line.startswith("{"):
+                rec = json.loads(line)
+                if "start" in rec:
+                    self.started = (rec["start"], rec["device"])
+                else:
+                    self.results[(rec["name"], rec["device"])] = rec
+
+    def missing(self, name, device):
+        """The assertion message for a case that reported nothing."""
+        running = self.started is not None and self.started not in self.results
+        where = f"while running case {self.started[0]} on {self.started[1]}" if running else "before it"
+        return f"case {name} on {device} reported nothing: the case subprocess died {where}; {describe(self.proc)}"
 
 
 @pytest.fixture(scope="module")
 def case_results():
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.run([sys.executable, str(SCRIPT), *devices], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    results = {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("{"):
-            rec = json.loads(line)
-            results[(rec["name"], rec["device"])] = rec
-    return results, proc
+    return CaseRun(["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+
+
+def test_a_crashing_case_fails_with_the_crash_and_stderr():
+    names = list(CASES)
+    run = CaseRun(["cpu"], ["--crash-at", names[1]])
+    assert (names[0], "cpu") in run.results and (names[1], "cpu") not in run.results
+    msg = run.missing(names[2], "cpu")
+    assert f"died while running case {names[1]} on cpu" in msg, msg
+    assert "killed by SIGSEGV (exit code -11)" in msg, msg
+    assert "Fatal Python error: Segmentation fault" in msg and "_bad_input_cases.py" in msg, msg
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input(case_results, device, name):
-    results, proc = case_results
-    rec = results.get((name, device.type))
-    assert rec is not None, (
-        f"case {name} on {device} reported nothing: the case subprocess died before it "
-        f"(exit code {proc.returncode}, a negative code is a signal: crash).\nstderr tail:\n{proc.stderr[-3000:]}")
+    run = case_results
+    rec = run.results.get((name, device.type))
+    assert rec is not None, run.missing(name, device)
     case = CASES[name]
     if name.endswith("_lengths_device") and device.type == "cuda":
         pytest.skip("CPU lengths are valid next to CUDA x; a wrong lengths device would need a second GPU")

@@ -19,7 +19,9 @@ RENDER = os.path.join(ROOT, "scripts", "render_perf_table.py")
 
 
 def _run(args, timeout):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    # faulthandler: a crash in the child prints its traceback to the stderr the assertions show
+    return subprocess.run([sys.executable, "-X", "faulthandler", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import char_lm  # noqa: E402
 import classify  # noqa: E402
 import migrate  # noqa: E402
 from _common import Progress, no_tf32  # noqa: E402
+from _subprocess import describe  # noqa: E402  (tests/: on sys.path under pytest)
 
 # a tiny LM: a few seconds per run on two cores
 TINY_LM = ["--hidden", "32", "--embed", "16", "--layers", "2", "--seq-len", "32", "--batch-size", "16",
@@ -107,10 +108,10 @@ def test_char_lm_sampling(tmp_path, small_text):
         char_lm.generate(model, vocab, "\u2603", 5)
 
     # the command line, as a script from another directory (path set-up, checkpoint loading)
-    cmd = [sys.executable, os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
-           "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
+    cmd = [sys.executable, "-X", "faulthandler", os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt,
+           "--prefix", "The ", "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, describe(proc)
     assert proc.stdout == s1 + "\n"
 
 
@@ -127,8 +128,13 @@ def test_char_lm_fastrnn_matches_torch_step_for_step(cell, small_text, device):
     assert type(slow.model.rnn) is (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.val[-1][1], slow.val[-1][1], rtol=1e-4, atol=0)
+    # On the GPU, cuDNN and fastrnn's cuBLAS GEMMs sum in different orders (both full fp32 here).
+    # Adam divides each gradient by its running RMS, so where a gradient is mostly cancellation its
+    # rounding moves the weight by a visible fraction of lr (1e-2): after 10 steps a few weights of
+    # thousands differ by ~3e-5 (H200), while the losses above still agree to 1e-5.
+    atol = 1e-5 if device.type == "cpu" else 2e-4
     for k, v in fast.model.state_dict().items():
-        torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=atol)
 
 
 def test_char_lm_bf16_autocast(small_text):

@@ -177,6 +177,7 @@ GRID_PARAMS = [pytest.param(*c, f64, id=_gid(c) + "-f64") for c in GRID] + \
               [pytest.param(*c, torch.float32, id=_gid(c) + "-f32") for c in F32_GRID]
 
 
+@pytest.mark.usefixtures("exact_fp32")  # float32 vs torch.nn: no TF32 in cuDNN (tests/_precision.py)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize("T,B,I,H,bias,lengths,reverse,dtype", GRID_PARAMS)
 def test_layer_matches_nn_and_reference(device, kind, T, B, I, H, bias, lengths, reverse, dtype):
@@ -350,6 +351,7 @@ def test_cells_match_nn(device, kind, bias, with_state):
 @pytest.mark.parametrize("I,H", [(1, 1), (9, 13), (40, 64)])
 @pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
+@pytest.mark.usefixtures("exact_fp32")  # float32 vs torch.nn: no TF32 in cuDNN (tests/_precision.py)
 def test_single_step_fp32_matches_nn(device, kind, B, I, H, bias, grad):
     torch.manual_seed(7 * B + I + H)
     cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H).to(device)
