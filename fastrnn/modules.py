@@ -715,6 +715,11 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             h, c = _lstm_cell(input.unsqueeze(0) if unbatched else input, h0, c0, self.weight_ih, self.weight_hh,
                               self.bias_ih, self.bias_hh)
             return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+        return self._forward_eager(input, hx)
+
+    def _forward_eager(self, input, hx):
+        # (a method of its own: TorchScript's parser refuses the try statement even in a branch
+        # it does not compile)
         if self._fast_path_ok(input) and (hx is None or (type(hx) is tuple and len(hx) == 2 and
                                                          isinstance(hx[0], Tensor) and isinstance(hx[1], Tensor))):
             h0, c0 = (None, None) if hx is None else hx
@@ -780,6 +785,9 @@ class GRUCell(_CellBase, nn.GRUCell):
             h = _gru_cell(input.unsqueeze(0) if unbatched else input, h0, self.weight_ih, self.weight_hh,
                           self.bias_ih, self.bias_hh)
             return h.squeeze(0) if unbatched else h
+        return self._forward_eager(input, hx)
+
+    def _forward_eager(self, input, hx):
         if self._fast_path_ok(input) and (hx is None or type(hx) is Tensor):
             p = self._parameters
             try:
