@@ -438,45 +438,53 @@ _RNN_ARGS_DOC = """
     Args:
         input_size: features per input step (I).
         hidden_size: features of the hidden state (H).
-        num_layers: stacked layers, each one's output the next one's input. Default 1.
+        num_layers: stacked layers, each one's output the next one's input (L). Default 1.
         bias: whether there are bias weights ``b_ih`` and ``b_hh``. Default True.
         batch_first: input and output as ``(B, T, feature)`` instead of ``(T, B, feature)``
             (the states are ``(L*D, B, ...)`` either way). Default False.
         dropout: probability of dropout on the outputs of every layer but the last, in
             training mode. Default 0.
-        bidirectional: run every layer in both directions and concatenate them (D = 2).
-            Default False.{extra}
+        bidirectional: run every layer in both directions and concatenate them (D = 2, else
+            1). Default False.{extra}
         device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
 
-    The parameters are torch.nn's (names, shapes, order and initialisation, U(-1/sqrt(H),
-    1/sqrt(H))): ``weight_ih_l{{k}}`` [G*H, I] for layer 0, [G*H, D*{out}] above,
-    ``weight_hh_l{{k}}`` [G*H, {out}], ``bias_ih_l{{k}}`` / ``bias_hh_l{{k}}`` [G*H]{hr}, with a
-    ``_reverse`` twin of each for the backward direction; {gates}. ``state_dict`` loads both
-    ways between this module and torch.nn's.
+    Parameters, torch.nn's names, shapes, order and initialisation U(-1/sqrt(H), 1/sqrt(H)),
+    so ``state_dict`` loads both ways; G = {gates}:
+        ``weight_ih_l{{k}}``: ``(G*H, I)`` for k = 0, ``(G*H, D*{out})`` above
+        ``weight_hh_l{{k}}``: ``(G*H, {out})``
+        ``bias_ih_l{{k}}``, ``bias_hh_l{{k}}``: ``(G*H,)`` (with bias){hr}
+    and a ``_reverse`` twin of each for the backward direction of a bidirectional layer.
 """
 
 _RNN_FORWARD_DOC = """Run the {name} over a whole sequence.
 
+        Shapes: T steps, B batch entries, I = input_size, H = hidden_size, L = num_layers,
+        D = 2 if bidirectional else 1{p_def}.
+
         Args:
-            input: ``(T, B, I)``, or ``(B, T, I)`` with batch_first, or ``(T, I)`` unbatched, or
-                a PackedSequence (its data ``(sum of lengths, I)``, as from
-                ``pack_padded_sequence``).
-            hx: initial {state_name}, zeros when None. {state_shapes} (without the B
-                dimension for unbatched input). With a PackedSequence, in the original batch
-                order (as torch.nn).
-            lengths: (fastrnn only; a Tensor input only) one length per batch entry,
-                ``1 <= L <= T``: a list, tuple or integer tensor of shape ``(B,)``, on the CPU or
-                on the input's device. Entry b then only runs steps 0..L-1 (backward direction:
-                L-1 down to 0): outputs at steps >= L are zero, the final state is the one after
-                its last valid step and padded inputs get no gradient, which is what torch.nn
-                gives for ``pack_padded_sequence(input, lengths, enforce_sorted=False)``, without
-                the packing. Keyword or third positional argument.
+            input: ``(T, B, I)``, ``(B, T, I)`` with batch_first, ``(T, I)`` unbatched, or a
+                PackedSequence (data ``(sum of lengths, I)``, from ``pack_padded_sequence``).
+            hx: the initial state, zeros when None:
+                {hx_doc};
+                without the B dimension for unbatched input; with a PackedSequence, in the
+                original batch order (as torch.nn).
+            lengths: (fastrnn only, with a Tensor input) one length per batch entry,
+                ``1 <= L_b <= T``: a list, tuple or integer tensor of shape ``(B,)``, on the CPU
+                or on the input's device; keyword or third positional argument. Entry b then
+                runs steps 0 .. L_b-1 only (the backward direction from L_b-1 down to 0): its
+                outputs at later steps are zero, its final state is the one after its last
+                valid step and its padded inputs get no gradient. That is what torch.nn gives
+                for ``pack_padded_sequence(input, lengths, enforce_sorted=False)``, without
+                the packing and unpacking.
 
         Returns:
-            ``{returns}``: output ``(T, B, D*{out})`` (``(B, T, D*{out})`` with batch_first,
-            ``(T, D*{out})`` unbatched, or a PackedSequence when the input is one), the last
-            step of each direction of the last layer concatenated; {final}, ordered layer by
-            layer with the forward direction first.
+            ``{returns}``:
+            output: ``(T, B, D*{out})``, ``(B, T, D*{out})`` with batch_first, ``(T, D*{out})``
+                unbatched, or a PackedSequence when the input is one: the last layer's output
+                at every step, both directions concatenated.
+            {final}:
+                the final state of every layer and direction (layer by layer, forward
+                direction first); without the B dimension for unbatched input.
 
         Differences from torch.nn: the ``lengths`` argument; no cuDNN weight flattening
         (``flatten_parameters`` does nothing); under autocast the computation runs in the
@@ -499,10 +507,9 @@ class LSTM(_RNNBase):
         i, f, o = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  g = tanh(W_ig x + b_ig + W_hg h + b_hg)
         c' = f * c + i * g,   h' = o * tanh(c')   (h' = W_hr (o * tanh(c')) with proj_size)
 """ + _RNN_ARGS_DOC.format(
-        extra="\n        proj_size: if > 0, project h to this size (P) after every step with "
-              "``weight_hr``. Default 0.",
-        out="P", hr=", ``weight_hr_l{k}`` [P, H] with proj_size (P = proj_size if > 0 else H)",
-        gates="G = 4 (gates i, f, g, o)")
+        extra="\n        proj_size: if > 0, the hidden state's size P: h is projected to it after every "
+              "step\n            with ``weight_hr``. Default 0 (P = H).",
+        out="P", hr="\n        ``weight_hr_l{k}``: ``(P, H)`` (with proj_size)", gates="4 (gates i, f, g, o)")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -525,11 +532,9 @@ class LSTM(_RNNBase):
         return output, (h_n, c_n)
 
     forward.__doc__ = _RNN_FORWARD_DOC.format(
-        name="LSTM", state_name="state (h_0, c_0)", out="P",
-        state_shapes="h_0: ``(L*D, B, P)``, c_0: ``(L*D, B, H)``, with L = num_layers, D = 2 if "
-                     "bidirectional else 1, P = proj_size if > 0 else H",
-        returns="(output, (h_n, c_n))",
-        final="h_n ``(L*D, B, P)`` and c_n ``(L*D, B, H)``: the final states of every layer and direction")
+        name="LSTM", p_def=", P = proj_size if > 0 else H", out="P",
+        hx_doc="``(h_0, c_0)``: h_0 ``(L*D, B, P)``, c_0 ``(L*D, B, H)``",
+        returns="(output, (h_n, c_n))", final="h_n ``(L*D, B, P)``, c_n ``(L*D, B, H)``")
 
 
 class GRU(_RNNBase):
@@ -545,7 +550,7 @@ class GRU(_RNNBase):
 
         r, z = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         h' = (1 - z) * n + z * h
-""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="G = 3 (gates r, z, n)")
+""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -567,9 +572,8 @@ class GRU(_RNNBase):
         return output, h_n
 
     forward.__doc__ = _RNN_FORWARD_DOC.format(
-        name="GRU", state_name="state h_0", out="H",
-        state_shapes="``(L*D, B, H)``, with L = num_layers, D = 2 if bidirectional else 1",
-        returns="(output, h_n)", final="h_n ``(L*D, B, H)``: the final state of every layer and direction")
+        name="GRU", p_def="", out="H", hx_doc="h_0 ``(L*D, B, H)``", returns="(output, h_n)",
+        final="h_n ``(L*D, B, H)``")
 
 
 # --------------------------------------------------------------------------------------------
