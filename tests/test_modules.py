@@ -278,6 +278,34 @@ def test_parameters_and_init_match_torch(mode, cfg):
         assert all(a is b for a, b in zip(fast._flat_weights, fast.parameters()))
 
 
+def test_dynamo_refuses_nn_lstm_subclasses():
+    """Why fastrnn.LSTM / GRU subclass nn.RNNBase and not nn.LSTM / nn.GRU: this torch's dynamo
+    refuses every nn.LSTM / nn.GRU instance inside a compiled model (unless
+    torch._dynamo.config.allow_rnn), which would break torch.compile(fullgraph=True) on any model
+    using fastrnn. When this fails, torch has lifted that and they can subclass nn.LSTM / nn.GRU."""
+    import torch._dynamo
+
+    class Sub(nn.LSTM):
+        def forward(self, x):
+            return x * 2
+
+    class Model(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.rnn = rnn
+
+        def forward(self, x):
+            return self.rnn(x)[0].sum()
+
+    x = torch.randn(T, B, I)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="Attempted to wrap RNN, GRU, or LSTM"):
+        torch.compile(Model(Sub(I, H)), fullgraph=True, backend="eager")(x)
+    for rnn in (fastrnn.LSTM(I, H), fastrnn.GRU(I, H)):  # an nn.RNNBase is fine
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(Model(rnn), fullgraph=True, backend="eager")(x), Model(rnn)(x))
+
+
 def test_state_dict_round_trip_keeps_results():
     ref, fast = _pair("LSTM", torch.float64, "cpu", input_size=I, hidden_size=H, num_layers=2, proj_size=2)
     back = nn.LSTM(I, H, num_layers=2, proj_size=2, dtype=torch.float64)
