@@ -581,8 +581,8 @@ class GRU(_RNNBase):
 
 
 class _CellBase(nn.RNNCellBase):
-    """Shared by LSTMCell and GRUCell. nn.RNNCellBase.__init__ is not run (its checks are not
-    torch.nn.LSTMCell's whole set); reset_parameters and extra_repr are its own."""
+    """Shared by LSTMCell and GRUCell. nn.RNNCellBase.__init__ is not run: this builds the same
+    parameters after checking the arguments; reset_parameters and extra_repr are nn.RNNCellBase's."""
 
     _name = ""
 
