@@ -193,6 +193,18 @@ def test_trace_rnn_matches_eager(mode, cfg, with_hx, device):
         _assert_same(_flat(traced(*args)), _flat(m(*args)))
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_trace_made_under_no_grad_trains(mode, device):
+    """Whether to save activations for backward is decided when the trace runs: a trace
+    recorded under no_grad (an inference export, say) still trains like eager."""
+    torch.manual_seed(0)
+    m = getattr(fastrnn, mode)(I, H, device=device, dtype=F64)
+    x = torch.randn((B, I) if mode.endswith("Cell") else (T, B, I), device=device, dtype=F64)
+    with torch.no_grad():
+        traced = torch.jit.trace(m, (x,))
+    _assert_same(_outputs_and_grads(traced, m, (x,))[1], _outputs_and_grads(m, m, (x,))[1])
+
+
 class _Model(nn.Module):
     """Every fastrnn module in one model, with lengths as a tensor argument."""
 
