@@ -8,6 +8,12 @@ from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .convert import convert, to_torch
 from . import onnx  # noqa: F401  ONNX export: registers the TorchScript exporter's symbolics
 
+# torch.load(weights_only=True), the default, refuses classes it does not know; allowing these
+# lets a whole-module checkpoint (torch.save(model)) of fastrnn modules load. They only store
+# their state when unpickled (nn.RNNBase's / nn.Module's __setstate__), running nothing else.
+# torch.nn's own classes (nn.Sequential, nn.Linear, nn.LSTM, ...) stay as torch decides.
+torch.serialization.add_safe_globals([LSTM, GRU, LSTMCell, GRUCell])
+
 __all__ = ["functional", "built_with_cuda", "LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "to_torch"]
 __version__ = "0.1.0"
 

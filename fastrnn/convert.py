@@ -5,6 +5,8 @@ built before the swap keeps working and nothing is copied), the same device, dty
 mode and hooks. Only exact nn.LSTM / nn.GRU / nn.LSTMCell / nn.GRUCell instances are swapped: a
 subclass may override forward or anything else, and swapping it would silently drop that, so it
 is left alone with a warning, as are modules on a device or in a dtype the kernels do not support.
+fastrnn's own modules (and subclasses of them) are left alone silently by ``convert``, although
+fastrnn.LSTMCell / GRUCell are nn.LSTMCell / nn.GRUCell subclasses.
 """
 import copy
 import warnings
@@ -27,6 +29,7 @@ _CELL_ARGS = ("input_size", "hidden_size", "bias")
 _TO_FAST = [(nn.LSTM, modules.LSTM, _RNN_ARGS + ("proj_size",)), (nn.GRU, modules.GRU, _RNN_ARGS),
             (nn.LSTMCell, modules.LSTMCell, _CELL_ARGS), (nn.GRUCell, modules.GRUCell, _CELL_ARGS)]
 _TO_TORCH = [(fast, slow, args) for slow, fast, args in _TO_FAST]
+_FAST_CLASSES = tuple(fast for _, fast, _ in _TO_FAST)
 
 
 def _unsupported_reason(module: nn.Module) -> Optional[str]:
@@ -41,6 +44,8 @@ def _unsupported_reason(module: nn.Module) -> Optional[str]:
 def _swap_one(module: nn.Module, table, path: str, check_support: bool) -> Optional[nn.Module]:
     """The replacement for `module`, or None when it is not one of the source classes (or cannot
     be converted, with a warning)."""
+    if table is _TO_FAST and isinstance(module, _FAST_CLASSES):
+        return None  # already fastrnn's (its cells are nn.LSTMCell / nn.GRUCell instances too)
     for src, dst, args in table:
         if not isinstance(module, src):
             continue
@@ -67,7 +72,7 @@ def _swap_one(module: nn.Module, table, path: str, check_support: bool) -> Optio
         for name in new_names:
             setattr(new, name, own[name])
         if isinstance(new, nn.RNNBase):
-            new._init_flat_weights()  # re-read the weights (and flatten them for cuDNN)
+            new._init_flat_weights()  # re-read the weights (torch.nn's: and flatten them for cuDNN)
         new.train(module.training)
         # carry the hooks over: the same dicts, so existing RemovableHandles keep working
         for name, value in vars(module).items():

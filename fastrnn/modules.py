@@ -9,16 +9,23 @@ after its last valid step, which is what a PackedSequence gives, without the pac
 
 The forward code uses only static Python control flow (loops over layers and directions, shape
 checks), so ``torch.compile(fullgraph=True)`` traces it without graph breaks.
+
+TorchScript: ``torch.jit.script`` compiles a TorchScript-only branch of each ``forward`` (Tensor
+input, ``lengths`` as a tensor, no autocast), ``torch.jit.trace`` records the eager path with the
+op calls inside one scripted function (see ``_traceable``); both run the same fused ops.
+
+Class hierarchy: LSTM and GRU are ``nn.RNNBase`` subclasses, LSTMCell and GRUCell subclass
+``nn.LSTMCell`` / ``nn.GRUCell``. LSTM and GRU do not subclass ``nn.LSTM`` / ``nn.GRU``: this
+torch's dynamo refuses to trace any instance of those (``torch._dynamo.config.allow_rnn``), which
+would break ``torch.compile(fullgraph=True)`` on every model using them.
 """
-import math
 import numbers
 import warnings
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn import init
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
@@ -54,17 +61,132 @@ def _check_state(name: str, t: Tensor, expected: Tuple[int, ...], x: Tensor, che
         raise RuntimeError(f"Expected {name} dtype {x.dtype} (the input's), got {t.dtype}")
 
 
-class _RNNBase(nn.Module):
-    """Shared by LSTM (4 gates, optional projection) and GRU (3 gates)."""
+# --------------------------------------------------------------------------------------------
+# The op calls, written once for eager, TorchScript and torch.jit.trace. Eager runs go through
+# fastrnn.functional (which skips the autograd kernel when nothing needs a gradient);
+# TorchScript cannot express that shortcut, so scripted code calls the op objects. Only
+# TorchScript types in the signatures: these functions are compiled with torch.jit.script.
 
-    _mode = ""
-    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-                     "bidirectional", "proj_size"]
+
+def _needs_grad(tensors: List[Optional[Tensor]]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
+
+
+def _lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor], lengths: Optional[Tensor],
+                reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """functional.lstm_layer (same shapes), callable from TorchScript."""
+    if not torch.jit.is_scripting():
+        return functional.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse, w_hr=w_hr)
+    H = w_hh.shape[0] // 4
+    if h0 is None:
+        h0 = x.new_zeros([x.shape[1], H if w_hr is None else w_hr.shape[0]])
+    if c0 is None:
+        c0 = x.new_zeros([x.shape[1], H])
+    save = _needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
+    y, h, c, _ = torch.ops.fastrnn.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save)
+    return y, h, c
+
+
+def _gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
+    """functional.gru_layer (same shapes), callable from TorchScript."""
+    if not torch.jit.is_scripting():
+        return functional.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse)
+    if h0 is None:
+        h0 = x.new_zeros([x.shape[1], w_hh.shape[1]])
+    save = _needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
+    y, h, _ = torch.ops.fastrnn.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
+    return y, h
+
+
+def _lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """functional.lstm_cell: x [B, I], hx / cx [B, H] -> (h', c'), callable from TorchScript."""
+    if not torch.jit.is_scripting():
+        return functional.lstm_cell(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    _, h, c = _lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, None, False)
+    return h, c
+
+
+def _gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor]) -> Tensor:
+    """functional.gru_cell: x [B, I], hx [B, H] -> h', callable from TorchScript."""
+    if not torch.jit.is_scripting():
+        return functional.gru_cell(x, hx, w_ih, w_hh, b_ih, b_hh)
+    return _gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False)[1]
+
+
+def _stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[Tensor], lstm: bool,
+           num_layers: int, num_directions: int, has_bias: bool, has_proj: bool, lengths: Optional[Tensor],
+           dropout: float, training: bool) -> Tuple[Tensor, List[Tensor]]:
+    """All layers and directions over time-major x [T, B, I]; weights in _flat_weights_names
+    order. h0 [L*D, B, P], c0 [L*D, B, H] or None. Returns (y [T, B, D*P], [h_n] or, for the
+    LSTM, [h_n, c_n]) (a list: a trace cannot record a None output)."""
+    per = 2 + (2 if has_bias else 0) + (1 if has_proj else 0)  # weights per layer and direction
+    h_out: List[Tensor] = []
+    c_out: List[Tensor] = []
+    for layer in range(num_layers):
+        if layer > 0 and dropout > 0 and training:
+            # nn.LSTM's semantics: dropout on the output of every layer but the last
+            x = F.dropout(x, dropout, True)
+        ys: List[Tensor] = []
+        for direction in range(num_directions):
+            k = layer * num_directions + direction
+            w = weights[k * per:(k + 1) * per]
+            b_ih: Optional[Tensor] = w[2] if has_bias else None
+            b_hh: Optional[Tensor] = w[3] if has_bias else None
+            hk: Optional[Tensor] = None if h0 is None else h0[k]
+            if lstm:
+                w_hr: Optional[Tensor] = w[per - 1] if has_proj else None
+                ck: Optional[Tensor] = None if c0 is None else c0[k]
+                y, h, c = _lstm_layer(x, hk, ck, w[0], w[1], b_ih, b_hh, w_hr, lengths, direction == 1)
+                c_out.append(c)
+            else:
+                y, h = _gru_layer(x, hk, w[0], w[1], b_ih, b_hh, lengths, direction == 1)
+            h_out.append(h)
+            ys.append(y)
+        x = ys[0] if num_directions == 1 else torch.cat(ys, dim=2)
+    return x, ([torch.stack(h_out, 0), torch.stack(c_out, 0)] if lstm else [torch.stack(h_out, 0)])
+
+
+_scripted: Dict[str, object] = {}
+
+
+def _traceable(fn):
+    """fn, or its TorchScript version while torch.jit.trace records. A trace then holds one call
+    to the scripted function, which decides at run time whether to save activations for
+    backward (that depends on grad mode): traced Python would bake in this call's choice, and
+    the trace checker, re-running under no_grad, would see a different graph."""
+    if torch._C._get_tracing_state() is None:  # torch.jit.is_tracing(), one call less
+        return fn
+    scripted = _scripted.get(fn.__name__)
+    if scripted is None:
+        scripted = _scripted[fn.__name__] = torch.jit.script(fn)
+    return scripted
+
+
+class _RNNBase(nn.RNNBase):
+    """Shared by LSTM (4 gates, optional projection) and GRU (3 gates).
+
+    An nn.RNNBase, so code that handles RNNs by type finds these too. From nn.RNNBase come
+    ``all_weights``, ``reset_parameters`` (the same init), ``extra_repr``, pickling
+    (``__getstate__`` / ``__setstate__``) and the ``_flat_weights`` list, which its
+    ``__setattr__`` and ``_apply`` (``.to()`` and friends) keep equal to the parameters;
+    ``flatten_parameters`` is overridden to do nothing, so cuDNN's weight flattening never runs.
+    The forward pass reads the parameters by name, not through ``_flat_weights``."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
-        super().__init__()
+        # nn.RNNBase.__init__ is not run: it builds the parameters with checks and messages of
+        # its own; this builds the same parameters, in the same order, with the same init
+        nn.Module.__init__(self)
         # the same checks, in the same order, as torch.nn.RNNBase
         if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
                 or not 0 <= dropout <= 1):
@@ -124,53 +246,23 @@ class _RNNBase(nn.Module):
                     names.append(name)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
+        self._init_flat_weights()  # _flat_weights and its weak references, as nn.RNNBase keeps them
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (kept for torch.nn compatibility)."""
 
-    @property
-    def all_weights(self) -> List[List[nn.Parameter]]:
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
+    def __setstate__(self, state) -> None:
+        # modules pickled by fastrnn <= 0.1 (not an nn.RNNBase then) lack the _flat_weights list
+        if "_flat_weights" not in state:
+            state = dict(state)
+            state["_flat_weights"] = [state["_parameters"].get(n) for n in state["_flat_weights_names"]]
+        super().__setstate__(state)
 
-    @property
-    def _flat_weights(self) -> List[nn.Parameter]:
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.proj_size != 0:
-            s += ", proj_size={proj_size}"
-        if self.num_layers != 1:
-            s += ", num_layers={num_layers}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        if self.batch_first is not False:
-            s += ", batch_first={batch_first}"
-        if self.dropout != 0:
-            s += ", dropout={dropout}"
-        if self.bidirectional is not False:
-            s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
-
-    # ----------------------------------------------------------------------------------------
-
-    def _layer_params(self, layer: int, direction: int, dtype: Optional[torch.dtype]):
-        suffix = "_reverse" if direction == 1 else ""
-        w_ih = _cast(getattr(self, f"weight_ih_l{layer}{suffix}"), dtype)
-        w_hh = _cast(getattr(self, f"weight_hh_l{layer}{suffix}"), dtype)
-        b_ih = b_hh = w_hr = None
-        if self.bias:
-            b_ih = _cast(getattr(self, f"bias_ih_l{layer}{suffix}"), dtype)
-            b_hh = _cast(getattr(self, f"bias_hh_l{layer}{suffix}"), dtype)
-        if self.proj_size > 0:
-            w_hr = _cast(getattr(self, f"weight_hr_l{layer}{suffix}"), dtype)
-        return w_ih, w_hh, b_ih, b_hh, w_hr
+    def _weights(self, dtype: Optional[torch.dtype]) -> List[Tensor]:
+        """The parameters in _flat_weights_names order (read by name, so reassigned or
+        parametrized weights are seen), cast to the autocast dtype when one is given."""
+        return [_cast(getattr(self, name), dtype) for name in self._flat_weights_names]
 
     def _lengths_tensor(self, lengths, x: Tensor) -> Tensor:
         """Validate user lengths against x [T, B, I] (shape checks only for tensors: their values
@@ -197,35 +289,6 @@ class _RNNBase(nn.Module):
                 raise ValueError(f"lengths[{b}] = {v} is out of range: every length must be in [1, {T}] "
                                  f"(the sequence length)")
         return torch.tensor(values, dtype=torch.int64)
-
-    def _stack(self, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], lengths: Optional[Tensor],
-               dtype: Optional[torch.dtype]):
-        """Run all layers and directions over time-major x. Returns (y, h_n, c_n or None)."""
-        lstm = self.mode == "LSTM"
-        num_directions = 2 if self.bidirectional else 1
-        h_out: List[Tensor] = []
-        c_out: List[Tensor] = []
-        for layer in range(self.num_layers):
-            if layer > 0 and self.dropout > 0 and self.training:
-                # nn.LSTM's semantics: dropout on the output of every layer but the last
-                x = F.dropout(x, self.dropout, True)
-            ys: List[Tensor] = []
-            for direction in range(num_directions):
-                k = layer * num_directions + direction
-                w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_params(layer, direction, dtype)
-                hk = None if h0 is None else h0[k]
-                if lstm:
-                    ck = None if c0 is None else c0[k]
-                    y, h, c = functional.lstm_layer(x, hk, ck, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                                                    reverse=direction == 1, w_hr=w_hr)
-                    c_out.append(c)
-                else:
-                    y, h = functional.gru_layer(x, hk, w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                                                reverse=direction == 1)
-                h_out.append(h)
-                ys.append(y)
-            x = ys[0] if num_directions == 1 else torch.cat(ys, dim=2)
-        return x, torch.stack(h_out, 0), (torch.stack(c_out, 0) if lstm else None)
 
     def _forward_impl(self, input, hx, lengths: Lengths):
         lstm = self.mode == "LSTM"
@@ -316,7 +379,9 @@ class _RNNBase(nn.Module):
         x = _cast(x, ac_dtype)
         h0 = _cast(h0, ac_dtype)
         c0 = _cast(c0, ac_dtype)
-        y, h_n, c_n = self._stack(x, h0, c0, lens, ac_dtype)
+        y, states = _traceable(_stack)(x, h0, c0, self._weights(ac_dtype), lstm, self.num_layers, num_directions,
+                                       self.bias, self.proj_size > 0, lens, self.dropout, self.training)
+        h_n, c_n = states[0], (states[1] if lstm else None)
 
         if packed:
             out_data, _ = torch._VF._pack_padded_sequence(y, lens, False)
@@ -332,54 +397,198 @@ class _RNNBase(nn.Module):
             output = y.transpose(0, 1) if self.batch_first else y
         return output, h_n, c_n
 
+    def _forward_script(self, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
+                        lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """forward under TorchScript: a Tensor input (not a PackedSequence), lengths as a tensor,
+        the parameters' dtype (no autocast). The ops check dtypes, devices and lengths values;
+        the state shapes are checked here (each op call sees one layer's slice only)."""
+        is_batched = input.dim() == 3
+        if input.dim() != 2 and not is_batched:
+            raise ValueError(f"{self.mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, "
+                               f"got {input.shape[-1]}")
+        x = input.transpose(0, 1) if is_batched and self.batch_first else input
+        if not is_batched:
+            x = x.unsqueeze(1)
+            h0 = None if h0 is None else h0.unsqueeze(1)
+            c0 = None if c0 is None else c0.unsqueeze(1)
+        num_directions = 2 if self.bidirectional else 1
+        layers, B = self.num_layers * num_directions, x.shape[1]
+        if h0 is not None and h0.shape != [layers, B, self.proj_size if self.proj_size > 0 else self.hidden_size]:
+            raise RuntimeError(f"{self.mode}: hidden state h_0 has shape {h0.shape} for input {input.shape}")
+        if c0 is not None and c0.shape != [layers, B, self.hidden_size]:
+            raise RuntimeError(f"{self.mode}: cell state c_0 has shape {c0.shape} for input {input.shape}")
+        if lengths is not None:
+            if lengths.dim() != 1 or lengths.shape[0] != B:
+                raise ValueError(f"lengths must hold one length per batch entry: expected shape ({B},), "
+                                 f"got {lengths.shape}")
+            if not lengths.is_floating_point() and not lengths.is_complex() and lengths.dtype != torch.bool:
+                lengths = lengths.to(torch.int64)  # the op refuses the rest
+        lstm = self.mode == "LSTM"
+        y, states = _stack(x, h0, c0, self._flat_weights, lstm, self.num_layers, num_directions, self.bias,
+                           self.proj_size > 0, lengths, self.dropout, self.training)
+        h_n, c_n = states[0], (states[1] if lstm else None)
+        if not is_batched:
+            return y.squeeze(1), h_n.squeeze(1), (None if c_n is None else c_n.squeeze(1))
+        return (y.transpose(0, 1) if self.batch_first else y), h_n, c_n
+
+
+_RNN_ARGS_DOC = """
+    Args:
+        input_size: features per input step (I).
+        hidden_size: features of the hidden state (H).
+        num_layers: stacked layers, each one's output the next one's input (L). Default 1.
+        bias: whether there are bias weights ``b_ih`` and ``b_hh``. Default True.
+        batch_first: input and output as ``(B, T, feature)`` instead of ``(T, B, feature)``
+            (the states are ``(L*D, B, ...)`` either way). Default False.
+        dropout: probability of dropout on the outputs of every layer but the last, in
+            training mode. Default 0.
+        bidirectional: run every layer in both directions and concatenate them (D = 2, else
+            1). Default False.{extra}
+        device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+
+    Parameters, torch.nn's names, shapes, order and initialisation U(-1/sqrt(H), 1/sqrt(H)),
+    so ``state_dict`` loads both ways; G = {gates}:
+        ``weight_ih_l{{k}}``: ``(G*H, I)`` for k = 0, ``(G*H, D*{out})`` above
+        ``weight_hh_l{{k}}``: ``(G*H, {out})``
+        ``bias_ih_l{{k}}``, ``bias_hh_l{{k}}``: ``(G*H,)`` (with bias){hr}
+    and a ``_reverse`` twin of each for the backward direction of a bidirectional layer.
+"""
+
+_RNN_FORWARD_DOC = """Run the {name} over a whole sequence.
+
+        Shapes: T steps, B batch entries, I = input_size, H = hidden_size, L = num_layers,
+        D = 2 if bidirectional else 1{p_def}.
+
+        Args:
+            input: ``(T, B, I)``, ``(B, T, I)`` with batch_first, ``(T, I)`` unbatched, or a
+                PackedSequence (data ``(sum of lengths, I)``, from ``pack_padded_sequence``).
+            hx: the initial state, zeros when None:
+                {hx_doc};
+                without the B dimension for unbatched input; with a PackedSequence, in the
+                original batch order (as torch.nn).
+            lengths: (fastrnn only, with a Tensor input) one length per batch entry,
+                ``1 <= L_b <= T``: a list, tuple or integer tensor of shape ``(B,)``, on the CPU
+                or on the input's device; keyword or third positional argument. Entry b then
+                runs steps 0 .. L_b-1 only (the backward direction from L_b-1 down to 0): its
+                outputs at later steps are zero, its final state is the one after its last
+                valid step and its padded inputs get no gradient. That is what torch.nn gives
+                for ``pack_padded_sequence(input, lengths, enforce_sorted=False)``, without
+                the packing and unpacking.
+
+        Returns:
+            ``{returns}``:
+            output: ``(T, B, D*{out})``, ``(B, T, D*{out})`` with batch_first, ``(T, D*{out})``
+                unbatched, or a PackedSequence when the input is one: the last layer's output
+                at every step, both directions concatenated.
+            {final}:
+                the final state of every layer and direction (layer by layer, forward
+                direction first); without the B dimension for unbatched input.
+
+        Differences from torch.nn: the ``lengths`` argument; no cuDNN weight flattening
+        (``flatten_parameters`` does nothing); under autocast the computation runs in the
+        autocast dtype with fp32 accumulation. Under TorchScript (``torch.jit.script``) the
+        input must be a Tensor, ``lengths`` a tensor, and autocast is not applied.
+        """
+
 
 class LSTM(_RNNBase):
-    """torch.nn.LSTM's interface and results over fastrnn's fused kernels.
+    __doc__ = """Multi-layer (bidirectional) LSTM over fastrnn's fused kernels, a drop-in for torch.nn.LSTM.
 
-    ``forward(input, hx=None, *, lengths=None)`` returns ``(output, (h_n, c_n))`` exactly as
-    nn.LSTM. ``lengths`` (list or int64 tensor, one per batch entry, 1 <= L <= T) gives masked
-    variable-length processing without a PackedSequence.
-    """
+    Same constructor, parameters, forward signature, outputs and errors as torch.nn.LSTM,
+    plus ``forward(..., lengths=...)``: masked variable-length sequences without packing. Each
+    layer and direction is one fused op call; stacking, bidirectionality, batch_first,
+    dropout, PackedSequence and autocast are handled in Python. An nn.RNNBase (not an
+    nn.LSTM: torch.compile's dynamo refuses to trace any nn.LSTM instance in this torch).
+
+    Per step, with gates i, f, g, o::
+
+        i, f, o = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+        c' = f * c + i * g,   h' = o * tanh(c')   (h' = W_hr (o * tanh(c')) with proj_size)
+""" + _RNN_ARGS_DOC.format(
+        extra="\n        proj_size: if > 0, the hidden state's size P: h is projected to it after every "
+              "step\n            with ``weight_hr``. Default 0 (P = H).",
+        out="P", hr="\n        ``weight_hr_l{k}``: ``(P, H)`` (with proj_size)", gates="4 (gates i, f, g, o)")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None) -> None:
+        """Build the parameters (see the class docstring for the arguments); torch.nn.LSTM's checks."""
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype)
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None, *, lengths: Lengths = None):
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        if torch.jit.is_scripting():
+            h0: Optional[Tensor] = None
+            c0: Optional[Tensor] = None
+            if hx is not None:
+                h0, c0 = hx[0], hx[1]
+            output, h_n, c_n = self._forward_script(input, h0, c0, lengths)
+            assert c_n is not None
+            return output, (h_n, c_n)
         output, h_n, c_n = self._forward_impl(input, hx, lengths)
         return output, (h_n, c_n)
 
+    forward.__doc__ = _RNN_FORWARD_DOC.format(
+        name="LSTM", p_def=", P = proj_size if > 0 else H", out="P",
+        hx_doc="``(h_0, c_0)``: h_0 ``(L*D, B, P)``, c_0 ``(L*D, B, H)``",
+        returns="(output, (h_n, c_n))", final="h_n ``(L*D, B, P)``, c_n ``(L*D, B, H)``")
+
 
 class GRU(_RNNBase):
-    """torch.nn.GRU's interface and results over fastrnn's fused kernels.
+    __doc__ = """Multi-layer (bidirectional) GRU over fastrnn's fused kernels, a drop-in for torch.nn.GRU.
 
-    ``forward(input, hx=None, *, lengths=None)`` returns ``(output, h_n)`` exactly as nn.GRU.
-    """
+    Same constructor, parameters, forward signature, outputs and errors as torch.nn.GRU, plus
+    ``forward(..., lengths=...)``: masked variable-length sequences without packing. Each layer
+    and direction is one fused op call. An nn.RNNBase (not an nn.GRU: torch.compile's dynamo
+    refuses to trace any nn.GRU instance in this torch). ``proj_size`` is refused with
+    ValueError, as torch.nn.GRU does.
+
+    Per step, with gates r, z, n::
+
+        r, z = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        h' = (1 - z) * n + z * h
+""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, **kwargs) -> None:
+        """Build the parameters (see the class docstring for the arguments); torch.nn.GRU's checks."""
+        if "proj_size" in kwargs:  # torch.nn.GRU's error, for the argument LSTM has
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype)
 
-    def forward(self, input, hx: Optional[Tensor] = None, *, lengths: Lengths = None):
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None,
+                lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():
+            output, h_n, _ = self._forward_script(input, hx, None, lengths)
+            return output, h_n
         output, h_n, _ = self._forward_impl(input, hx, lengths)
         return output, h_n
+
+    forward.__doc__ = _RNN_FORWARD_DOC.format(
+        name="GRU", p_def="", out="H", hx_doc="h_0 ``(L*D, B, H)``", returns="(output, h_n)",
+        final="h_n ``(L*D, B, H)``")
 
 
 # --------------------------------------------------------------------------------------------
 # cells
 
 
-class _CellBase(nn.Module):
-    __constants__ = ["input_size", "hidden_size", "bias"]
+class _CellBase(nn.RNNCellBase):
+    """Shared by LSTMCell and GRUCell. nn.RNNCellBase.__init__ is not run: this builds the same
+    parameters after checking the arguments; reset_parameters and extra_repr are nn.RNNCellBase's."""
+
     _name = ""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None,
                  dtype=None) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -399,25 +608,26 @@ class _CellBase(nn.Module):
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            init.uniform_(weight, -stdv, stdv)
-
-    def extra_repr(self) -> str:
-        s = "{input_size}, {hidden_size}"
-        if self.bias is not True:
-            s += ", bias={bias}"
-        return s.format(**self.__dict__)
-
     @staticmethod
     def _fast_path_ok(input: Tensor) -> bool:
         """Whether a call may go straight to the op, whose own checks cover shapes, dtypes and
         devices (on failure _prepare then raises torch.nn's error). Cells run once per token and
         their Python overhead is paid with caches just flushed by the weight reads, where it
-        measured ~10x its warm cost: a 2-D input outside autocast and compilation skips it."""
-        return (type(input) is Tensor and input.dim() == 2 and not torch.is_autocast_enabled("cpu")
-                and not torch.is_autocast_enabled("cuda") and not torch.compiler.is_compiling())
+        measured ~10x its warm cost: a 2-D input outside autocast, compilation and tracing
+        skips it."""
+        # (is_compiling first: under dynamo the rest is never traced; one any-autocast query
+        # costs a third of the two per-device ones; _get_tracing_state is torch.jit.is_tracing)
+        return (type(input) is Tensor and input.dim() == 2 and not torch.compiler.is_compiling()
+                and not torch._C._is_any_autocast_enabled() and torch._C._get_tracing_state() is None)
+
+    def _unbatched_script(self, input: Tensor) -> bool:
+        """TorchScript's input check: whether input [I] is unbatched (else [B, I])."""
+        if input.dim() != 1 and input.dim() != 2:
+            raise ValueError(f"Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if input.shape[-1] != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.shape[-1]} "
+                               f"expected {self.input_size}")
+        return input.dim() == 1
 
     def _prepare(self, input: Tensor, states: List[Optional[Tensor]]):
         """Checks, unbatched -> batched, autocast. Returns (x, states, params, is_batched).
@@ -464,15 +674,57 @@ class _CellBase(nn.Module):
         return x, out, weights, is_batched
 
 
-class LSTMCell(_CellBase):
-    """torch.nn.LSTMCell over fastrnn.functional.lstm_cell: ``forward(input, hx=None) -> (h', c')``."""
+class LSTMCell(_CellBase, nn.LSTMCell):
+    """One LSTM step over fastrnn's fused kernels, a drop-in for (and an instance of) torch.nn.LSTMCell.
+
+    Same constructor, parameters, forward signature, outputs and errors as torch.nn.LSTMCell;
+    the math of one step of fastrnn.LSTM (gates i, f, g, o). Meant for step-by-step decoding:
+    a batched call on a Tensor goes straight to the fused op.
+
+    Args:
+        input_size: features of the input (I).
+        hidden_size: features of the hidden and cell state (H).
+        bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
+        device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+
+    Parameters (torch.nn's names, shapes and initialisation, U(-1/sqrt(H), 1/sqrt(H))):
+    ``weight_ih`` [4H, I], ``weight_hh`` [4H, H], ``bias_ih`` and ``bias_hh`` [4H] (None
+    without bias).
+    """
 
     _name = "LSTMCell"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        """Build the parameters (see the class docstring for the arguments); torch.nn.LSTMCell's checks."""
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        """One step.
+
+        Args:
+            input: ``(B, I)``, or ``(I,)`` unbatched.
+            hx: ``(h, c)``, each ``(B, H)`` (``(H,)`` unbatched); zeros when None.
+
+        Returns:
+            ``(h', c')``, each ``(B, H)`` (``(H,)`` unbatched).
+
+        Differences from torch.nn: under autocast the step runs in the autocast dtype with fp32
+        accumulation. Under TorchScript autocast is not applied.
+        """
+        if torch.jit.is_scripting():
+            unbatched = self._unbatched_script(input)
+            h0: Optional[Tensor] = None
+            c0: Optional[Tensor] = None
+            if hx is not None:
+                h0, c0 = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if unbatched else (hx[0], hx[1])
+            h, c = _lstm_cell(input.unsqueeze(0) if unbatched else input, h0, c0, self.weight_ih, self.weight_hh,
+                              self.bias_ih, self.bias_hh)
+            return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
+        return self._forward_eager(input, hx)
+
+    def _forward_eager(self, input, hx):
+        # (a method of its own: TorchScript's parser refuses the try statement even in a branch
+        # it does not compile)
         if self._fast_path_ok(input) and (hx is None or (type(hx) is tuple and len(hx) == 2 and
                                                          isinstance(hx[0], Tensor) and isinstance(hx[1], Tensor))):
             h0, c0 = (None, None) if hx is None else hx
@@ -489,21 +741,58 @@ class LSTMCell(_CellBase):
                 raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two tensors, got {type(hx).__name__}")
             states = [hx[0], hx[1]]
         x, (h0, c0), (w_ih, w_hh, b_ih, b_hh), is_batched = self._prepare(input, states)
-        h, c = functional.lstm_cell(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        h, c = _traceable(_lstm_cell)(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         if not is_batched:
             h, c = h.squeeze(0), c.squeeze(0)
         return h, c
 
 
-class GRUCell(_CellBase):
-    """torch.nn.GRUCell over fastrnn.functional.gru_cell: ``forward(input, hx=None) -> h'``."""
+class GRUCell(_CellBase, nn.GRUCell):
+    """One GRU step over fastrnn's fused kernels, a drop-in for (and an instance of) torch.nn.GRUCell.
+
+    Same constructor, parameters, forward signature, outputs and errors as torch.nn.GRUCell;
+    the math of one step of fastrnn.GRU (gates r, z, n). A batched call on a Tensor goes
+    straight to the fused op.
+
+    Args:
+        input_size: features of the input (I).
+        hidden_size: features of the hidden state (H).
+        bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
+        device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+
+    Parameters (torch.nn's names, shapes and initialisation, U(-1/sqrt(H), 1/sqrt(H))):
+    ``weight_ih`` [3H, I], ``weight_hh`` [3H, H], ``bias_ih`` and ``bias_hh`` [3H] (None
+    without bias).
+    """
 
     _name = "GRUCell"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        """Build the parameters (see the class docstring for the arguments); torch.nn.GRUCell's checks."""
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step.
+
+        Args:
+            input: ``(B, I)``, or ``(I,)`` unbatched.
+            hx: ``(B, H)`` (``(H,)`` unbatched); zeros when None.
+
+        Returns:
+            h': ``(B, H)`` (``(H,)`` unbatched).
+
+        Differences from torch.nn: under autocast the step runs in the autocast dtype with fp32
+        accumulation. Under TorchScript autocast is not applied.
+        """
+        if torch.jit.is_scripting():
+            unbatched = self._unbatched_script(input)
+            h0 = None if hx is None else (hx.unsqueeze(0) if unbatched else hx)
+            h = _gru_cell(input.unsqueeze(0) if unbatched else input, h0, self.weight_ih, self.weight_hh,
+                          self.bias_ih, self.bias_hh)
+            return h.squeeze(0) if unbatched else h
+        return self._forward_eager(input, hx)
+
+    def _forward_eager(self, input, hx):
         if self._fast_path_ok(input) and (hx is None or type(hx) is Tensor):
             p = self._parameters
             try:
@@ -514,5 +803,5 @@ class GRUCell(_CellBase):
         if hx is not None and not isinstance(hx, Tensor):
             raise TypeError(f"GRUCell: hx must be a Tensor, got {type(hx).__name__}")
         x, (h0,), (w_ih, w_hh, b_ih, b_hh), is_batched = self._prepare(input, [hx])
-        h = functional.gru_cell(x, h0, w_ih, w_hh, b_ih, b_hh)
+        h = _traceable(_gru_cell)(x, h0, w_ih, w_hh, b_ih, b_hh)
         return h if is_batched else h.squeeze(0)

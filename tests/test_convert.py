@@ -147,6 +147,26 @@ def test_convert_warns_and_leaves_unconvertible_alone():
     assert type(model[2]) is fastrnn.LSTM
 
 
+class MyFastCell(fastrnn.LSTMCell):
+    pass
+
+
+def test_convert_leaves_fastrnn_modules_alone():
+    """fastrnn's cells are nn.LSTMCell / nn.GRUCell instances: convert must not take them for
+    subclasses to warn about, and converting twice changes nothing."""
+    model = nn.Sequential(nn.LSTMCell(3, 4), nn.GRUCell(4, 4), MyFastCell(4, 4), nn.GRU(4, 4))
+    fastrnn.convert(model)
+    before = list(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fastrnn.convert(model)
+    assert [type(m) for m in model] == [fastrnn.LSTMCell, fastrnn.GRUCell, MyFastCell, fastrnn.GRU]
+    assert all(a is b for a, b in zip(model, before))
+    with pytest.warns(UserWarning, match=r"2 \(MyFastCell\).*subclass"):
+        fastrnn.to_torch(model)
+    assert [type(m) for m in model] == [nn.LSTMCell, nn.GRUCell, MyFastCell, nn.GRU]
+
+
 def test_convert_warns_on_unsupported_dtype():
     model = nn.Sequential(nn.GRU(3, 4, dtype=torch.complex64), nn.LSTM(3, 4))
     with pytest.warns(UserWarning, match=r"0 \(GRU\).*complex64"):

@@ -3,6 +3,8 @@ torch.nn (through pack_padded_sequence for lengths, the reverse half of a bidire
 for reverse) and fastrnn.reference (plain autograd loops), plus the op plumbing: opcheck,
 gradcheck, torch.compile, double backward, inference (save=False) and low precision.
 """
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -463,22 +465,35 @@ def test_opcheck_lstm_projection(device):
 def test_forward_outputs_are_deterministic(device, kind):
     """Every output of the forward op, the workspace included, is fully defined: opcheck (and
     AOTAutograd under torch.compile) compare all outputs, so uninitialised memory in ws (e.g. at
-    padded steps) shows up there as a random failure. Freed memory is refilled between calls
-    with different junk so that uninitialised values differ."""
+    padded steps) shows up there as a random failure. Whatever memory the allocator hands back,
+    torch's deterministic mode fills every fresh allocation with NaN
+    (torch.utils.deterministic.fill_uninitialized_memory): an element the op leaves unwritten
+    stays NaN there, and differs from a plain call."""
     t = _op_inputs(kind, device, True, True, False)
-    outs = []
-    for fill in (float("nan"), 1.0, -7.0):
-        junk = [torch.full((n,), fill, dtype=f64, device=device) for n in (108, 135, 64, 1024)]
-        del junk
+
+    def call():
         if kind == "lstm":
-            outs.append(ops.lstm_forward(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None,
-                                         t["lengths"], False, True))
-        else:
-            outs.append(ops.gru_forward(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], t["lengths"],
-                                        False, True))
-    for a, b in zip(outs, outs[1:]):
-        for i, (p, q) in enumerate(zip(a, b)):
-            assert torch.equal(p, q), f"output {i} of {kind}_forward differs between identical calls"
+            return ops.lstm_forward(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None,
+                                    t["lengths"], False, True)
+        return ops.gru_forward(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], t["lengths"], False, True)
+
+    plain = call()
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    try:
+        # warn_only: cuBLAS would refuse to run deterministically without CUBLAS_WORKSPACE_CONFIG
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            assert torch.isnan(torch.empty(64, dtype=f64, device=device)).all()  # the filling is on
+            filled = call()
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.utils.deterministic.fill_uninitialized_memory = saved[2]
+    for i, (p, q) in enumerate(zip(filled, plain)):
+        assert not torch.isnan(p).any(), f"output {i} of {kind}_forward has elements the op never wrote"
+        assert torch.equal(p, q), f"output {i} of {kind}_forward differs between identical calls"
 
 
 def test_opcheck_inference_mode_forward(device):
