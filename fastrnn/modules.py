@@ -162,8 +162,10 @@ def _traceable(fn):
     """fn, or its TorchScript version while torch.jit.trace records. A trace then holds one call
     to the scripted function, which decides at run time whether to save activations for
     backward (that depends on grad mode): traced Python would bake in this call's choice, and
-    the trace checker, re-running under no_grad, would see a different graph."""
-    if torch._C._get_tracing_state() is None:  # torch.jit.is_tracing(), one call less
+    the trace checker, re-running under no_grad, would see a different graph. The ONNX
+    exporter traces too, but needs the op calls themselves in the graph (fastrnn.onnx maps
+    each to an ONNX LSTM / GRU node), and it exports inference: there fn is traced as it is."""
+    if torch._C._get_tracing_state() is None or torch.onnx.is_in_onnx_export():  # not tracing, or ONNX
         return fn
     scripted = _scripted.get(fn.__name__)
     if scripted is None:

@@ -267,10 +267,8 @@ def test_proj_size_raises(exporter):
                               custom_translation_table=fastrnn.onnx.custom_translation_table())
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "torch's TorchScript exporter passes the defaults of forward's keyword-only parameters "
-    "positionally (forward(x, None, None)), and fastrnn.LSTM/GRU.forward's lengths is keyword-only"))
 def test_torchscript_exporter_bare_module():
+    # the TorchScript exporter calls forward(x, None, None): lengths is positional-or-keyword
     net = fastrnn.LSTM(4, 5).eval()
     x = torch.randn(6, 2, 4)
     model = _export(net, (x,), "torchscript")
