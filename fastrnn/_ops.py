@@ -49,19 +49,23 @@ def _bias_grads(x, state, gates, has_bias):
     return x.new_empty((n,)), x.new_empty((n,))
 
 
+def _fresh(t):
+    # The kernels return every gradient as a new contiguous tensor, whatever the strides of the
+    # input it belongs to (a batch_first x arrives transposed): empty_like would copy those.
+    return t.new_empty(t.shape)
+
+
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
     _check_devices(x, lengths, dy=dy, dh_n=dh_n, dc_n=dc_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, ws=ws)
-    dw_hr = x.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
+    dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
+    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
     _check_devices(x, lengths, dy=dy, dh_n=dh_n, h0=h0, w_ih=w_ih, w_hh=w_hh, y=y, ws=ws)
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
-            *_bias_grads(x, h0, 3, has_bias))
+    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, h0, 3, has_bias))
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,11 +46,11 @@ def _valid(case):
     return not (case["mode"] == "GRU" and case["proj"])
 
 
-def _pairwise_cases(seed=0):
+def _pairwise_cases(seed=0, factors=FACTORS, valid=_valid):
     """Greedy all-pairs: repeatedly add the candidate covering most still-uncovered value pairs."""
-    names = list(FACTORS)
-    full = [dict(zip(names, values)) for values in itertools.product(*FACTORS.values())]
-    full = [c for c in full if _valid(c)]
+    names = list(factors)
+    full = [dict(zip(names, values)) for values in itertools.product(*factors.values())]
+    full = [c for c in full if valid(c)]
 
     def pairs(case):
         return {(a, repr(case[a]), b, repr(case[b])) for a, b in itertools.combinations(names, 2)}
