@@ -1,7 +1,8 @@
 """Op-level tests: fastrnn's fused LSTM / GRU layers and cells against two independent oracles,
 torch.nn (through pack_padded_sequence for lengths, the reverse half of a bidirectional module
 for reverse) and fastrnn.reference (plain autograd loops), plus the op plumbing: opcheck,
-gradcheck, torch.compile, double backward, inference (save=False) and low precision.
+gradcheck, torch.compile, the backward ops' lack of a derivative, inference (save=False) and low
+precision.
 """
 import pytest
 import torch
@@ -591,17 +592,23 @@ def test_torch_compile_fullgraph_matches_eager(device):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_double_backward_raises(device, kind):
-    torch.manual_seed(7)
-    T, B, I, H = 3, 2, 2, 3
-    G = 4 if kind == "lstm" else 3
-    x = torch.randn(T, B, I, dtype=f64, device=device, requires_grad=True)
-    w_ih = torch.randn(G * H, I, dtype=f64, device=device, requires_grad=True)
-    w_hh = torch.randn(G * H, H, dtype=f64, device=device, requires_grad=True)
-    y = F.lstm_layer(x, None, None, w_ih, w_hh)[0] if kind == "lstm" else F.gru_layer(x, None, w_ih, w_hh)[0]
-    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        gx.sum().backward()
+def test_backward_op_has_no_derivative(device, kind):
+    """Double backward goes through the forward op (tests/test_double_backward.py); the raw
+    backward op itself is not differentiable and says what to do instead."""
+    t = _op_inputs(kind, device, False, True, False)
+    if kind == "lstm":
+        y, h_n, c_n, ws = ops.lstm_forward(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
+                                           None, None, False, True)
+        dy = torch.ones_like(y, requires_grad=True)
+        dx = ops.lstm_backward(dy, torch.ones_like(h_n), torch.ones_like(c_n), t["x"], t["h0"], t["c0"], t["w_ih"],
+                               t["w_hh"], None, y, ws, None, False, True)[0]
+    else:
+        y, h_n, ws = ops.gru_forward(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None, False, True)
+        dy = torch.ones_like(y, requires_grad=True)
+        dx = ops.gru_backward(dy, torch.ones_like(h_n), t["x"], t["h0"], t["w_ih"], t["w_hh"], y, ws, None, False,
+                              True)[0]
+    with pytest.raises(RuntimeError, match=f"fastrnn::{kind}_backward has no derivative.*create_graph=True"):
+        dx.sum().backward()
 
 
 class _RecordOps(TorchDispatchMode):
