@@ -123,7 +123,9 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
         hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
     if cx is None:
         cx = x.new_zeros((x.shape[0], w_hh.shape[0] // 4))
-    if not (x.shape[0] and w_hh.shape[0]):  # B = 0 or H = 0 (see _without_kernels)
+    # B = 0 or H = 0, which the kernels refuse: reference.py's math (I = 0, which they take, lands
+    # here too; numel() is the cheapest test, and cells run once per token)
+    if not (x.numel() and w_hh.numel()):
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]), cx=(cx, w_hh.shape[0] // 4))
         return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
@@ -136,7 +138,7 @@ def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: 
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
     if hx is None:
         hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
-    if not (x.shape[0] and w_hh.shape[0]):  # B = 0 or H = 0 (see _without_kernels)
+    if not (x.numel() and w_hh.numel()):  # see lstm_cell
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, w_ih, w_hh, b_ih, b_hh)

@@ -29,6 +29,7 @@ FACTORS = {
     "num_layers": [1, 2],
     "bidirectional": [False, True],
     "batch_first": [False, True],
+    "bias": [True, False],
     "proj": [0, P],
     "hx": [False, True],
     "kind": ["padded", "unbatched", "lengths_list", "lengths_tensor"],
@@ -45,8 +46,8 @@ CASES = _pairwise_cases(0, FACTORS, _valid)
 
 def _case_id(c):
     return "-".join([c["mode"], f"L{c['num_layers']}", "bi" if c["bidirectional"] else "uni",
-                     "bf" if c["batch_first"] else "tm", f"p{c['proj']}", "hx" if c["hx"] else "nohx", c["kind"],
-                     str(c["dtype"])[6:]])
+                     "bf" if c["batch_first"] else "tm", "bias" if c["bias"] else "nobias", f"p{c['proj']}",
+                     "hx" if c["hx"] else "nohx", c["kind"], str(c["dtype"])[6:]])
 
 
 def test_grid_is_pairwise_complete():
@@ -60,7 +61,8 @@ def test_grid_is_pairwise_complete():
 
 
 def _module_and_inputs(case, device):
-    cfg = dict(num_layers=case["num_layers"], bidirectional=case["bidirectional"], batch_first=case["batch_first"])
+    cfg = dict(num_layers=case["num_layers"], bidirectional=case["bidirectional"], batch_first=case["batch_first"],
+               bias=case["bias"])
     if case["proj"]:
         cfg["proj_size"] = case["proj"]
     torch.manual_seed(0)
@@ -95,7 +97,7 @@ def _forward(module, case):
     return f
 
 
-def _outputs_and_grads(f, module, case, x, states, lengths):
+def _outputs_and_grads(f, module, x, states, lengths):
     leaves = [t.detach().clone().requires_grad_() for t in [x, *states]]
     outs = f(leaves[0], lengths, *leaves[1:])
     g = torch.Generator().manual_seed(2)
@@ -108,11 +110,11 @@ def _compiled_matches_eager(case, device, backend):
     module, x, states = _module_and_inputs(case, device)
     lengths = torch.tensor(LENGTHS, device=device) if case["kind"] == "lengths_tensor" else None
     f = _forward(module, case)
-    want_o, want_g = _outputs_and_grads(f, module, case, x, states, lengths)
+    want_o, want_g = _outputs_and_grads(f, module, x, states, lengths)
     torch._dynamo.reset()
     try:
-        got_o, got_g = _outputs_and_grads(torch.compile(f, fullgraph=True, backend=backend), module, case, x,
-                                          states, lengths)
+        got_o, got_g = _outputs_and_grads(torch.compile(f, fullgraph=True, backend=backend), module, x, states,
+                                          lengths)
     finally:
         torch._dynamo.reset()
     names = [f"output {i}" for i in range(len(want_o))] + ["grad x"] + [f"grad state {i}" for i in range(len(states))] \
@@ -130,12 +132,12 @@ def test_compile_fullgraph_matches_eager(case, device):
 # inductor on the cases that broke it: batch_first input grads (the fake backward once promised
 # the input's transposed strides for dx), with projection and lengths
 INDUCTOR_CASES = [
-    dict(mode="LSTM", num_layers=1, bidirectional=False, batch_first=True, proj=0, hx=False, kind="padded",
-         dtype=torch.float32),
-    dict(mode="LSTM", num_layers=2, bidirectional=True, batch_first=True, proj=P, hx=True, kind="lengths_list",
-         dtype=torch.float64),
-    dict(mode="GRU", num_layers=2, bidirectional=True, batch_first=True, proj=0, hx=False, kind="lengths_tensor",
-         dtype=torch.float32),
+    dict(mode="LSTM", num_layers=1, bidirectional=False, batch_first=True, bias=True, proj=0, hx=False,
+         kind="padded", dtype=torch.float32),
+    dict(mode="LSTM", num_layers=2, bidirectional=True, batch_first=True, bias=True, proj=P, hx=True,
+         kind="lengths_list", dtype=torch.float64),
+    dict(mode="GRU", num_layers=2, bidirectional=True, batch_first=True, bias=False, proj=0, hx=False,
+         kind="lengths_tensor", dtype=torch.float32),
 ]
 
 
