@@ -1,10 +1,12 @@
 """Fake (meta) kernels and autograd formulas for the ops registered by fastrnn._C.
 
 Shapes are computed from input shapes alone, the same on every device, so torch.compile can
-trace the ops without running them. Autograd calls the matching backward op; differentiating
-that backward again is not supported and says so.
+trace the ops without running them. Autograd calls the matching backward op, except when the
+backward is itself recorded for differentiation (create_graph=True): see _recorded_backward.
 """
 import torch
+
+from .reference import gru_reference, lstm_reference
 
 _lib = torch.ops.fastrnn
 
@@ -49,19 +51,23 @@ def _bias_grads(x, state, gates, has_bias):
     return x.new_empty((n,)), x.new_empty((n,))
 
 
+def _fresh(t):
+    # The kernels return every gradient as a new contiguous tensor, whatever the strides of the
+    # input it belongs to (a batch_first x arrives transposed): empty_like would copy those.
+    return t.new_empty(t.shape)
+
+
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
     _check_devices(x, lengths, dy=dy, dh_n=dh_n, dc_n=dc_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, ws=ws)
-    dw_hr = x.new_empty((0,)) if w_hr is None else torch.empty_like(w_hr)
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w_ih),
-            torch.empty_like(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
+    dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
+    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
     _check_devices(x, lengths, dy=dy, dh_n=dh_n, h0=h0, w_ih=w_ih, w_hh=w_hh, y=y, ws=ws)
-    return (torch.empty_like(x), torch.empty_like(h0), torch.empty_like(w_ih), torch.empty_like(w_hh),
-            *_bias_grads(x, h0, 3, has_bias))
+    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, h0, 3, has_bias))
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,14 +81,19 @@ def _or_zeros(grad, like):
 def _lstm_setup(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
     y, _, _, ws = output
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths)
     ctx.reverse = reverse
-    ctx.biases = (b_ih is not None, b_hh is not None)
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths = ctx.saved_tensors
-    has_ih, has_hh = ctx.biases
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated in turn
+
+        def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+            return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr)
+
+        return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n))
+    has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
         lengths, ctx.reverse, has_ih or has_hh)
@@ -93,14 +104,19 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
 def _gru_setup(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
     y, _, ws = output
-    ctx.save_for_backward(x, h0, w_ih, w_hh, y, ws, lengths)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths)
     ctx.reverse = reverse
-    ctx.biases = (b_ih is not None, b_hh is not None)
 
 
 def _gru_backward(ctx, dy, dh_n, _dws):
-    x, h0, w_ih, w_hh, y, ws, lengths = ctx.saved_tensors
-    has_ih, has_hh = ctx.biases
+    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled():  # see _lstm_backward
+
+        def layer(x, h0, w_ih, w_hh, b_ih, b_hh):
+            return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
+
+        return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh), (dy, dh_n))
+    has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
         has_ih or has_hh)
@@ -108,11 +124,33 @@ def _gru_backward(ctx, dy, dh_n, _dws):
             None, None, None)
 
 
+def _recorded_backward(ctx, layer, inputs, grads):
+    """The backward when autograd records it (create_graph=True: gradient penalties,
+    Hessian-vector products, gradgradcheck), where the fused backward, having no derivative of
+    its own, cannot serve: recompute the layer from the saved inputs with reference.py's plain
+    differentiable PyTorch and differentiate that with create_graph=True. The result is
+    differentiable in the inputs and in the incoming grads. It is a Python loop over time, far
+    slower than the kernels, and runs only in this case: first-order backward (grad mode off
+    inside it, also under torch.compile) takes the fused kernels.
+
+    inputs: the op's differentiable inputs (None where absent), in the op's order, which is also
+    the order of its autograd formula's results; grads: the incoming grads of the outputs."""
+    wrt = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    outs = layer(*inputs)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]
+    found = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wrt], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    result = [None] * len(ctx.needs_input_grad)
+    for i, g in zip(wrt, found):
+        result[i] = _or_zeros(g, inputs[i])
+    return tuple(result)
+
+
 def _no_double_backward(name):
     def backward(ctx, *grads):
         raise RuntimeError(
-            f"fastrnn::{name} has no derivative: double backward (e.g. create_graph=True followed "
-            f"by a second backward through an LSTM/GRU) is not supported by fastrnn")
+            f"fastrnn::{name} has no derivative. To differentiate an LSTM/GRU twice, differentiate its "
+            f"forward with create_graph=True: fastrnn then records a differentiable backward")
 
     return backward
 

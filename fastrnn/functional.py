@@ -13,11 +13,16 @@ of a bidirectional layer). This equals nn.LSTM / nn.GRU over
 
 Activations are saved for backward only when autograd needs them (grad mode on and some input
 requires grad), so inference saves nothing.
+
+An empty batch (B = 0) or state (H = 0), which torch.nn takes and the kernels refuse, runs
+reference.py's plain PyTorch instead (see _without_kernels).
 """
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .reference import gru_cell_reference, lstm_cell_reference
 
 _ops = torch.ops.fastrnn
 
@@ -56,6 +61,26 @@ def _zeros_state(x: Tensor, size: int) -> Tensor:
     return x.new_zeros((x.shape[1], size))
 
 
+def _without_kernels(x: Tensor, step) -> Tuple[Tensor, ...]:
+    """A layer over x [T, B, I] with B = 0 or H = 0. Every step then gives what the first one
+    gives (there is no entry, or no cell state, to carry: with H = 0 and a projection h is 0 at
+    every step), so step(x[0]) -> (h, [c]), one step of reference.py's math, yields every output
+    with torch.nn's shapes, dtypes and autograd graph (all grads zero, as torch.nn's), in time
+    independent of T. Returns (y [T, B, P], h_n, [c_n])."""
+    if x.shape[0] == 0:
+        raise RuntimeError(f"fastrnn: expected a sequence of length T >= 1, got x of shape {tuple(x.shape)}")
+    states = step(x[0])
+    return (states[0].unsqueeze(0).expand(x.shape[0], -1, -1), *states)
+
+
+def _expect_rows(B: int, **states) -> None:
+    """The kernels' check of the states' shapes, name=(tensor, width), for the calls that skip
+    the kernels (the plain math would broadcast a state of 1 row against an empty batch)."""
+    for name, (t, width) in states.items():
+        if tuple(t.shape) != (B, width):
+            raise RuntimeError(f"fastrnn: expected {name} of shape [{B}, {width}], got {list(t.shape)}")
+
+
 def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, lengths: Lengths = None,
                reverse: bool = False, w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
@@ -67,6 +92,9 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tens
         h0 = _zeros_state(x, H if w_hr is None else w_hr.shape[0])
     if c0 is None:
         c0 = _zeros_state(x, H)
+    if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
+        _expect_rows(x.shape[1], h0=(h0, H if w_hr is None else w_hr.shape[0]), c0=(c0, H))
+        return _without_kernels(x, lambda x0: lstm_cell_reference(x0, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths),
                            reverse, save)
@@ -79,6 +107,9 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
     """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 defaults to zeros."""
     if h0 is None:
         h0 = _zeros_state(x, w_hh.shape[1])
+    if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
+        _expect_rows(x.shape[1], h0=(h0, w_hh.shape[1]))
+        return _without_kernels(x, lambda x0: (gru_cell_reference(x0, h0, w_ih, w_hh, b_ih, b_hh),))
     save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
     return y, h_n
@@ -92,6 +123,11 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
         hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
     if cx is None:
         cx = x.new_zeros((x.shape[0], w_hh.shape[0] // 4))
+    # B = 0 or H = 0, which the kernels refuse: reference.py's math (I = 0, which they take, lands
+    # here too; numel() is the cheapest test, and cells run once per token)
+    if not (x.numel() and w_hh.numel()):
+        _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]), cx=(cx, w_hh.shape[0] // 4))
+        return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     _, h, c, _ = _call(_ops.lstm_forward, save, x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, None, False, save)
     return h, c
@@ -102,6 +138,9 @@ def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: 
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
     if hx is None:
         hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
+    if not (x.numel() and w_hh.numel()):  # see lstm_cell
+        _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
+        return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, w_ih, w_hh, b_ih, b_hh)
     _, h, _ = _call(_ops.gru_forward, save, x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, save)
     return h

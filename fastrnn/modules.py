@@ -594,8 +594,8 @@ class _CellBase(nn.RNNCellBase):
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value <= 0:
-                raise ValueError(f"{name} must be greater than zero, got {value}")
+        # like torch.nn's cells: sizes of 0 are fine (functional runs them without the kernels),
+        # negative ones fail in torch.empty below
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size

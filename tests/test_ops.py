@@ -1,7 +1,8 @@
 """Op-level tests: fastrnn's fused LSTM / GRU layers and cells against two independent oracles,
 torch.nn (through pack_padded_sequence for lengths, the reverse half of a bidirectional module
 for reverse) and fastrnn.reference (plain autograd loops), plus the op plumbing: opcheck,
-gradcheck, torch.compile, double backward, inference (save=False) and low precision.
+gradcheck, torch.compile, the backward ops' lack of a derivative, inference (save=False) and low
+precision.
 """
 import warnings
 
@@ -461,6 +462,48 @@ def test_opcheck_lstm_projection(device):
     _check_fwd_bwd("lstm", _op_inputs("lstm", device, True, True, True, proj=2, H=4), True, True)
 
 
+def _relayout(t, layout):
+    """The same values in other memory: "transposed" swaps the storage order of the first two
+    dims (a batch_first x, a transposed weight); "strided" takes every other element of a buffer
+    twice as wide (stride 2 in the last dim)."""
+    if t is None:
+        return None
+    if layout == "transposed":
+        return t if t.dim() < 2 else t.transpose(0, 1).contiguous().transpose(0, 1)
+    return torch.stack([t, torch.zeros_like(t)], -1)[..., 0]
+
+
+# opcheck compares the fake kernels' output strides with the real ones (which are contiguous
+# whatever the inputs' strides): every input of every op, lengths included, non-contiguous.
+@pytest.mark.parametrize("kind", ["lstm", "lstm-proj", "gru"])
+@pytest.mark.parametrize("layout", ["transposed", "strided"])
+def test_opcheck_non_contiguous_inputs(device, kind, layout):
+    proj = 2 if kind == "lstm-proj" else 0
+    kind = kind[:4] if proj else kind
+    t = _op_inputs(kind, device, True, True, False, proj=proj, H=4 if proj else 3)
+    fwd = [t[k] for k in ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")] if kind == "lstm" else \
+        [t[k] for k in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")]
+    op_f, op_b = (ops.lstm_forward, ops.lstm_backward) if kind == "lstm" else (ops.gru_forward, ops.gru_backward)
+    outs = op_f(*fwd, t["lengths"], False, True)
+    lengths = _relayout(t["lengths"], layout)
+    moved = [_relayout(a, layout) for a in fwd]
+    assert moved[0].shape == t["x"].shape and not moved[0].is_contiguous()
+    fargs = [a.clone().requires_grad_() if a is not None and a.is_floating_point() else a for a in moved]
+    torch.library.opcheck(op_f.default, (*fargs, lengths, False, True))
+    cots = [_relayout(torch.randn_like(o), layout) for o in outs[:-1]]
+    y, ws = _relayout(outs[0], layout), _relayout(outs[-1], layout)
+    if kind == "lstm":
+        x, h0, c0, w_ih, w_hh, _, _, w_hr = moved
+        bargs = (*cots, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, False, True)
+    else:
+        x, h0, w_ih, w_hh, _, _ = moved
+        bargs = (*cots, x, h0, w_ih, w_hh, y, ws, lengths, False, True)
+    torch.library.opcheck(op_b.default, bargs)
+    # and the real kernels do return fresh contiguous tensors (what the fake kernels promise)
+    assert all(o.is_contiguous() for o in op_f(*moved, lengths, False, True))
+    assert all(o.is_contiguous() for o in op_b(*bargs))
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_forward_outputs_are_deterministic(device, kind):
     """Every output of the forward op, the workspace included, is fully defined: opcheck (and
@@ -580,17 +623,23 @@ def test_torch_compile_fullgraph_matches_eager(device):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_double_backward_raises(device, kind):
-    torch.manual_seed(7)
-    T, B, I, H = 3, 2, 2, 3
-    G = 4 if kind == "lstm" else 3
-    x = torch.randn(T, B, I, dtype=f64, device=device, requires_grad=True)
-    w_ih = torch.randn(G * H, I, dtype=f64, device=device, requires_grad=True)
-    w_hh = torch.randn(G * H, H, dtype=f64, device=device, requires_grad=True)
-    y = F.lstm_layer(x, None, None, w_ih, w_hh)[0] if kind == "lstm" else F.gru_layer(x, None, w_ih, w_hh)[0]
-    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward"):
-        gx.sum().backward()
+def test_backward_op_has_no_derivative(device, kind):
+    """Double backward goes through the forward op (tests/test_double_backward.py); the raw
+    backward op itself is not differentiable and says what to do instead."""
+    t = _op_inputs(kind, device, False, True, False)
+    if kind == "lstm":
+        y, h_n, c_n, ws = ops.lstm_forward(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
+                                           None, None, False, True)
+        dy = torch.ones_like(y, requires_grad=True)
+        dx = ops.lstm_backward(dy, torch.ones_like(h_n), torch.ones_like(c_n), t["x"], t["h0"], t["c0"], t["w_ih"],
+                               t["w_hh"], None, y, ws, None, False, True)[0]
+    else:
+        y, h_n, ws = ops.gru_forward(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None, False, True)
+        dy = torch.ones_like(y, requires_grad=True)
+        dx = ops.gru_backward(dy, torch.ones_like(h_n), t["x"], t["h0"], t["w_ih"], t["w_hh"], y, ws, None, False,
+                              True)[0]
+    with pytest.raises(RuntimeError, match=f"fastrnn::{kind}_backward has no derivative.*create_graph=True"):
+        dx.sum().backward()
 
 
 class _RecordOps(TorchDispatchMode):
