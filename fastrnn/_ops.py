@@ -78,9 +78,19 @@ def _or_zeros(grad, like):
     return torch.zeros_like(like) if grad is None else grad
 
 
+def _keep_grads_undefined(ctx, ws):
+    # ws (the saved activations) is an output only so that backward gets it: it has no gradient.
+    # Without this, autograd hands backward a zero tensor of ws's shape ([T, B, 5H]: as large as
+    # ws itself, and zero-filled at every backward); unused output grads arrive as None and the
+    # formulas below fill in the few small zeros they need.
+    ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)
+
+
 def _lstm_setup(ctx, inputs, output):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
     y, _, _, ws = output
+    _keep_grads_undefined(ctx, ws)
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths)
     ctx.reverse = reverse
 
@@ -104,6 +114,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
 def _gru_setup(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
     y, _, ws = output
+    _keep_grads_undefined(ctx, ws)
     ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths)
     ctx.reverse = reverse
 

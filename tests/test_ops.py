@@ -765,3 +765,28 @@ def test_low_precision_no_worse_than_torch(device, kind, dtype):
                 failures.append(f"{kind_} tensor {i}: fastrnn err {ef:.2e} > "
                                 f"max({factor} x torch err {et:.2e}, {floor})")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_backward_makes_no_workspace_sized_grad(device, kind):
+    """ws is an output only to reach backward: autograd must not materialise a zero grad of its
+    size ([T, B, 5H] / [T, B, 4H], as large as ws) at every backward."""
+    T, B, I, H = 3, 2, 4, 7
+    width = 5 * H if kind == "lstm" else 4 * H
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    w = [torch.randn(G * H, n, device=device, requires_grad=True) for G in [4 if kind == "lstm" else 3]
+         for n in (I, H)]
+    y = (F.lstm_layer(x, None, None, *w) if kind == "lstm" else F.gru_layer(x, None, *w))[0]
+    made = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, tuple) else (out,):
+                made.append((str(func), tuple(t.shape) if isinstance(t, torch.Tensor) else None))
+            return out
+
+    with Spy():
+        y.sum().backward()
+    assert any(f.startswith(f"fastrnn.{kind}_backward") for f, _ in made)
+    assert [m for m in made if m[1] == (T, B, width)] == []
