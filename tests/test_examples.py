@@ -110,7 +110,7 @@ def test_char_lm_sampling(tmp_path, small_text):
     # the command line, as a script from another directory (path set-up, checkpoint loading)
     cmd = [sys.executable, os.path.join(EXAMPLES, "char_lm.py"), "--sample", "--ckpt", ckpt, "--prefix", "The ",
            "--length", "80", "--temperature", "1.0", "--seed", "7", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)  # a hang guard only
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == s1 + "\n"
 
