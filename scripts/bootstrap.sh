@@ -3,7 +3,7 @@
 # and the test tools, and the fastrnn extension built into it (CUDA build when a toolkit is found,
 # even without a GPU; CPU-only otherwise). Re-running skips what is already done.
 #
-# The first run takes minutes (installing torch: ~2.5 GB with its CUDA libraries; compiling the
+# The first run takes minutes (installing torch: several GB with its CUDA libraries; compiling the
 # extension: a few minutes for the CPU part, longer with CUDA): every stage says what it is doing,
 # shows one line per package or compiled file, a "still ..." line after each BOOTSTRAP_HEARTBEAT_S
 # seconds without one, and its time when done. The whole output of each stage goes to
@@ -108,7 +108,7 @@ fi
 export PATH="$PWD/$VENV/bin:$PATH" # ninja lives there
 stamp="$VENV/.fastrnn-deps"
 if ! cmp -s requirements-dev.txt "$stamp" 2>/dev/null; then
-    say "torch and its CUDA libraries are ~2.5 GB: downloading and unpacking them takes minutes"
+    say "torch with its CUDA libraries is several GB: downloading and unpacking it takes minutes"
     stage pip "installing requirements-dev.txt" show_pip_line \
         python -m pip install --progress-bar off -r requirements-dev.txt
     cp requirements-dev.txt "$stamp"
