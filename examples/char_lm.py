@@ -288,7 +288,8 @@ class Trainer:
     def _after_step(self, epoch: int, end_of_epoch: bool):
         args, step, total = self.args, self.step, self.total_steps
         want_eval = self.evals and (end_of_epoch or step == total or (args.eval_every and step % args.eval_every == 0))
-        want_save = bool(args.ckpt) and (step == total or want_eval or (args.save_every and step % args.save_every == 0))
+        want_save = bool(args.ckpt) and (step == total or want_eval or
+                                         (args.save_every and step % args.save_every == 0))
         if not (want_eval or want_save or step % args.log_every == 0 or step == total):
             return
         self.result.losses += torch.stack(self.pending).float().tolist()
