@@ -37,8 +37,9 @@ from torch import nn
 from _charlm import CharLM, build_vocab, encode, load_text, text_hash  # noqa: F401  (shared with the benchmarks)
 from _common import BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, state_to, sync
 
-# Shapes of the --main demo, sized for a 2-core CPU: measured there, the fastrnn run takes ~40 s
-# and the whole job (both runs, evaluations, sample) ~75 s.
+# Shapes of the --main demo, sized for a 2-core CPU: measured on a quiet one, the whole job (both
+# runs, evaluations, sample) takes ~75 s; on one loaded by other work much longer (29 min once, with
+# a load average of 8-12 on 2 cores).
 MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, batch_size=32,
                      steps=200, eval_every=50, log_every=25, dropout=0.1, lr=3e-3, length=300)
 
@@ -457,9 +458,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _report_speed(r_fast: RunResult, r_torch: RunResult, device, out):
     """What was measured, each side's median tokens/s with its spread, and the ratio of the medians."""
     n = min(len(r_fast.step_rates), len(r_torch.step_rates))
-    print(f"\nspeed: training tokens/s of single optimizer steps ({r_fast.tokens_per_step} tokens each), "
-          f"{n} interleaved steps of each (fastrnn, torch.nn, fastrnn, ...) after {WARMUP_STEPS} untimed ones; "
-          f"evaluation excluded; {device}", file=out)
+    print(f"\nspeed on {device}: training tokens/s of single optimizer steps ({r_fast.tokens_per_step} tokens each),\n"
+          f"  {n} steps of each, interleaved (fastrnn, torch.nn, fastrnn, ...), after {WARMUP_STEPS} untimed ones; "
+          f"evaluation excluded", file=out)
     if not n:
         print("  (no step was timed: give more --steps)", file=out)
         return

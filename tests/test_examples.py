@@ -171,7 +171,9 @@ def test_char_lm_main_job_runs(small_text, tmp_path):
     # every step after the untimed warm-up ones is timed, the same number on both sides
     n = 12 - char_lm.WARMUP_STEPS
     assert len(fast.step_rates) == len(slow.step_rates) == n
-    assert f"training tokens/s of single optimizer steps (512 tokens each), {n} interleaved steps of each " in text
+    assert ("speed on cpu: training tokens/s of single optimizer steps (512 tokens each),\n"
+            f"  {n} steps of each, interleaved (fastrnn, torch.nn, fastrnn, ...), after {char_lm.WARMUP_STEPS} "
+            "untimed ones" in text)
     rows = _speed_rows(text)
     for name, r in (("fastrnn", fast), ("torch.nn", slow)):
         med, q1, q3, lo, hi = rows[name]
