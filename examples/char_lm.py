@@ -37,9 +37,9 @@ from torch import nn
 from _charlm import CharLM, build_vocab, encode, load_text, text_hash  # noqa: F401  (shared with the benchmarks)
 from _common import BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, state_to, sync
 
-# Shapes of the --main demo, sized for a 2-core CPU: measured on a quiet one, the whole job (both
-# runs, evaluations, sample) takes ~75 s; on one loaded by other work much longer (29 min once, with
-# a load average of 8-12 on 2 cores).
+# Shapes of the --main demo, sized for a 2-core CPU. The whole job (both runs, evaluations, sample)
+# measured on one: 163 s while its load average fell from 5 to 1.5 (~30k tokens/s per side once
+# quiet), 29 min at a load average of 8-12.
 MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, batch_size=32,
                      steps=200, eval_every=50, log_every=25, dropout=0.1, lr=3e-3, length=300)
 
