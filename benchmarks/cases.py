@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import configs as C
-from .corpus import batches, encode, load_text
+from .corpus import CharLM, batches, encode, load_text, text_hash
 from .timing import Plan, compare
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
@@ -289,16 +289,14 @@ def varlen_time(cfg, cell, dname, device, plan):
 # ---------------------------------------------------------------- char-LM training step
 
 
-class CharLM(nn.Module):
-    def __init__(self, vocab: int, emb: int, hidden: int, layers: int, rnn_cls):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, emb)
-        self.rnn = rnn_cls(emb, hidden, num_layers=layers)
-        self.head = nn.Linear(hidden, vocab)
-
-    def forward(self, x):
-        y, _ = self.rnn(self.emb(x))
-        return self.head(y)
+def charlm_pair(vocab_size: int, p: dict, device, dtype):
+    """(torch.nn model, fastrnn model): the demo's CharLM (examples/_charlm.py) without dropout,
+    at the sizes in `p` (configs.CHARLM), on identical weights."""
+    torch.manual_seed(0)
+    ref = CharLM(vocab_size, p["emb"], p["H"], p["layers"], "lstm", rnn="torch").to(device=device, dtype=dtype)
+    fast = CharLM(vocab_size, p["emb"], p["H"], p["layers"], "lstm", rnn="fastrnn").to(device=device, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())  # drop-in: same parameter names and shapes
+    return ref, fast
 
 
 def train_jobs(dtypes, device, plan, quick, corpus_path=None):
@@ -306,7 +304,6 @@ def train_jobs(dtypes, device, plan, quick, corpus_path=None):
 
 
 def train_time(dname, device, plan, quick, corpus_path=None):
-    fr = _fastrnn()
     dtype = DTYPES[dname]
     p = dict(C.CHARLM)
     if quick:
@@ -315,10 +312,7 @@ def train_time(dname, device, plan, quick, corpus_path=None):
     data, vocab = encode(text)
     V = len(vocab)
     data_batches = [(a.to(device), b.to(device)) for a, b in batches(data, p["T"], p["B"], count=8, seed=0)]
-    torch.manual_seed(0)
-    ref = CharLM(V, p["emb"], p["H"], p["layers"], nn.LSTM).to(device=device, dtype=dtype)
-    fast = CharLM(V, p["emb"], p["H"], p["layers"], fr.LSTM).to(device=device, dtype=dtype)
-    fast.load_state_dict(ref.state_dict())  # drop-in: same parameter names and shapes
+    ref, fast = charlm_pair(V, p, device, dtype)
 
     def make_step(model):
         opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
@@ -328,7 +322,7 @@ def train_time(dname, device, plan, quick, corpus_path=None):
             x, y = data_batches[state["i"] % len(data_batches)]
             state["i"] += 1
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
+            logits, _ = model(x)
             loss = nn.functional.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), p["clip"])
@@ -355,7 +349,7 @@ def train_time(dname, device, plan, quick, corpus_path=None):
     rec["tokens_per_s_ratio"] = {f"{FAST}/{TORCH}": rec["impls"][FAST]["tokens_per_s"] / rec["impls"][TORCH]["tokens_per_s"]}
     rec["check"] = {"loss_first_abs_diff": abs(rec["impls"][FAST]["loss_first"] - rec["impls"][TORCH]["loss_first"]),
                     "loss_uniform": math.log(V)}
-    rec["corpus"] = {"name": corpus_name, "chars": len(text), "vocab": V}
+    rec["corpus"] = {"name": corpus_name, "chars": len(text), "vocab": V, "sha1": text_hash(text)}
     return rec
 
 

@@ -1,29 +1,35 @@
-"""The default char-LM corpus: the text of CPython's ``pydoc_data.topics`` (the reference
-documentation that ships with every Python), so the benchmark needs no download. Any UTF-8 text
+"""The char-LM cases' model and text: the demo's own (examples/_charlm.py), so that the benchmark
+times what `make demo` trains. The default text is CPython's ``pydoc_data.topics`` (the reference
+documentation that ships with every Python), so the benchmark needs no download; any UTF-8 text
 file can be used instead (``--corpus``)."""
+import os
+import sys
 from typing import List, Optional, Tuple
 
 import torch
 
-DEFAULT_NAME = "pydoc_data.topics"
+# examples/ is not a package: its modules import each other by plain name (`_common`), so it goes
+# on sys.path, last, so that it shadows nothing installed.
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+if _EXAMPLES not in sys.path:
+    sys.path.append(_EXAMPLES)
+
+from _charlm import DEFAULT_CORPUS, CharLM, build_vocab, text_hash  # noqa: E402
+from _charlm import encode as _encode  # noqa: E402
+from _charlm import load_text as _load_text  # noqa: E402
+
+__all__ = ["CharLM", "DEFAULT_CORPUS", "batches", "encode", "load_text", "text_hash"]
 
 
 def load_text(path: Optional[str] = None) -> Tuple[str, str]:
-    """(text, name)."""
-    if path:
-        with open(path, encoding="utf-8") as f:
-            return f.read(), path
-    from pydoc_data import topics
-
-    # Sorted keys: the same text whatever the dict order of this Python build.
-    return "\n".join(topics.topics[k] for k in sorted(topics.topics)), DEFAULT_NAME
+    """(text, name): the demo's text loader, and what to call the text in the results."""
+    return _load_text(path), path or DEFAULT_CORPUS
 
 
 def encode(text: str) -> Tuple[torch.Tensor, List[str]]:
-    """Character ids (int64) and the vocabulary (sorted characters)."""
-    vocab = sorted(set(text))
-    index = {ch: i for i, ch in enumerate(vocab)}
-    return torch.tensor([index[ch] for ch in text], dtype=torch.int64), vocab
+    """Character ids (int64) and the vocabulary (sorted characters), as the demo builds them."""
+    vocab = build_vocab(text)
+    return _encode(text, vocab), vocab
 
 
 def batches(data: torch.Tensor, T: int, B: int, count: int, seed: int = 0):

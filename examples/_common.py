@@ -1,7 +1,8 @@
 """Small helpers shared by the example scripts (not part of the fastrnn package).
 
 The scripts put their own folder first on sys.path when run directly, so `import _common`
-works from anywhere; tests add examples/ to sys.path themselves.
+works from anywhere; tests, and benchmarks/corpus.py (for _charlm), add examples/ to sys.path
+themselves.
 """
 import contextlib
 import statistics

@@ -6,7 +6,8 @@
     python examples/char_lm.py --sample --ckpt lm.pt --prefix "The " --length 500
     python examples/char_lm.py --compare --steps 200       # fastrnn vs torch.nn, same init
 
-Model: embedding -> multi-layer LSTM/GRU (dropout between layers) -> linear, time-major.
+Model (examples/_charlm.py, also what the benchmarks' char-LM cases time): embedding ->
+multi-layer LSTM/GRU (dropout between layers) -> linear, time-major.
 Training is stateful truncated BPTT: the training text is cut into `batch_size` contiguous
 streams, each batch is the next `seq_len` characters of every stream, and the recurrent state
 is carried from one batch to the next (detached), reset at the start of each epoch.
@@ -14,8 +15,8 @@ The default text needs no download: the documentation topics that ship with CPyt
 (`pydoc_data.topics`, ~460 KB). `--data FILE` takes any UTF-8 text (e.g. tinyshakespeare).
 """
 import argparse
+import contextlib
 import copy
-import hashlib
 import math
 import os
 import statistics
@@ -33,11 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import (BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, rnn_class, state_to,
-                     sync)
+from _charlm import CharLM, build_vocab, encode, load_text, text_hash  # noqa: F401  (shared with the benchmarks)
+from _common import BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, state_to, sync
 
-# Shapes of the --main demo, sized for a 2-core CPU: measured there, the fastrnn run takes ~40 s
-# and the whole job (both runs, evaluations, sample) ~75 s.
+# Shapes of the --main demo, sized for a 2-core CPU. The whole job (both runs, evaluations, sample)
+# measured on one: 163 s while its load average fell from 5 to 1.5 (~30k tokens/s per side once
+# quiet), 29 min at a load average of 8-12.
 MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, batch_size=32,
                      steps=200, eval_every=50, log_every=25, dropout=0.1, lr=3e-3, length=300)
 
@@ -50,36 +52,7 @@ WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figu
 
 
 # ---------------------------------------------------------------------------------------------
-# data
-
-
-def load_text(path: Optional[str] = None) -> str:
-    """The text of `path` (UTF-8), or CPython's bundled documentation topics."""
-    if path:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    else:
-        from pydoc_data.topics import topics
-        text = "\n\n".join(topics[k] for k in sorted(topics))
-    if len(text) < 100:
-        raise ValueError(f"text too short to train on ({len(text)} characters)")
-    return text
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def build_vocab(text: str) -> List[str]:
-    return sorted(set(text))
-
-
-def encode(text: str, vocab: List[str]) -> torch.Tensor:
-    stoi = {c: i for i, c in enumerate(vocab)}
-    missing = sorted(set(text) - stoi.keys())
-    if missing:
-        raise ValueError(f"characters not in the vocabulary: {''.join(missing)!r}")
-    return torch.tensor([stoi[c] for c in text], dtype=torch.long)
+# data (loading the text: _charlm.load_text)
 
 
 def split(ids: torch.Tensor, val_fraction: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -96,23 +69,7 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# model
-
-
-class CharLM(nn.Module):
-    """embedding -> LSTM/GRU stack -> linear over the characters. Input [T, B] of ids."""
-
-    def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, cell: str = "lstm",
-                 dropout: float = 0.0, rnn: str = "fastrnn"):
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, embed)
-        self.drop = nn.Dropout(dropout)
-        self.rnn = rnn_class(cell, rnn)(embed, hidden, layers, dropout=dropout if layers > 1 else 0.0)
-        self.head = nn.Linear(hidden, vocab_size)
-
-    def forward(self, x, state=None):
-        y, state = self.rnn(self.drop(self.embed(x)), state)
-        return self.head(self.drop(y)), state
+# model (_charlm.CharLM)
 
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
@@ -128,12 +85,17 @@ class RunResult:
     model: CharLM
     vocab: List[str]
     backend: str
+    tokens_per_step: int  # batch_size * seq_len
     losses: List[float] = field(default_factory=list)  # training loss of every step run here
     val: List[Tuple[int, float]] = field(default_factory=list)  # (step, validation perplexity)
-    tokens_per_s: float = float("nan")  # all timed steps: tokens / training seconds
-    interval_rates: List[float] = field(default_factory=list)  # tokens/s of each logging interval
+    step_rates: List[float] = field(default_factory=list)  # tokens/s of each timed optimizer step
     step: int = 0  # global step reached
     init_state: Optional[dict] = None  # weights before training (fresh runs only)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Median tokens/s over the timed steps (nan when no step was timed)."""
+        return statistics.median(self.step_rates) if self.step_rates else float("nan")
 
 
 @torch.no_grad()
@@ -175,81 +137,138 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def train(args, backend: Optional[str] = None, init_state: Optional[dict] = None, text: Optional[str] = None,
-          evals: bool = True, out=None) -> RunResult:
-    """Train per `args` (see build_parser). `init_state` overrides the initial weights (used to
-    start two backends from identical weights); `text` overrides loading args.data."""
-    backend = backend or args.rnn
-    out = out if out is not None else sys.stdout
-    device = pick_device(args.device)
-    text = load_text(args.data) if text is None else text
-    data_hash = text_hash(text)
+class RngStreams:
+    """A run's own copy of the global random streams (the CPU's, and the GPU's when it trains
+    there), swapped in around each of its steps: two runs interleaved step by step then draw
+    exactly the dropout masks each would draw alone, and a checkpoint saves the run's stream."""
 
-    ckpt = None
-    if args.resume:
-        if not args.ckpt or not os.path.exists(args.ckpt):
-            raise FileNotFoundError(f"--resume needs an existing --ckpt (got {args.ckpt!r})")
-        ckpt = load_checkpoint(args.ckpt)
-        if ckpt["data_hash"] != data_hash:
-            raise ValueError("--resume: the text differs from the one the checkpoint was trained on")
-        args = copy.copy(args)
-        for k in RESUME_FROM_CKPT:
-            setattr(args, k, ckpt["args"][k])
-        vocab = ckpt["vocab"]
-    else:
-        vocab = build_vocab(text)
+    def __init__(self, device: torch.device):
+        self.device = device if device.type == "cuda" else None
+        self.state = self._get()
 
-    train_ids, val_ids = split(encode(text, vocab))
-    train_stream = streams(train_ids, args.batch_size)
-    val_stream = streams(val_ids, min(args.batch_size, max(1, len(val_ids) // (args.seq_len + 1))))
-    steps_per_epoch = (train_stream.shape[0] - 1) // args.seq_len
-    if steps_per_epoch < 1:
-        raise ValueError("text too short for this --batch-size and --seq-len")
-    total_steps = args.steps if args.steps is not None else args.epochs * steps_per_epoch
+    def _get(self):
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device else None
 
-    torch.manual_seed(args.seed)
-    model = make_model(args, len(vocab), backend).to(device)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    result = RunResult(model=model, vocab=vocab, backend=backend)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    state, step = None, 0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt["scaler"] is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        step, state = ckpt["step"], state_to(ckpt["rnn_state"], device)
-        torch.set_rng_state(ckpt["rng"])
-        if ckpt["cuda_rng"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        print(f"resumed from {args.ckpt} at step {step}", file=out)
-    else:
-        result.init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.manual_seed(args.seed + 1)  # dropout stream: independent of how init consumed the RNG
-    result.step = step
+    def _set(self, state):
+        torch.set_rng_state(state[0])
+        if self.device:
+            torch.cuda.set_rng_state(state[1], self.device)
 
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"[{backend}] {args.cell.upper()} {args.layers}x{args.hidden}, {n_params / 1e6:.2f}M params, "
-          f"vocab {len(vocab)}, {len(train_ids)} train / {len(val_ids)} val chars, "
-          f"{steps_per_epoch} steps/epoch, device {device}, amp {args.amp}{precision_note(device)}", file=out)
-    progress = Progress(args.log_every, stream=out)
-    V, T, B = len(vocab), args.seq_len, args.batch_size
-    model.train()
-    pending = []  # losses still on the device: reading each step would sync the GPU every step
-    train_time, timed_steps = 0.0, 0
-    t_mark = step_mark = None
-    # the first steps pay one-off costs (allocator and oneDNN/cuBLAS warm-up): not timed
-    timing_starts = step + min(WARMUP_STEPS, max(1, total_steps - step - 1))
-    while step < total_steps:
-        epoch, i = divmod(step, steps_per_epoch)
+    @contextlib.contextmanager
+    def active(self):
+        outside = self._get()
+        self._set(self.state)
+        try:
+            yield
+        finally:
+            self.state = self._get()
+            self._set(outside)
+
+
+class Trainer:
+    """One training run per `args` (see build_parser), advanced one optimizer step at a time by
+    advance(), so that two runs can be interleaved step by step; finish() returns its RunResult.
+    `init_state` overrides the initial weights (two backends from identical weights); `text`
+    overrides loading args.data; `progress`: a Progress shared by several runs, whose driver then
+    writes the progress lines (this run still writes its validation results through it)."""
+
+    def __init__(self, args, backend: Optional[str] = None, init_state: Optional[dict] = None,
+                 text: Optional[str] = None, evals: bool = True, out=None, progress: Optional[Progress] = None):
+        self.backend = backend or args.rnn
+        out = out if out is not None else sys.stdout
+        self.device = device = pick_device(args.device)
+        text = load_text(args.data) if text is None else text
+        self.data_hash = text_hash(text)
+
+        ckpt = None
+        if args.resume:
+            if not args.ckpt or not os.path.exists(args.ckpt):
+                raise FileNotFoundError(f"--resume needs an existing --ckpt (got {args.ckpt!r})")
+            ckpt = load_checkpoint(args.ckpt)
+            if ckpt["data_hash"] != self.data_hash:
+                raise ValueError("--resume: the text differs from the one the checkpoint was trained on")
+            args = copy.copy(args)
+            for k in RESUME_FROM_CKPT:
+                setattr(args, k, ckpt["args"][k])
+            vocab = ckpt["vocab"]
+        else:
+            vocab = build_vocab(text)
+        self.args, self.evals = args, evals
+
+        train_ids, val_ids = split(encode(text, vocab))
+        self.train_stream = streams(train_ids, args.batch_size)
+        self.val_stream = streams(val_ids, min(args.batch_size, max(1, len(val_ids) // (args.seq_len + 1))))
+        self.steps_per_epoch = (self.train_stream.shape[0] - 1) // args.seq_len
+        if self.steps_per_epoch < 1:
+            raise ValueError("text too short for this --batch-size and --seq-len")
+        self.total_steps = args.steps if args.steps is not None else args.epochs * self.steps_per_epoch
+
+        torch.manual_seed(args.seed)
+        self.model = model = make_model(args, len(vocab), self.backend).to(device)
+        if init_state is not None:
+            model.load_state_dict(init_state)
+        self.result = RunResult(model=model, vocab=vocab, backend=self.backend,
+                                tokens_per_step=args.batch_size * args.seq_len)
+        self.opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+        self.state, self.step = None, 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.scaler is not None and ckpt["scaler"] is not None:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.step, self.state = ckpt["step"], state_to(ckpt["rnn_state"], device)
+            torch.set_rng_state(ckpt["rng"])
+            if ckpt["cuda_rng"] is not None and device.type == "cuda":
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            print(f"resumed from {args.ckpt} at step {self.step}", file=out)
+        else:
+            self.result.init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            torch.manual_seed(args.seed + 1)  # dropout stream: independent of how init consumed the RNG
+        self.rng = RngStreams(device)
+        self.result.step = self.step
+
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"[{self.backend}] {args.cell.upper()} {args.layers}x{args.hidden}, {n_params / 1e6:.2f}M params, "
+              f"vocab {len(vocab)}, {len(train_ids)} train / {len(val_ids)} val chars, "
+              f"{self.steps_per_epoch} steps/epoch, device {device}, amp {args.amp}{precision_note(device)}", file=out)
+        self.own_progress = progress is None
+        self.progress = Progress(args.log_every, stream=out) if progress is None else progress
+        self.pending = []  # losses still on the device: reading each step would sync the GPU every step
+        # the first steps pay one-off costs (allocator and oneDNN/cuBLAS warm-up): not timed
+        self.timing_starts = self.step + min(WARMUP_STEPS, max(1, self.total_steps - self.step - 1))
+        model.train()
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def advance(self):
+        """One optimizer step, timed on its own (the device synchronised before and after), then
+        what is due after it: flushing the losses and the progress line every --log-every
+        steps, an evaluation, a checkpoint."""
+        with self.rng.active():
+            epoch, i = divmod(self.step, self.steps_per_epoch)
+            sync(self.device)
+            t0 = time.perf_counter()
+            self._optimizer_step(i)
+            sync(self.device)
+            seconds = time.perf_counter() - t0
+            self.step += 1
+            if self.step > self.timing_starts:
+                self.result.step_rates.append(self.result.tokens_per_step / seconds)
+            self._after_step(epoch, end_of_epoch=i + 1 == self.steps_per_epoch)
+
+    def _optimizer_step(self, i: int):
+        """Batch i of the epoch: forward, loss, backward, clipping, Adam. No host sync."""
+        args, model, opt, scaler, device = self.args, self.model, self.opt, self.scaler, self.device
+        T, V = args.seq_len, len(self.result.vocab)
         if i == 0:
-            state = None  # a new pass over the streams starts from a fresh state
-        x = train_stream[i * T:(i + 1) * T].to(device, non_blocking=True)
-        y = train_stream[i * T + 1:(i + 1) * T + 1].to(device, non_blocking=True)
+            self.state = None  # a new pass over the streams starts from a fresh state
+        x = self.train_stream[i * T:(i + 1) * T].to(device, non_blocking=True)
+        y = self.train_stream[i * T + 1:(i + 1) * T + 1].to(device, non_blocking=True)
         with autocast(device, args.amp):
-            logits, state = model(x, state)
+            logits, state = model(x, self.state)
         loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -264,47 +283,70 @@ def train(args, backend: Optional[str] = None, init_state: Optional[dict] = None
             scaler.update()
         else:
             opt.step()
-        state = detach_state(state)
-        step += 1
-        pending.append(loss.detach())
-        if t_mark is None and step >= timing_starts:
-            sync(device)
-            t_mark, step_mark = time.perf_counter(), step
+        self.state = detach_state(state)
+        self.pending.append(loss.detach())
 
-        end_of_epoch = i + 1 == steps_per_epoch
-        want_eval = evals and (end_of_epoch or step == total_steps or
-                               (args.eval_every and step % args.eval_every == 0))
-        want_save = bool(args.ckpt) and (step == total_steps or want_eval or
+    def _after_step(self, epoch: int, end_of_epoch: bool):
+        args, step, total = self.args, self.step, self.total_steps
+        want_eval = self.evals and (end_of_epoch or step == total or (args.eval_every and step % args.eval_every == 0))
+        want_save = bool(args.ckpt) and (step == total or want_eval or
                                          (args.save_every and step % args.save_every == 0))
-        if want_eval or want_save or step % args.log_every == 0 or step == total_steps:
-            sync(device)
-            if t_mark is not None and step > step_mark:
-                dt = time.perf_counter() - t_mark
-                train_time += dt
-                timed_steps += step - step_mark
-                result.interval_rates.append((step - step_mark) * B * T / dt)
-            result.losses += torch.stack(pending).float().tolist()
-            pending = []
-            progress.update(step, f"[{backend}] step {step}/{total_steps} epoch {epoch + 1} "
-                                  f"loss {result.losses[-1]:.4f} {_rate(timed_steps * B * T, train_time)} tok/s",
-                            force=step == total_steps)
-            if want_eval:
-                ppl = evaluate(model, val_stream, T, device, args.amp)
-                result.val.append((step, ppl))
-                progress.print(f"[{backend}] step {step}: validation perplexity {ppl:.3f}")
-            if want_save:
-                save_checkpoint(args.ckpt, model, opt, scaler, vocab, args, step, state, data_hash)
-            if t_mark is not None:
-                sync(device)
-                t_mark, step_mark = time.perf_counter(), step
+        if not (want_eval or want_save or step % args.log_every == 0 or step == total):
+            return
+        self.result.losses += torch.stack(self.pending).float().tolist()
+        self.pending = []
+        if self.own_progress:
+            self.progress.update(step, f"[{self.backend}] step {step}/{total} epoch {epoch + 1} "
+                                       f"loss {self.result.losses[-1]:.4f} {_rate(self.result)} tok/s",
+                                 force=step == total)
+        if want_eval:
+            ppl = evaluate(self.model, self.val_stream, args.seq_len, self.device, args.amp)
+            self.result.val.append((step, ppl))
+            self.progress.print(f"[{self.backend}] step {step}: validation perplexity {ppl:.3f}")
+        if want_save:
+            save_checkpoint(args.ckpt, self.model, self.opt, self.scaler, self.result.vocab, args, step, self.state,
+                            self.data_hash)
+
+    def finish(self) -> RunResult:
+        if self.own_progress:
+            self.progress.close()
+        self.result.step = self.step
+        return self.result
+
+
+def train(args, backend: Optional[str] = None, init_state: Optional[dict] = None, text: Optional[str] = None,
+          evals: bool = True, out=None) -> RunResult:
+    """Train per `args` (see build_parser) to args.steps (or args.epochs); see Trainer."""
+    trainer = Trainer(args, backend, init_state, text, evals, out)
+    while not trainer.done:
+        trainer.advance()
+    return trainer.finish()
+
+
+def train_side_by_side(args, out) -> Tuple[RunResult, RunResult]:
+    """fastrnn and torch.nn from the same initial weights and dropout stream, one optimizer step
+    of each in turn (fastrnn, torch.nn, fastrnn, torch.nn, ...), so that load from elsewhere on
+    the machine slows both alike. Only the fastrnn run evaluates every --eval-every steps and
+    writes --ckpt; both evaluate at the end."""
+    progress = Progress(args.log_every, stream=out)
+    fast = Trainer(args, "fastrnn", out=out, progress=progress)
+    torch_args = copy.copy(args)
+    torch_args.ckpt, torch_args.resume, torch_args.eval_every = None, False, 0
+    slow = Trainer(torch_args, "torch", init_state=fast.result.init_state, out=out, progress=progress)
+    while not fast.done:
+        fast.advance()
+        slow.advance()
+        step = fast.step
+        if step % args.log_every == 0 or fast.done:  # both runs flushed their losses at this step
+            progress.update(step, f"step {step}/{fast.total_steps} loss fastrnn {fast.result.losses[-1]:.4f} "
+                                  f"torch.nn {slow.result.losses[-1]:.4f} | tok/s fastrnn {_rate(fast.result)} "
+                                  f"torch.nn {_rate(slow.result)}", force=fast.done)
     progress.close()
-    result.step = step
-    result.tokens_per_s = timed_steps * B * T / train_time if timed_steps else float("nan")
-    return result
+    return fast.finish(), slow.finish()
 
 
-def _rate(tokens, seconds) -> str:
-    return f"{tokens / seconds:,.0f}" if tokens and seconds > 0 else "n/a"
+def _rate(r: RunResult) -> str:
+    return f"{r.tokens_per_s:,.0f}" if r.step_rates else "n/a"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,12 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--main", action="store_true",
       help="the demo job: train a 2-layer LSTM with fastrnn on the bundled text (validation perplexity "
-           "every --eval-every steps), train the same steps with torch.nn, print both speeds, then a sample; "
+           "every --eval-every steps) and the same model with torch.nn, one step of each in turn, print both "
+           "speeds, then a sample; "
            f"its defaults: {MAIN_DEFAULTS} (flags given explicitly still win)")
     a("--data", default=None, help="UTF-8 text file to train on (default: CPython's pydoc_data.topics text)")
     a("--rnn", choices=BACKENDS, default="fastrnn", help="recurrent layer implementation")
     a("--compare", action="store_true",
-      help="train with fastrnn, then with torch.nn from the same initial weights and seed; print tokens/s of both")
+      help="train with fastrnn and with torch.nn from the same initial weights and seed, one step of each in "
+           "turn; print tokens/s of both")
     a("--cell", choices=["lstm", "gru"], default="lstm", help="recurrent cell")
     a("--layers", type=int, default=2, help="stacked recurrent layers")
     a("--hidden", type=int, default=256, help="hidden size")
@@ -412,21 +456,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _report_speed(r_fast: RunResult, r_torch: RunResult, device, out):
-    print(f"\nspeed over {len(r_fast.losses)} training steps ({device}; the first {WARMUP_STEPS} steps of each "
-          f"run are not timed; evaluation excluded):", file=out)
-    print(f"  {'':9} {'tokens/s':>12} {'median of intervals':>20}", file=out)
-    med = {}
+    """What was measured, each side's median tokens/s with its spread, and the ratio of the medians."""
+    n = min(len(r_fast.step_rates), len(r_torch.step_rates))
+    print(f"\nspeed on {device}: training tokens/s of single optimizer steps ({r_fast.tokens_per_step} tokens each),\n"
+          f"  {n} steps of each, interleaved (fastrnn, torch.nn, fastrnn, ...), after {WARMUP_STEPS} untimed ones; "
+          f"evaluation excluded", file=out)
+    if not n:
+        print("  (no step was timed: give more --steps)", file=out)
+        return
+    print(f"  {'':9} {'median':>10}  {'[q1 - q3]':>19}  {'[min - max]':>19}", file=out)
     for name, r in (("fastrnn", r_fast), ("torch.nn", r_torch)):
-        med[name] = statistics.median(r.interval_rates) if r.interval_rates else float("nan")
-        print(f"  {name:9} {r.tokens_per_s:12,.0f} {med[name]:20,.0f}", file=out)
+        rates = sorted(r.step_rates)
+        q1, _, q3 = statistics.quantiles(rates, n=4, method="inclusive") if len(rates) > 1 else rates * 3
+        print(f"  {name:9} {r.tokens_per_s:10,.0f}  {f'[{q1:,.0f} - {q3:,.0f}]':>19}  "
+              f"{f'[{rates[0]:,.0f} - {rates[-1]:,.0f}]':>19}", file=out)
     ratio = r_fast.tokens_per_s / r_torch.tokens_per_s
-    print(f"  fastrnn / torch.nn = {ratio:.2f}x ({'faster' if ratio >= 1 else 'slower'}); "
-          f"median of intervals: {med['fastrnn'] / med['torch.nn']:.2f}x", file=out)
+    print(f"  fastrnn / torch.nn = {ratio:.3g}x (ratio of the medians: fastrnn {'faster' if ratio >= 1 else 'slower'})",
+          file=out)
     if device.type == "cpu" and hasattr(os, "getloadavg"):
-        # the runs are sequential: other work on the machine can favour either one
         print(f"  (1-minute load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", file=out)
-    n = min(len(r_fast.losses), len(r_torch.losses))
-    diff = max(abs(a - b) for a, b in zip(r_fast.losses[:n], r_torch.losses[:n]))
+    m = min(len(r_fast.losses), len(r_torch.losses))
+    diff = max(abs(a - b) for a, b in zip(r_fast.losses[:m], r_torch.losses[:m]))
     print(f"  same initial weights and seed: largest per-step loss difference {diff:.2e}", file=out)
 
 
@@ -442,12 +492,7 @@ def main(argv=None, out=None):
     if args.main or args.compare:
         device = pick_device(args.device)
         t0 = time.perf_counter()
-        r_fast = train(args, "fastrnn", out=out)
-        # same weights, same dropout stream; no checkpoint and only the final evaluation
-        torch_args = copy.copy(args)
-        torch_args.ckpt, torch_args.resume, torch_args.eval_every = None, False, 0
-        print(file=out)
-        r_torch = train(torch_args, "torch", init_state=r_fast.init_state, out=out)
+        r_fast, r_torch = train_side_by_side(args, out)
         _report_speed(r_fast, r_torch, device, out)
         if args.main:
             print("\nvalidation perplexity (fastrnn): "
