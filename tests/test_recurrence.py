@@ -10,8 +10,10 @@ from fastrnn import functional as F
 needs_cuda_build = pytest.mark.skipif(not fastrnn.built_with_cuda(), reason="CPU-only build: no CUDA dispatch")
 
 
-def _choice(cell="lstm", T=10, B=8, I=16, H=32, P=None, dtype=torch.float32, masked=False, backward=False):
-    return torch.ops.fastrnn._cuda_recurrence(cell, T, B, I, H, H if P is None else P, dtype, masked, backward)
+def _choice(cell="lstm", T=10, B=8, I=16, H=32, P=None, dtype=torch.float32, masked=False, backward=False, **device):
+    # device: sms, smem_limit of a hypothetical GPU (default: an H100/H200's 132 SMs, 227 KiB)
+    return torch.ops.fastrnn._cuda_recurrence(cell, T, B, I, H, H if P is None else P, dtype, masked, backward,
+                                              **device)
 
 
 @needs_cuda_build
@@ -29,10 +31,27 @@ def test_auto_and_step_run_the_step_loop(monkeypatch, value, cell):
 
 
 @needs_cuda_build
-def test_persistent_is_refused_with_the_reason(monkeypatch):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_persistent_runs_forwards_that_fit(monkeypatch, cell, dtype):
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
-    with pytest.raises(NotImplementedError, match=r"FASTRNN_RECURRENCE=persistent.*GRU T=7 B=3 H=5.*no persistent"):
-        _choice("gru", T=7, B=3, H=5)
+    assert _choice(cell, dtype=dtype, masked=True) == "persistent"
+    assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "persistent"  # fastrnns: 32 KiB a block
+    # no persistent backward yet: the backward of a persistent forward is the step loop's
+    assert _choice(cell, dtype=dtype, backward=True) == "step"
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("call,why", [
+    (dict(cell="lstm", H=8, P=4), "no projection"),
+    (dict(cell="gru", T=7, B=3, H=5, dtype=torch.float64), r"GRU T=7 B=3 H=5.*float64 stays on the step loop"),
+    (dict(cell="lstm", B=64, H=2048), "more shared memory"),  # a 512 KiB W_hh slice per block
+    (dict(cell="gru", H=64, sms=0), "no multiprocessors"),
+])
+def test_persistent_is_refused_with_the_reason(monkeypatch, call, why):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    with pytest.raises(NotImplementedError, match=f"FASTRNN_RECURRENCE=persistent.*{why}"):
+        _choice(**call)
 
 
 @needs_cuda_build
@@ -69,8 +88,12 @@ def test_cuda_paths_can_be_forced(monkeypatch, device_cuda, cell):
     assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.step_loop"
     assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
-    with pytest.raises(NotImplementedError, match="FASTRNN_RECURRENCE=persistent"):
-        mod(x)
+    mod(x)[0].sum().backward()
+    assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.persistent"
+    assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
+    mod_proj = fastrnn.LSTM(4, 6, proj_size=3).to(device_cuda)
+    with pytest.raises(NotImplementedError, match="no projection"):
+        mod_proj(x)
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 // The CUDA backend: each layer call asks the recurrence dispatch (recurrence.cpp) how to run,
-// then runs it. The step loop's GEMMs go through ATen/cuBLAS on the current stream, its
-// pointwise steps are the kernels of lstm.cu / gru.cu. Kept in a .cpp so nvcc only compiles
-// the small kernel files.
+// then runs it: the step loop (GEMMs through ATen/cuBLAS on the current stream, pointwise steps
+// from lstm.cu / gru.cu) or the persistent forward (persistent.cu). Kept in a .cpp so nvcc only
+// compiles the kernel files.
 #include <torch/library.h>
 
 #include "fastrnn/backend.h"
+#include "fastrnn/persistent_host.h"
 #include "fastrnn/step_loop.h"
 #include "launch.h"
 #include "recurrence.h"
@@ -26,29 +27,33 @@ struct CudaKernels {
 
 using Loop = StepLoop<CudaKernels>;
 
-// Every entry asks the dispatch first; only the step loop exists so far (a forced persistent
-// recurrence has already raised in choose_recurrence).
-template <class Plan>
-void check_step_loop(const Plan& p, bool backward) {
-  const cuda::Recurrence r = cuda::choose_recurrence(cuda::recurrence_query(p, backward));
-  TORCH_INTERNAL_ASSERT(r == cuda::Recurrence::kStepLoop, "fastrnn: unhandled recurrence ", cuda::recurrence_name(r));
+// Forwards run what the dispatch chooses; backwards run the step loop (there is no persistent
+// backward yet; choose_recurrence still validates FASTRNN_RECURRENCE for them).
+template <class StepLoopForward>
+void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
+  const cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
+  if (c.kind == cuda::Recurrence::kPersistent) {
+    run_persistent_forward(p, c.part, "cuda.persistent",
+                           [](const auto& args, const PersistentPartition& part) { cuda::launch_persistent_forward(args, part); });
+  } else {
+    step_loop(p);
+  }
+}
+
+void check_backward(const BackwardPlan& p) {
+  const cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, true));
+  TORCH_INTERNAL_ASSERT(c.kind == cuda::Recurrence::kStepLoop, "fastrnn: no persistent backward");
 }
 
 struct CudaBackend {
-  static void lstm_forward(ForwardPlan& p) {
-    check_step_loop(p, false);
-    Loop::lstm_forward(p);
-  }
-  static void gru_forward(ForwardPlan& p) {
-    check_step_loop(p, false);
-    Loop::gru_forward(p);
-  }
+  static void lstm_forward(ForwardPlan& p) { forward(p, Loop::lstm_forward); }
+  static void gru_forward(ForwardPlan& p) { forward(p, Loop::gru_forward); }
   static void lstm_backward(BackwardPlan& p) {
-    check_step_loop(p, true);
+    check_backward(p);
     Loop::lstm_backward(p);
   }
   static void gru_backward(BackwardPlan& p) {
-    check_step_loop(p, true);
+    check_backward(p);
     Loop::gru_backward(p);
   }
 };
