@@ -169,6 +169,20 @@ fi
 
 run_step benchmarks 180 yes "$PY" -m benchmarks --device cuda --out "$OUT/bench"
 
+# The persistent forward runs only under FASTRNN_RECURRENCE=persistent until it has passed here:
+# its tests, and the sanitizers on it (synccheck for the grid barriers). Not required while new.
+run_step tests-persistent 90 no env FASTRNN_RECURRENCE=persistent "$PY" -m pytest tests/test_persistent.py \
+    tests/test_recurrence.py -q -rs -p no:cacheprovider
+if [[ -n $SANITIZER ]]; then
+    for tool in memcheck racecheck synccheck; do
+        run_step "persistent-$tool" 60 no env FASTRNN_RECURRENCE=persistent "$SANITIZER" --tool "$tool" \
+            --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
+    done
+fi
+# Where the peak memory of forward+backward goes, fastrnn and cuDNN (benchmarks/memory_peak.py).
+run_step memory-peak 90 no sh -c "for c in lstm gru; do for d in fp32 bf16; do for i in fastrnn torch.nn; do \
+    '$PY' -m benchmarks.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"
+
 # Everything else (CPU cases included) with what is left of the budget.
 run_step tests-all 400 no "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
 
