@@ -7,6 +7,8 @@
 #include <c10/util/Half.h>
 #include <cooperative_groups.h>
 
+#include <mutex>
+
 #include "fastrnn/persistent.h"
 #include "launch.h"
 
@@ -31,6 +33,21 @@ __global__ void persistent_forward_kernel(const PersistentForwardArgs<T> a) {
   }
 }
 
+// Lets the kernel use all the shared memory a block may opt into, once per device: the launch's
+// own size decides what it takes, and setting the limit per call would race between host
+// threads launching different sizes.
+template <typename T>
+void allow_all_shared_memory(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag flags[kMaxDevices];
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fastrnn: device index ", device, " out of range");
+  std::call_once(flags[device], [device] {
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(persistent_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  });
+}
+
 }  // namespace
 
 template <typename T>
@@ -40,9 +57,9 @@ const char* persistent_forward_unavailable(const PersistentPartition& part) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative) return "the device cannot launch cooperative kernels";
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const auto kernel = persistent_forward_kernel<T>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(part.smem_bytes)));
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, int(part.threads), part.smem_bytes));
+  allow_all_shared_memory<T>(device);
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_forward_kernel<T>, int(part.threads),
+                                                               part.smem_bytes));
   if (int64_t(per_sm) * sms < part.blocks) return "its blocks cannot all be resident at once";
   return nullptr;
 }
@@ -50,7 +67,9 @@ const char* persistent_forward_unavailable(const PersistentPartition& part) {
 template <typename T>
 void launch_persistent_forward(const PersistentForwardArgs<T>& a, const PersistentPartition& part) {
   const auto kernel = persistent_forward_kernel<T>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(part.smem_bytes)));
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  allow_all_shared_memory<T>(device);
   void* args[] = {const_cast<PersistentForwardArgs<T>*>(&a)};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(part.blocks)),
                                              dim3(unsigned(part.threads)), args, size_t(part.smem_bytes),

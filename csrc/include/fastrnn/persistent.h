@@ -105,7 +105,7 @@ C10_HOST_DEVICE FASTRNN_INLINE void persistent_products(const PersistentForwardA
                                                         int64_t nthreads, const T* w, at::opmath_type<T>* pre) {
   using acc_t = at::opmath_type<T>;
   const int64_t H = a.units, GU = a.G * a.U;
-  const T* h_prev = a.h[s % 2];
+  const T* h_prev = (s & 1) ? a.h[1] : a.h[0];  // a select, not a dynamic index into the parameters
   for (int64_t i = tid; i < a.B * GU; i += nthreads) {
     const int64_t gu = i % GU, r = i / GU;
     int64_t t;
@@ -124,8 +124,8 @@ C10_HOST_DEVICE FASTRNN_INLINE void persistent_update(const PersistentForwardArg
                                                       int64_t tid, int64_t nthreads, const at::opmath_type<T>* pre) {
   using V = at::opmath_type<T>;
   const int64_t H = a.units, U = a.U, GU = a.G * U;
-  const T* h_prev = a.h[s % 2];
-  T* h_next = a.h[(s + 1) % 2];
+  const T* h_prev = (s & 1) ? a.h[1] : a.h[0];
+  T* h_next = (s & 1) ? a.h[0] : a.h[1];
   for (int64_t i = tid; i < a.B * U; i += nthreads) {
     const int64_t u = i % U, r = i / U, j = block * U + u;
     if (j >= H) continue;
