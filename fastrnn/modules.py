@@ -8,16 +8,17 @@ without packing): outputs at padded steps are zero and the final state of each e
 after its last valid step, which is what a PackedSequence gives, without the packing.
 
 The forward code uses only static Python control flow (loops over layers and directions, shape
-checks), so ``torch.compile(fullgraph=True)`` traces it without graph breaks.
+checks), so dynamo traces it without graph breaks, into the fused ops.
 
 TorchScript: ``torch.jit.script`` compiles a TorchScript-only branch of each ``forward`` (Tensor
 input, ``lengths`` as a tensor, no autocast), ``torch.jit.trace`` records the eager path with the
 op calls inside one scripted function (see ``_traceable``); both run the same fused ops.
 
-Class hierarchy: LSTM and GRU are ``nn.RNNBase`` subclasses, LSTMCell and GRUCell subclass
-``nn.LSTMCell`` / ``nn.GRUCell``. LSTM and GRU do not subclass ``nn.LSTM`` / ``nn.GRU``: this
-torch's dynamo refuses to trace any instance of those (``torch._dynamo.config.allow_rnn``), which
-would break ``torch.compile(fullgraph=True)`` on every model using them.
+Class hierarchy: each class subclasses its torch.nn namesake (``nn.LSTM``, ``nn.GRU``,
+``nn.LSTMCell``, ``nn.GRUCell``, so ``nn.RNNBase`` / ``nn.RNNCellBase``), so code that finds RNNs
+by type finds these. torch.compile therefore treats LSTM / GRU as it treats every nn.LSTM /
+nn.GRU: dynamo breaks the graph at them unless ``torch._dynamo.config.allow_rnn`` is set; with it,
+``fullgraph=True`` works and the graph holds fastrnn's ops.
 """
 import numbers
 import warnings
@@ -176,7 +177,8 @@ def _traceable(fn):
 class _RNNBase(nn.RNNBase):
     """Shared by LSTM (4 gates, optional projection) and GRU (3 gates).
 
-    An nn.RNNBase, so code that handles RNNs by type finds these too. From nn.RNNBase come
+    The subclasses are nn.LSTM / nn.GRU too (listed after this base, so these methods win). From
+    nn.RNNBase come
     ``all_weights``, ``reset_parameters`` (the same init), ``extra_repr``, pickling
     (``__getstate__`` / ``__setstate__``) and the ``_flat_weights`` list, which its
     ``__setattr__`` and ``_apply`` (``.to()`` and friends) keep equal to the parameters;
@@ -495,14 +497,15 @@ _RNN_FORWARD_DOC = """Run the {name} over a whole sequence.
         """
 
 
-class LSTM(_RNNBase):
+class LSTM(_RNNBase, nn.LSTM):
     __doc__ = """Multi-layer (bidirectional) LSTM over fastrnn's fused kernels, a drop-in for torch.nn.LSTM.
 
     Same constructor, parameters, forward signature, outputs and errors as torch.nn.LSTM,
     plus ``forward(..., lengths=...)``: masked variable-length sequences without packing. Each
     layer and direction is one fused op call; stacking, bidirectionality, batch_first,
-    dropout, PackedSequence and autocast are handled in Python. An nn.RNNBase (not an
-    nn.LSTM: torch.compile's dynamo refuses to trace any nn.LSTM instance in this torch).
+    dropout, PackedSequence and autocast are handled in Python. An nn.LSTM: under torch.compile,
+    set ``torch._dynamo.config.allow_rnn = True`` for a graph without a break at it (dynamo's rule
+    for every nn.LSTM).
 
     Per step, with gates i, f, g, o::
 
@@ -539,14 +542,14 @@ class LSTM(_RNNBase):
         returns="(output, (h_n, c_n))", final="h_n ``(L*D, B, P)``, c_n ``(L*D, B, H)``")
 
 
-class GRU(_RNNBase):
+class GRU(_RNNBase, nn.GRU):
     __doc__ = """Multi-layer (bidirectional) GRU over fastrnn's fused kernels, a drop-in for torch.nn.GRU.
 
     Same constructor, parameters, forward signature, outputs and errors as torch.nn.GRU, plus
     ``forward(..., lengths=...)``: masked variable-length sequences without packing. Each layer
-    and direction is one fused op call. An nn.RNNBase (not an nn.GRU: torch.compile's dynamo
-    refuses to trace any nn.GRU instance in this torch). ``proj_size`` is refused with
-    ValueError, as torch.nn.GRU does.
+    and direction is one fused op call. ``proj_size`` is refused with ValueError, as torch.nn.GRU
+    does. An nn.GRU: under torch.compile, set ``torch._dynamo.config.allow_rnn = True`` for a
+    graph without a break at it (dynamo's rule for every nn.GRU).
 
     Per step, with gates r, z, n::
 

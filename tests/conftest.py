@@ -4,6 +4,8 @@ GPU is visible (CUDA is never queried at import time).
 - `device`: every test taking it runs as [cpu-...] and [cuda-...], the CUDA one marked `cuda` (so
   `pytest -m cuda` selects it) and skipped only when no GPU is visible.
 - `cuda_device`: for CUDA-only tests; such tests get the `cuda` marker automatically.
+- `allow_rnn`: dynamo traces nn.LSTM / nn.GRU instances, fastrnn's layers among them, instead of
+  breaking the graph at them (torch._dynamo.config.allow_rnn): for `fullgraph=True` compiles.
 - `exact_fp32`: no TF32 in cuBLAS or cuDNN during the test (tests/_precision.py says why): for
   every test that compares float32 GPU results with torch.nn's.
 """
@@ -34,6 +36,13 @@ def cuda_device():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def allow_rnn():
+    import torch._dynamo
+    with torch._dynamo.config.patch(allow_rnn=True):
+        yield
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ def _compiled_matches_eager(case, device, backend):
         torch.testing.assert_close(a, b, **TOL[case["dtype"]], msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.usefixtures("allow_rnn")
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_compile_fullgraph_matches_eager(case, device):
     _compiled_matches_eager(case, device, CROSSREF)
@@ -131,6 +132,7 @@ INDUCTOR_CASES = [
 ]
 
 
+@pytest.mark.usefixtures("allow_rnn")
 @pytest.mark.parametrize("case", INDUCTOR_CASES, ids=[_case_id(c) for c in INDUCTOR_CASES])
 def test_compile_inductor_matches_eager(case, device):
     # no compile caches: a graph cached by an earlier run would carry that run's stride asserts

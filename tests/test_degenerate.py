@@ -106,6 +106,7 @@ def test_empty_batch_no_grad_and_errors_like_torch_nn():
         with pytest.raises(RuntimeError):
             cell(torch.randn(0, I, dtype=f64), torch.zeros(1, H, dtype=f64))
 
+@pytest.mark.usefixtures("allow_rnn")
 
 def test_empty_batch_compiles():
     _, fast = _pair("GRU", "cpu", f64, input_size=I, hidden_size=H, bidirectional=True, batch_first=True)

@@ -171,6 +171,7 @@ def test_fused_backward_unless_the_backward_is_recorded(device, mode):
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-12)
 
+@pytest.mark.usefixtures("allow_rnn")
 
 def test_compiled_backward_keeps_the_fused_kernel():
     """AOTAutograd traces the backward with grad mode off: the compiled backward graph calls the

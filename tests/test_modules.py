@@ -254,10 +254,10 @@ def test_parameters_and_init_match_torch(mode, cfg):
     ref = getattr(nn, mode)(**cfg)
     torch.manual_seed(5)
     fast = getattr(fastrnn, mode)(**cfg)
-    # code that treats RNNs by type (init loops, flatten_parameters calls) finds fastrnn's too;
-    # LSTM / GRU stop at nn.RNNBase (see test_dynamo_refuses_nn_lstm_subclasses)
-    assert isinstance(fast, nn.RNNBase if mode in ("LSTM", "GRU") else getattr(nn, mode))
+    # code that treats RNNs by type (init loops, flatten_parameters calls) finds fastrnn's too
+    assert isinstance(fast, getattr(nn, mode))
     assert isinstance(fast, nn.RNNCellBase) == mode.endswith("Cell")
+    assert isinstance(fast, nn.RNNBase) != mode.endswith("Cell")
     ref_params = list(ref.named_parameters())
     fast_params = list(fast.named_parameters())
     assert [n for n, _ in fast_params] == [n for n, _ in ref_params]  # names and registration order
@@ -280,32 +280,76 @@ def test_parameters_and_init_match_torch(mode, cfg):
         assert all(a is b for a, b in zip(fast._flat_weights, fast.parameters()))
 
 
-def test_dynamo_refuses_nn_lstm_subclasses():
-    """Why fastrnn.LSTM / GRU subclass nn.RNNBase and not nn.LSTM / nn.GRU: this torch's dynamo
-    refuses every nn.LSTM / nn.GRU instance inside a compiled model (unless
-    torch._dynamo.config.allow_rnn), which would break torch.compile(fullgraph=True) on any model
-    using fastrnn. When this fails, torch has lifted that and they can subclass nn.LSTM / nn.GRU."""
+def test_code_that_finds_rnns_by_type_finds_fastrnn():
+    """The usual init loop (orthogonal recurrent weights, forget-gate bias 1) and flatten_parameters
+    call, written for nn.LSTM / nn.GRU, reach fastrnn's layers and give torch.nn's results."""
+    def init(model):
+        torch.manual_seed(3)
+        for m in model.modules():
+            if isinstance(m, (nn.LSTM, nn.GRU)):
+                m.flatten_parameters()
+                for name, p in m.named_parameters():
+                    if name.startswith("weight_hh"):
+                        nn.init.orthogonal_(p)
+                    elif name.startswith("bias") and isinstance(m, nn.LSTM):
+                        with torch.no_grad():
+                            p.zero_()[H:2 * H] = 1  # forget gate
+        return model
+
+    def build(lstm, gru):
+        torch.manual_seed(0)
+        return nn.Sequential(lstm(I, H, num_layers=2, dtype=torch.float64),
+                             gru(H, H, dtype=torch.float64)).eval()
+
+    ref = init(build(nn.LSTM, nn.GRU))
+    fast = init(build(fastrnn.LSTM, fastrnn.GRU))
+    for (n, a), (_, b) in zip(fast.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(fast[0].weight_hh_l0, build(fastrnn.LSTM, fastrnn.GRU)[0].weight_hh_l0)  # init ran
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    y_ref, h_ref = ref[1](ref[0](x)[0])
+    y, h = fast[1](fast[0](x)[0])
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+
+
+class _Head(nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+        self.head = nn.Linear(H, 1, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0]).sum()
+
+
+def test_compile_treats_fastrnn_layers_as_nn_lstm():
+    """As instances of nn.LSTM / nn.GRU, fastrnn's layers get dynamo's rule for those: without
+    torch._dynamo.config.allow_rnn a fullgraph compile refuses them as it refuses nn.LSTM, and a
+    default compile breaks the graph there and still gives eager's loss and grads (the layer then
+    runs eagerly, on the fused ops). With allow_rnn see test_compile_fullgraph_matches_eager."""
     import torch._dynamo
 
-    class Sub(nn.LSTM):
-        def forward(self, x):
-            return x * 2
-
-    class Model(nn.Module):
-        def __init__(self, rnn):
-            super().__init__()
-            self.rnn = rnn
-
-        def forward(self, x):
-            return self.rnn(x)[0].sum()
-
-    x = torch.randn(T, B, I)
-    torch._dynamo.reset()
-    with pytest.raises(torch._dynamo.exc.Unsupported, match=r"RNN, GRU,? (or )?LSTM"):
-        torch.compile(Model(Sub(I, H)), fullgraph=True, backend="eager")(x)
-    for rnn in (fastrnn.LSTM(I, H), fastrnn.GRU(I, H)):  # an nn.RNNBase is fine
-        torch._dynamo.reset()
-        torch.testing.assert_close(torch.compile(Model(rnn), fullgraph=True, backend="eager")(x), Model(rnn)(x))
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    with torch._dynamo.config.patch(allow_rnn=False):
+        for rnn in (nn.LSTM(I, H, dtype=torch.float64), fastrnn.LSTM(I, H, dtype=torch.float64),
+                    fastrnn.GRU(I, H, dtype=torch.float64)):
+            torch._dynamo.reset()
+            with pytest.raises(torch._dynamo.exc.Unsupported, match=r"RNN, GRU,? (or )?LSTM"):
+                torch.compile(_Head(rnn), fullgraph=True, backend="eager")(x)
+        for rnn in (fastrnn.LSTM(I, H, dtype=torch.float64), fastrnn.GRU(I, H, dtype=torch.float64)):
+            model = _Head(rnn)
+            want = model(x)
+            want_grads = torch.autograd.grad(want, list(model.parameters()))
+            torch._dynamo.reset()
+            try:
+                got = torch.compile(model, backend="aot_eager")(x)
+                grads = torch.autograd.grad(got, list(model.parameters()))
+            finally:
+                torch._dynamo.reset()
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            for g, w in zip(grads, want_grads):
+                torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
 
 
 def test_state_dict_round_trip_keeps_results():
@@ -578,6 +622,7 @@ def test_lengths_on_device_and_forms(device):
 # --------------------------------------------------------------------------------------------
 # torch.compile
 
+@pytest.mark.usefixtures("allow_rnn")
 
 def test_compile_fullgraph_matches_eager(device):
     torch.manual_seed(0)
@@ -711,6 +756,7 @@ def test_torch_errors_table_is_complete():
                    if "lengths" not in w and w not in ("hx device", "input not a tensor", "packed data rank")]
     assert sorted(TORCH_ERRORS) == sorted(expressible)
 
+@pytest.mark.usefixtures("allow_rnn")
 
 def test_compile_fullgraph_gru_cell_autocast_hx():
     """Second compile (cheap backend): GRU with hx and list lengths, a cell, and autocast inside the
@@ -756,7 +802,7 @@ DOC_TERMS = {
     "LSTM": ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
              "proj_size", "device, dtype", "weight_hr_l{k}"],
     "GRU": ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional",
-            "device, dtype", "proj_size`` is refused with\n    ValueError"],
+            "device, dtype", "``proj_size`` is refused with ValueError"],
     "LSTMCell": ["input_size", "hidden_size", "bias", "device, dtype", "weight_ih", "(B, I)", "(I,)", "(h', c')"],
     "GRUCell": ["input_size", "hidden_size", "bias", "device, dtype", "weight_ih", "(B, I)", "(I,)", "h'"],
 }
