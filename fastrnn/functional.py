@@ -15,14 +15,17 @@ Activations are saved for backward only when autograd needs them (grad mode on a
 requires grad), so inference saves nothing.
 
 An empty batch (B = 0) or state (H = 0), which torch.nn takes and the kernels refuse, runs
-reference.py's plain PyTorch instead (see _without_kernels).
+reference.py's plain PyTorch instead (see _without_kernels). So do calls under a torch.func
+transform or forward-mode AD, which the ops' autograd formula cannot serve (see _transformed).
 """
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .reference import gru_cell_reference, lstm_cell_reference
+import torch.autograd.forward_ad as _forward_ad
+
+from .reference import gru_cell_reference, gru_reference, lstm_cell_reference, lstm_reference
 
 _ops = torch.ops.fastrnn
 
@@ -55,6 +58,19 @@ def _call(op, save: bool, *args):
         with torch._C._AutoDispatchBelowAutograd():
             return _raw.get(op, op)(*args)
     return op(*args)
+
+
+def _transformed() -> bool:
+    """True under a torch.func transform (grad, vjp, jacrev, jacfwd, jvp, vmap, hessian, ...) or
+    inside a forward-mode AD level (torch.autograd.forward_ad.dual_level). The ops' autograd is
+    torch.library's, which functorch refuses ("must override the setup_context staticmethod")
+    and which has no forward derivative; there each call runs reference.py's plain PyTorch, which
+    every transform handles, as torch.nn's RNNs on the CPU do: the same results, at the speed
+    of a Python loop over time. Not checked under torch.compile (the transforms' state is not
+    traceable; dynamo's own torch.func support sees the ops)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0
 
 
 def _zeros_state(x: Tensor, size: int) -> Tensor:
@@ -95,6 +111,8 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tens
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
         _expect_rows(x.shape[1], h0=(h0, H if w_hr is None else w_hr.shape[0]), c0=(c0, H))
         return _without_kernels(x, lambda x0: lstm_cell_reference(x0, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    if _transformed():
+        return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
     save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths),
                            reverse, save)
@@ -110,6 +128,8 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
         _expect_rows(x.shape[1], h0=(h0, w_hh.shape[1]))
         return _without_kernels(x, lambda x0: (gru_cell_reference(x0, h0, w_ih, w_hh, b_ih, b_hh),))
+    if _transformed():
+        return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
     return y, h_n
@@ -128,6 +148,8 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
     if not (x.numel() and w_hh.numel()):
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]), cx=(cx, w_hh.shape[0] // 4))
         return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    if _transformed():
+        return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     _, h, c, _ = _call(_ops.lstm_forward, save, x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, None, False, save)
     return h, c
@@ -140,6 +162,8 @@ def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: 
         hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
     if not (x.numel() and w_hh.numel()):  # see lstm_cell
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
+        return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
+    if _transformed():
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
     save = _needs_grad(x, hx, w_ih, w_hh, b_ih, b_hh)
     _, h, _ = _call(_ops.gru_forward, save, x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, save)
