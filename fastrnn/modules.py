@@ -25,6 +25,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -154,6 +155,16 @@ def _stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[
             ys.append(y)
         x = ys[0] if num_directions == 1 else torch.cat(ys, dim=2)
     return x, ([torch.stack(h_out, 0), torch.stack(c_out, 0)] if lstm else [torch.stack(h_out, 0)])
+
+
+def _fx_leaf(module: nn.Module, args: tuple, lengths=None):
+    """The call recorded as one ``call_module`` node of the torch.fx.symbolic_trace in progress
+    (args[0] is its Proxy), as fx records torch.nn's own RNNs and cells: fx keeps a module as
+    a leaf by its class's Python module name (torch.nn.*), so it would trace into fastrnn's
+    forward, whose shape checks a Proxy cannot pass."""
+    tracer = args[0].tracer
+    kwargs = {} if lengths is None else {"lengths": lengths}
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, kwargs)
 
 
 _scripted: Dict[str, object] = {}
@@ -533,6 +544,8 @@ class LSTM(_RNNBase, nn.LSTM):
             output, h_n, c_n = self._forward_script(input, h0, c0, lengths)
             assert c_n is not None
             return output, (h_n, c_n)
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, (input, hx), lengths)
         output, h_n, c_n = self._forward_impl(input, hx, lengths)
         return output, (h_n, c_n)
 
@@ -573,6 +586,8 @@ class GRU(_RNNBase, nn.GRU):
         if torch.jit.is_scripting():
             output, h_n, _ = self._forward_script(input, hx, None, lengths)
             return output, h_n
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, (input, hx), lengths)
         output, h_n, _ = self._forward_impl(input, hx, lengths)
         return output, h_n
 
@@ -739,6 +754,8 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             except (RuntimeError, TypeError):
                 self._prepare(input, [h0, c0])  # raises torch.nn's error for what the op refused
                 raise
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, (input, hx))
         if hx is None:
             states: List[Optional[Tensor]] = [None, None]
         else:
@@ -805,6 +822,8 @@ class GRUCell(_CellBase, nn.GRUCell):
             except (RuntimeError, TypeError):
                 self._prepare(input, [hx])  # raises torch.nn's error for what the op refused
                 raise
+        if isinstance(input, torch.fx.Proxy):
+            return _fx_leaf(self, (input, hx))
         if hx is not None and not isinstance(hx, Tensor):
             raise TypeError(f"GRUCell: hx must be a Tensor, got {type(hx).__name__}")
         x, (h0,), (w_ih, w_hh, b_ih, b_hh), is_batched = self._prepare(input, [hx])

@@ -651,6 +651,45 @@ def test_compile_fullgraph_matches_eager(device):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
 
 
+def test_fx_symbolic_trace_keeps_layers_as_leaves(device):
+    """torch.fx.symbolic_trace records fastrnn's layers and cells as call_module leaves, as it does
+    torch.nn's, and the GraphModule gives eager's results and grads."""
+    import torch.fx
+
+    class Model(nn.Module):
+        def __init__(self, lstm, gru, cell):
+            super().__init__()
+            self.lstm, self.gru, self.cell = lstm, gru, cell
+
+        def forward(self, x, lengths):
+            y, (h, c) = self.lstm(x, lengths=lengths) if lengths is not None else self.lstm(x)
+            y, h2 = self.gru(y, h[-1:])
+            hc, cc = self.cell(y[:, -1], (h2[0], c[0]))
+            return y.sum() + h.square().sum() + hc.sum() + cc.cos().sum()
+
+    def build(ns):
+        torch.manual_seed(0)
+        return Model(ns.LSTM(I, H, num_layers=2, batch_first=True), ns.GRU(H, H, batch_first=True),
+                     ns.LSTMCell(H, H)).to(device=device, dtype=torch.float64)
+
+    x = torch.randn(B, T, I, dtype=torch.float64, device=device)
+    lengths = torch.tensor(LENGTHS_UNSORTED)
+    leaves = lambda gm: [(n.target, len(n.args)) for n in gm.graph.nodes if n.op == "call_module"]  # noqa: E731
+    ref = torch.fx.symbolic_trace(build(nn), concrete_args={"lengths": None})
+    model = build(fastrnn)
+    gm = torch.fx.symbolic_trace(model)
+    assert [t for t, _ in leaves(gm)] == ["lstm", "gru", "cell"] == [t for t, _ in leaves(ref)]
+    assert isinstance(gm.get_submodule("lstm"), fastrnn.LSTM)
+    for lens in (None, lengths):
+        want = model(x, lens)
+        want_grads = torch.autograd.grad(want, list(model.parameters()))
+        got = gm(x, lens)
+        grads = torch.autograd.grad(got, list(gm.parameters()))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        for g, w in zip(grads, want_grads):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
 # --------------------------------------------------------------------------------------------
 # misuse: a clear exception naming expected vs given
 
