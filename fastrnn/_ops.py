@@ -1,10 +1,11 @@
-"""Fake (meta) kernels and autograd formulas for the ops registered by fastrnn._C.
+"""Fake (meta) kernels, autograd formulas and FLOP counts for the ops registered by fastrnn._C.
 
 Shapes are computed from input shapes alone, the same on every device, so torch.compile can
 trace the ops without running them. Autograd calls the matching backward op, except when the
 backward is itself recorded for differentiation (create_graph=True): see _recorded_backward.
 """
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from .reference import gru_reference, lstm_reference
 
@@ -176,3 +177,42 @@ torch.library.register_autograd("fastrnn::lstm_backward", _no_double_backward("l
                                 setup_context=_noop_setup)
 torch.library.register_autograd("fastrnn::gru_backward", _no_double_backward("gru_backward"),
                                 setup_context=_noop_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP counts, for torch.utils.flop_counter.FlopCounterMode: the GEMM work, counted as torch
+# counts an mm (2 * m * n * k), so a fastrnn layer counts what torch.nn's decomposed RNNs count.
+
+
+def _layer_flops(x_shape, w_ih_shape, w_hh_shape, w_hr_shape) -> int:
+    """One layer and direction over x [T, B, I]: the input projection x W_ih^T [G*H, I], the
+    recurrent h W_hh^T [G*H, P] and, with a projection, (o * tanh c) W_hr^T [P, H], at every
+    step for every entry (with lengths as well: the dense count, which bounds the work done)."""
+    T, B, I = x_shape
+    gates, hidden_in = w_hh_shape
+    flops = 2 * T * B * gates * (w_ih_shape[1] + hidden_in)
+    if w_hr_shape is not None:
+        flops += 2 * T * B * w_hr_shape[0] * w_hr_shape[1]
+    return flops
+
+
+@register_flop_formula(_lib.lstm_forward)
+def _lstm_forward_flops(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *args, **kwargs) -> int:
+    return _layer_flops(x, w_ih, w_hh, w_hr)
+
+
+@register_flop_formula(_lib.gru_forward)
+def _gru_forward_flops(x, h0, w_ih, w_hh, *args, **kwargs) -> int:
+    return _layer_flops(x, w_ih, w_hh, None)
+
+
+# The backward does two GEMMs per forward one: the input grad (dx, dh through W) and the
+# weight grad (dW) of each.
+@register_flop_formula(_lib.lstm_backward)
+def _lstm_backward_flops(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, *args, **kwargs) -> int:
+    return 2 * _layer_flops(x, w_ih, w_hh, w_hr)
+
+
+@register_flop_formula(_lib.gru_backward)
+def _gru_backward_flops(dy, dh_n, x, h0, w_ih, w_hh, *args, **kwargs) -> int:
+    return 2 * _layer_flops(x, w_ih, w_hh, None)

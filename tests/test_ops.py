@@ -790,3 +790,52 @@ def test_backward_makes_no_workspace_sized_grad(device, kind):
         y.sum().backward()
     assert any(f.startswith(f"fastrnn.{kind}_backward") for f, _ in made)
     assert [m for m in made if m[1] == (T, B, width)] == []
+
+
+# --------------------------------------------------------------------------------------------
+# FLOP counts (torch.utils.flop_counter)
+
+
+FLOP_CASES = [  # (module, kwargs, torch.nn counts it on the CPU)
+    ("GRU", dict(num_layers=2, bidirectional=True), True),
+    ("LSTM", dict(proj_size=2), True),
+    ("LSTM", dict(), False),  # nn.LSTM without a projection runs oneDNN there, which counts 0
+    ("LSTMCell", dict(), True),
+    ("GRUCell", dict(), True),
+]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("mode,kw,torch_counts", FLOP_CASES, ids=["gru-L2-bi", "lstm-proj", "lstm", "lstmcell",
+                                                                    "grucell"])
+def test_flop_counter_counts_the_gemms(device, mode, kw, torch_counts):
+    """FlopCounterMode counts a fastrnn forward as torch counts torch.nn's decomposed one (2mnk
+    per GEMM), and its backward as twice that: it computes dh0 too, which torch.nn's autograd
+    skips when h0 needs no grad (so torch.nn's backward counts a little less)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    T, B, I, H = 5, 2, 3, 4
+    cell = mode.endswith("Cell")
+    fast = getattr(fastrnn, mode)(I, H, device=device, **kw)
+    x = torch.randn(*((B, I) if cell else (T, B, I)), device=device, requires_grad=True)
+
+    def run(module, x, backward):
+        with FlopCounterMode(display=False) as counter:
+            out = module(x)
+            if backward:
+                (out[0] if isinstance(out, tuple) else out).sum().backward()
+        return counter.get_total_flops()
+
+    G = 3 if mode.startswith("GRU") else 4
+    P = kw.get("proj_size") or H
+    rows = B if cell else T * B
+    layers = kw.get("num_layers", 1)
+    directions = 2 if kw.get("bidirectional") else 1
+    want = 0
+    for layer in range(layers):
+        layer_in = I if layer == 0 else directions * P
+        want += directions * 2 * rows * (G * H * (layer_in + P) + (P * H if "proj_size" in kw else 0))
+    assert run(fast, x, False) == want
+    assert run(fast, x, True) == 3 * want
+    if torch_counts:
+        assert run(getattr(nn, mode)(I, H, **kw), x.detach().cpu(), False) == want
