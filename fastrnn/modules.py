@@ -188,10 +188,9 @@ def _traceable(fn):
 class _RNNBase(nn.RNNBase):
     """Shared by LSTM (4 gates, optional projection) and GRU (3 gates).
 
-    The subclasses are nn.LSTM / nn.GRU too (listed after this base, so these methods win). From
-    nn.RNNBase come
-    ``all_weights``, ``reset_parameters`` (the same init), ``extra_repr``, pickling
-    (``__getstate__`` / ``__setstate__``) and the ``_flat_weights`` list, which its
+    The subclasses are nn.LSTM / nn.GRU too (listed after this base, so these methods win).
+    From nn.RNNBase come ``all_weights``, ``reset_parameters`` (the same init), ``extra_repr``,
+    pickling (``__getstate__`` / ``__setstate__``) and the ``_flat_weights`` list, which its
     ``__setattr__`` and ``_apply`` (``.to()`` and friends) keep equal to the parameters;
     ``flatten_parameters`` is overridden to do nothing, so cuDNN's weight flattening never runs.
     The forward pass reads the parameters by name, not through ``_flat_weights``."""
