@@ -214,6 +214,21 @@ def test_export_dynamic_batch_and_time(mode, proj, with_lengths, grad_mode, devi
             torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode,proj", [("LSTM", P), ("GRU", 0)], ids=["lstm-proj", "gru"])
+def test_export_strict(mode, proj, device):
+    """strict=True export traces with dynamo, which takes fastrnn's layers (nn.LSTM / nn.GRU
+    instances) without torch._dynamo.config.allow_rnn."""
+    torch.manual_seed(0)
+    model = _Tagger(mode, proj).to(device).eval()
+    args = (torch.randn(B, T, I, device=device), torch.tensor(LENGTHS))
+    with torch.no_grad():
+        ep = torch.export.export(model, args, strict=True)
+        got, want = ep.module()(*args), model(*args)
+    assert sum(getattr(n.target, "namespace", None) == "fastrnn" for n in ep.graph.nodes) == 4
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
+
+
 def test_export_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     model = _Tagger("LSTM").eval()
