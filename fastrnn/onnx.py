@@ -11,26 +11,29 @@ that any runtime runs, with the same results as eager fastrnn:
 - the op's ``ws`` output (activations saved for backward) is an empty tensor: an exported model
   does inference only.
 
-Both of torch's exporters are covered:
+Both of torch's exporters work after a plain ``import fastrnn``:
 
-- the TorchScript-based one (``torch.onnx.export(..., dynamo=False)``): the symbolic functions are
-  registered when fastrnn is imported;
-- the default, torch.export-based one (``dynamo=True``, needs ``onnxscript``): use
-  ``fastrnn.onnx.export(...)`` (``torch.onnx.export`` with fastrnn's translations added), or pass
-  ``custom_translation_table=fastrnn.onnx.custom_translation_table()`` yourself, or call
-  ``fastrnn.onnx.register()`` once, after which plain ``torch.onnx.export`` finds them.
+- the default, torch.export-based one (``torch.onnx.export(model, args, f)``, i.e. ``dynamo=True``;
+  needs ``onnxscript``): fastrnn's translations are added to onnxscript's torch function library,
+  which that exporter reads at each export, the first time torch imports the exporter's registry
+  module (see ``_install_hook``) -- so ``import fastrnn`` imports neither onnx nor onnxscript.
+  ``fastrnn.onnx.export(...)`` (the same, raising ``UnsupportedExportError`` as it is) and
+  ``custom_translation_table=fastrnn.onnx.custom_translation_table()`` work too;
+- the TorchScript-based one (``dynamo=False``): the symbolic functions are registered when
+  fastrnn is imported.
 
 What ONNX's operators cannot express raises ``UnsupportedExportError`` naming it: an LSTM with
 ``proj_size > 0`` (ONNX's LSTM has no projection). Plain ``torch.onnx.export(dynamo=True)`` wraps
 it in its own ConversionError; ``fastrnn.onnx.export`` raises it as it is.
 
-Not exportable as such: a PackedSequence input (pass ``lengths=`` instead), and, with the
-TorchScript exporter only, a fastrnn.LSTM / GRU as the top-level module: that exporter passes the
-defaults of forward's keyword-only ``lengths`` positionally (a model that contains the layer works).
+Not exportable as such: a PackedSequence input (pass ``lengths=`` instead).
 
 Importing this module costs no more than ``import torch.onnx``: onnx and onnxscript are imported
 only when an export needs them.
 """
+import importlib.abc
+import sys
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -233,10 +236,10 @@ _translations = custom_translation_table  # for export(), whose parameter has th
 
 
 def register() -> None:
-    """Make plain ``torch.onnx.export`` (dynamo=True) translate fastrnn's ops, by adding them to
-    onnxscript's torch function library, which that exporter reads at each export. Imports
-    onnxscript (ImportError without it). Idempotent. The TorchScript exporter needs no call: its
-    symbolics are registered when fastrnn is imported."""
+    """Add fastrnn's translations to onnxscript's torch function library, which plain
+    ``torch.onnx.export`` (dynamo=True) reads at each export. Imports onnxscript (ImportError
+    without it). Idempotent. Done by itself when that exporter is first used after
+    ``import fastrnn`` (``_install_hook``), so there is no need to call it."""
     import onnxscript
     from onnxscript.function_libs.torch_lib import registration
 
@@ -244,6 +247,77 @@ def register() -> None:
     for name, fn in (("fastrnn::lstm_forward", _lstm_onnx), ("fastrnn::gru_forward", _gru_onnx)):
         if name not in registration.default_registry:
             registration.default_registry.register(onnxscript.values.TracedOnnxFunction(opset, fn), name)
+
+
+# --------------------------------------------------------------------------------------------
+# register() by itself, on the dynamo exporter's first use
+#
+# torch.onnx.export(dynamo=True) builds its table of translations at each export
+# (ONNXRegistry.from_torchlib, which also reads onnxscript's library) in the module below, which
+# that export imports first. Importing it imports onnxscript (about a second), so fastrnn does not:
+# a finder on sys.meta_path waits for that module's import and calls register() right after the
+# module has run, before any export reads the library. onnxscript is fully imported by then (the
+# module imports it), so register() imports nothing new. Without onnxscript the module's own
+# import fails first and torch's error reaches the caller unchanged.
+
+_EXPORTER_REGISTRY = "torch.onnx._internal.exporter._registration"
+
+
+def _register_quietly() -> None:
+    # a failure here must not break torch.onnx for models without fastrnn layers
+    try:
+        register()
+    except Exception as e:  # noqa: BLE001
+        warnings.warn(f"fastrnn: could not add its ONNX translations to torch.onnx's exporter ({e!r}); "
+                      "fastrnn layers will not export with plain torch.onnx.export(dynamo=True)")
+
+
+class _RegisterAfter(importlib.abc.Loader):
+    """Runs a module with its own loader, then register(); afterwards the module keeps its own
+    loader (``__loader__``, ``__spec__.loader``), so nothing of this stays on it."""
+
+    def __init__(self, loader, finder):
+        self.loader, self.finder = loader, finder
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)  # an ImportError (no onnxscript) propagates: torch's own
+        self.finder.remove()
+        _register_quietly()
+
+
+class _RegistryImportFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the loader of the spec the other finders give for the
+    exporter's registry module."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _EXPORTER_REGISTRY:
+            return None
+        for finder in list(sys.meta_path):
+            find = getattr(finder, "find_spec", None)
+            spec = None if finder is self or find is None else find(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec  # not a loader this can wrap: leave the import alone
+        spec.loader = _RegisterAfter(spec.loader, self)
+        return spec
+
+    def remove(self):
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def _install_hook() -> None:
+    if _EXPORTER_REGISTRY in sys.modules:  # the exporter was used already: onnxscript is loaded
+        _register_quietly()
+    elif not any(isinstance(f, _RegistryImportFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RegistryImportFinder())
 
 
 def export(model, args=(), f=None, *, dynamo: bool = True,
@@ -270,3 +344,4 @@ def export(model, args=(), f=None, *, dynamo: bool = True,
 
 
 _register_torchscript()
+_install_hook()

@@ -1,10 +1,10 @@
 """ONNX export (fastrnn.onnx): fastrnn layers become ONNX LSTM / GRU nodes, and onnxruntime runs
 the exported models with eager fastrnn's results. Both of torch's exporters: the torch.export-based
 one ("dynamo", through fastrnn.onnx.export) and the TorchScript-based one ("torchscript", plain
-torch.onnx.export(..., dynamo=False): its symbolics are registered by `import fastrnn`)."""
+torch.onnx.export(..., dynamo=False): its symbolics are registered by `import fastrnn`). Plain
+torch.onnx.export with the default exporter after only `import fastrnn`: the subprocess tests at
+the end."""
 import io
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,6 +14,8 @@ from torch import nn
 
 import fastrnn
 import fastrnn.onnx
+
+from _subprocess import describe, run_python
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -284,15 +286,109 @@ def test_export_of_bare_module_dynamo():
 
 
 def _python(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = run_python(["-c", textwrap.dedent(code)], timeout=600)
+    assert out.returncode == 0, describe(out)
     return out.stdout
 
 
+# Child-process code shared by the tests below: eager vs onnxruntime on an exported model file.
+_CHECK = """
+    import sys, numpy as np, onnx, onnxruntime as ort, torch
+
+    def check(path, net, args, n_nodes=None, op=None):
+        # the model file at path, run in onnxruntime, gives eager net(*args)'s outputs
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        feeds = [a for a in args if a is not None]
+        got = sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), feeds)})
+        with torch.no_grad():
+            y, h = net(*args)
+        want = [y, *h] if isinstance(h, tuple) else [y, h]
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            # float32 through two implementations of the same recurrence: rounding only
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
+        if op is not None:
+            assert [n.op_type for n in onnx.load(path).graph.node].count(op) == n_nodes
+"""
+
+
+def test_default_exporter_works_after_import_fastrnn(tmp_path):
+    # only `import fastrnn`, then torch.onnx.export(model, args, f) as torch's docs write it: the
+    # default exporter (the torch.export-based one, whose result is an ONNXProgram) on the bare
+    # layers, lengths passed positionally
+    pytest.importorskip("onnxscript")
+    out = _python(_CHECK + f"""
+    import fastrnn
+    assert "onnxscript" not in sys.modules
+    torch.manual_seed(0)
+    for mode in ("LSTM", "GRU"):
+        net = getattr(fastrnn, mode)(4, 5, num_layers=2, bidirectional=True, batch_first=True).eval()
+        args = (torch.randn(3, 7, 4), None, torch.tensor([3, 7, 5]))
+        path = r"{tmp_path}" + f"/{{mode}}.onnx"
+        program = torch.onnx.export(net, args, path)
+        assert isinstance(program, torch.onnx.ONNXProgram), type(program)
+        check(path, net, args, n_nodes=4, op=mode)  # 2 layers x 2 directions
+    # the hook is gone once it has run; torch's module keeps its own loader
+    assert not any(type(f).__module__ == "fastrnn.onnx" for f in sys.meta_path)
+    m = sys.modules["torch.onnx._internal.exporter._registration"]
+    assert type(m.__loader__).__module__ != "fastrnn.onnx" and m.__spec__.loader is m.__loader__
+    print("ok")
+    """)
+    assert out.split()[-1] == "ok"
+
+
+def test_default_exporter_used_before_import_fastrnn(tmp_path):
+    # an export before `import fastrnn` has loaded the exporter already: the import registers then
+    pytest.importorskip("onnxscript")
+    out = _python(_CHECK + f"""
+    torch.onnx.export(torch.nn.Linear(2, 3), (torch.randn(1, 2),), r"{tmp_path}/linear.onnx")
+    import fastrnn
+    torch.manual_seed(1)
+    net = fastrnn.GRU(4, 5, num_layers=2).eval()
+    args = (torch.randn(6, 2, 4),)
+    torch.onnx.export(net, args, r"{tmp_path}/gru.onnx")
+    check(r"{tmp_path}/gru.onnx", net, args, n_nodes=2, op="GRU")
+    print("ok")
+    """)
+    assert out.split()[-1] == "ok"
+
+
+def test_failed_registration_leaves_torch_onnx_working(tmp_path):
+    # should adding the translations fail (say, onnxscript changed), the exporter still works for
+    # models without fastrnn layers, with a warning; fastrnn's ops then find no translation
+    pytest.importorskip("onnxscript")
+    out = _python(f"""
+    import warnings, torch, fastrnn
+    def fail():
+        raise RuntimeError("no library")
+    fastrnn.onnx.register = fail
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.onnx.export(torch.nn.Linear(2, 3), (torch.randn(1, 2),), r"{tmp_path}/linear.onnx")
+    assert any("no library" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    try:
+        torch.onnx.export(fastrnn.GRU(4, 5).eval(), (torch.randn(6, 2, 4),), r"{tmp_path}/gru.onnx")
+        print("exported")
+    except Exception as e:
+        assert "fastrnn.gru_forward" in str(e), e
+        print("ok")
+    """)
+    assert out.split()[-1] == "ok"
+
+
+def test_import_fastrnn_imports_no_onnx_package():
+    # installed or not, `import fastrnn` imports neither onnx nor onnxscript (a second of import
+    # time): the translations are added when the exporter is first used
+    out = _python("""
+        import sys, fastrnn
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("onnx", "onnxscript", "onnx_ir")))
+        """)
+    assert out.split("\n")[0] == "[]"
+
+
 def test_import_fastrnn_needs_no_onnx_packages():
-    # with onnx / onnxscript not importable, `import fastrnn` works and imports neither; what
-    # exports needs them then says so
+    # with onnx / onnxscript not importable, `import fastrnn` works and imports neither; an export
+    # with the default exporter then fails with torch's own error, every time (the hook stays quiet)
     out = _python("""
         import importlib.abc, sys
         class Block(importlib.abc.MetaPathFinder):
@@ -303,6 +399,12 @@ def test_import_fastrnn_needs_no_onnx_packages():
         import torch, fastrnn
         assert not any(m.split(".")[0] in ("onnx", "onnxscript", "onnx_ir") for m in sys.modules)
         y, h = fastrnn.GRU(4, 5)(torch.randn(3, 2, 4))
+        for net in (fastrnn.GRU(4, 5), torch.nn.GRU(4, 5), fastrnn.GRU(4, 5)):
+            try:
+                torch.onnx.export(net, (torch.randn(3, 2, 4),))
+                print("exported")
+            except ImportError as e:
+                assert str(e) == "blocked: onnxscript", e
         try:
             fastrnn.onnx.register()
         except ImportError:
@@ -311,27 +413,15 @@ def test_import_fastrnn_needs_no_onnx_packages():
     assert out.split("\n")[0] == "register needs onnxscript"
 
 
-def test_register_makes_plain_torch_onnx_export_work():
+def test_register_is_idempotent():
     pytest.importorskip("onnxscript")
-    # in a fresh process: without register() the dynamo exporter finds no translation
     out = _python("""
-        import sys, numpy as np, torch, fastrnn, onnxruntime as ort
-        net = fastrnn.LSTM(4, 5, num_layers=2, bidirectional=True).eval()
-        x = torch.randn(6, 3, 4)
-        try:
-            torch.onnx.export(net, (x,), dynamo=True, verbose=False)
-            print("exported without register")
-        except Exception as e:
-            assert "No ONNX function found" in str(e), e
+        import torch, fastrnn
+        from onnxscript.function_libs.torch_lib import registration
         fastrnn.onnx.register()
-        fastrnn.onnx.register()  # idempotent
-        program = torch.onnx.export(net, (x,), dynamo=True, verbose=False)
-        sess = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-        with torch.no_grad():
-            y, (h, c) = net(x)
-        for g, w in zip(got, (y, h, c)):
-            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=1e-5)
-        print("ok")
+        fastrnn.onnx.register()
+        torch.onnx.export(fastrnn.LSTM(4, 5).eval(), (torch.randn(6, 2, 4),), verbose=False)  # once more by itself
+        for name in ("fastrnn::lstm_forward", "fastrnn::gru_forward"):
+            print(name, len(registration.default_registry[name].overloads))
         """)
-    assert out.split()[-1] == "ok" and "exported without register" not in out
+    assert out.split("\n")[-3:-1] == ["fastrnn::lstm_forward 1", "fastrnn::gru_forward 1"]
