@@ -254,7 +254,7 @@ def register() -> None:
 #
 # torch.onnx.export(dynamo=True) builds its table of translations at each export
 # (ONNXRegistry.from_torchlib, which also reads onnxscript's library) in the module below, which
-# that export imports first. Importing it imports onnxscript (about a second), so fastrnn does not:
+# that export imports first. Importing it imports onnxscript (about a second of CPU time), so fastrnn does not:
 # a finder on sys.meta_path waits for that module's import and calls register() right after the
 # module has run, before any export reads the library. onnxscript is fully imported by then (the
 # module imports it), so register() imports nothing new. Without onnxscript the module's own

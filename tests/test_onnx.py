@@ -269,12 +269,17 @@ def test_proj_size_raises(exporter):
                               custom_translation_table=fastrnn.onnx.custom_translation_table())
 
 
-def test_torchscript_exporter_bare_module():
-    # the TorchScript exporter calls forward(x, None, None): lengths is positional-or-keyword
-    net = fastrnn.LSTM(4, 5).eval()
-    x = torch.randn(6, 2, 4)
-    model = _export(net, (x,), "torchscript")
-    _assert_close(_run(model, (x,)), _eager(net, (x,)))
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_torchscript_exporter_bare_module(with_lengths):
+    # the TorchScript exporter passes forward's arguments positionally: (x, None, None) or, given
+    # them, (x, None, lengths)
+    torch.manual_seed(9)
+    net = fastrnn.LSTM(4, 5, bidirectional=True).eval()
+    x = torch.randn(6, 3, 4)
+    args = (x, None, torch.tensor([2, 6, 4])) if with_lengths else (x,)
+    model = _export(net, args, "torchscript")
+    feeds = (x, args[2]) if with_lengths else (x,)
+    _assert_close(_run(model, feeds), _eager(net, args))
 
 
 def test_export_of_bare_module_dynamo():
