@@ -254,10 +254,10 @@ def register() -> None:
 #
 # torch.onnx.export(dynamo=True) builds its table of translations at each export
 # (ONNXRegistry.from_torchlib, which also reads onnxscript's library) in the module below, which
-# that export imports first. Importing it imports onnxscript (about a second of CPU time), so fastrnn does not:
-# a finder on sys.meta_path waits for that module's import and calls register() right after the
-# module has run, before any export reads the library. onnxscript is fully imported by then (the
-# module imports it), so register() imports nothing new. Without onnxscript the module's own
+# that export imports first. Importing it imports onnxscript (about a second of CPU time), so
+# fastrnn does not: a finder on sys.meta_path waits for that module's import and calls register()
+# right after the module has run, before any export reads the library. onnxscript is imported by
+# then (the module imports it), so register() adds little. Without onnxscript the module's own
 # import fails first and torch's error reaches the caller unchanged.
 
 _EXPORTER_REGISTRY = "torch.onnx._internal.exporter._registration"
