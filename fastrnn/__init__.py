@@ -6,7 +6,7 @@ from . import _ops  # noqa: F401  fake kernels + autograd
 from . import functional
 from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .convert import convert, to_torch
-from . import onnx  # noqa: F401  ONNX export: registers the TorchScript exporter's symbolics
+from . import onnx  # noqa: F401  ONNX: symbolics now, the default exporter's translations at its first use
 
 # torch.load(weights_only=True), the default, refuses classes it does not know; allowing these
 # lets a whole-module checkpoint (torch.save(model)) of fastrnn modules load. They only store
