@@ -34,7 +34,7 @@ class CellTraits:
         return (self.saved_blocks_projected if projected else self.saved_blocks) * H
 
     def offset(self, block: str, H):
-        """Where a saved block starts in a ws row: e.g. LSTM.offset("c", H) == 4 * H."""
+        """Where a saved block starts in a ws row: e.g. LSTM.offset("c", H) is c's block index times H."""
         return self.saved.index(block) * H
 
 
