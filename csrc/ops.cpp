@@ -3,16 +3,18 @@
 //
 // One call is one layer in one direction over a whole time-major sequence (docs/DESIGN.md, "Op
 // contract"):
-//   x [T, B, I], h0/c0 [B, H], w_ih [G*H, I], w_hh [G*H, H], b_ih/b_hh [G*H] (G = 4 LSTM, 3 GRU),
-//   lengths int64 [B] with values in [1, T]. Forward returns (y [T, B, H], h_n, [c_n,] ws) where
-//   ws is the workspace backward needs, the saved activations: [T, B, 5H] (LSTM: i, f, g, o, c)
-//   / [T, B, 4H] (GRU: r, z, n, W_hn h + b_hn) when save, else [0].
+//   x [T, B, I], h0/c0 [B, H], w_ih [G*H, I], w_hh [G*H, H], b_ih/b_hh [G*H] (G: the cell's
+//   gates), lengths int64 [B] with values in [1, T]. Forward returns (y [T, B, H], h_n, [c_n,] ws)
+//   where ws is the workspace backward needs, the saved activations: [T, B, W] when save, else
+//   [0], with W and the layout from the cell's table (fastrnn/cell_traits.h; docs/DESIGN.md,
+//   "Workspace").
 //   LSTM with projection (nn.LSTM's proj_size = P): w_hr [P, H]; then w_hh is [4H, P], h0, h_n
-//   are [B, P], y is [T, B, P], ws is [T, B, 6H] (adds o * tanh(c) before projection), and
-//   backward also returns dw_hr (else an empty tensor).
+//   are [B, P], y is [T, B, P], ws also holds o * tanh(c) before the projection, and backward
+//   also returns dw_hr (else an empty tensor).
 #include <Python.h>
 #include <torch/library.h>
 
+#include "fastrnn/cell_traits.h"
 #include "fastrnn/path_log.h"
 
 TORCH_LIBRARY(fastrnn, m) {
@@ -36,9 +38,9 @@ TORCH_LIBRARY(fastrnn, m) {
 namespace {
 
 // last_path(op: str) -> dict | None: which implementation ran the last call of op
-// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cuda.step_loop",
-// "grad_chunks": runs of steps the backward folded its gate grads in (0 for forwards)}; None
-// before the first call. For tests and diagnostics.
+// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cpu.persistent_emulation"
+// | "cuda.step_loop" | "cuda.persistent", "grad_chunks": runs of steps the backward folded its
+// gate grads in (0 for forwards)}; None before the first call. For tests and diagnostics.
 PyObject* last_path(PyObject*, PyObject* arg) {
   const char* op = PyUnicode_AsUTF8(arg);
   if (op == nullptr) return nullptr;
@@ -51,8 +53,48 @@ PyObject* last_path(PyObject*, PyObject* arg) {
   return Py_BuildValue("{s:s,s:L}", "path", r.path, "grad_chunks", static_cast<long long>(r.grad_chunks));
 }
 
+// cell_traits() -> list of dict: the C++ cell tables (cell_traits.h), so that tests compare them
+// with fastrnn/_cells.py. Each: name, gates, states, saved (the saved blocks' names, projection
+// block included), saved_blocks, saved_blocks_projected, grad_blocks, hh_bias_input_blocks,
+// hidden (the (col, row, len) blocks of the hidden-side gate grads), all in blocks of H.
+PyObject* cell_traits(PyObject*, PyObject*) {
+  PyObject* out = PyList_New(0);
+  if (out == nullptr) return nullptr;
+  for (const fastrnn::CellInfo* c : fastrnn::kCells) {
+    const int64_t n = c->saved_blocks_projected > 0 ? c->saved_blocks_projected : c->saved_blocks;
+    PyObject* saved = PyTuple_New(n);
+    PyObject* hidden = PyTuple_New(c->hidden_count);
+    if (saved == nullptr || hidden == nullptr) {
+      Py_XDECREF(saved);
+      Py_XDECREF(hidden);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    for (int64_t i = 0; i < n; ++i) PyTuple_SET_ITEM(saved, i, PyUnicode_FromString(c->saved_names[i]));
+    for (int64_t i = 0; i < c->hidden_count; ++i) {
+      const fastrnn::HiddenBlock& b = c->hidden[i];
+      PyTuple_SET_ITEM(hidden, i, Py_BuildValue("(LLL)", static_cast<long long>(b.col), static_cast<long long>(b.row),
+                                                static_cast<long long>(b.len)));
+    }
+    PyObject* d = Py_BuildValue("{s:s,s:L,s:L,s:N,s:L,s:L,s:L,s:L,s:N}", "name", c->name, "gates",
+                                static_cast<long long>(c->gates), "states", static_cast<long long>(c->states), "saved",
+                                saved, "saved_blocks", static_cast<long long>(c->saved_blocks),
+                                "saved_blocks_projected", static_cast<long long>(c->saved_blocks_projected),
+                                "grad_blocks", static_cast<long long>(c->grad_blocks), "hh_bias_input_blocks",
+                                static_cast<long long>(c->hh_bias_input_blocks), "hidden", hidden);
+    if (d == nullptr || PyList_Append(out, d) != 0) {
+      Py_XDECREF(d);
+      Py_DECREF(out);
+      return nullptr;
+    }
+    Py_DECREF(d);
+  }
+  return out;
+}
+
 PyMethodDef methods[] = {
     {"last_path", last_path, METH_O, "Which implementation ran the last call of a fastrnn op."},
+    {"cell_traits", cell_traits, METH_NOARGS, "The C++ cell tables (gates, states, saved layout), for tests."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -1,54 +1,40 @@
 """Fake (meta) kernels, autograd formulas and FLOP counts for the ops registered by fastrnn._C.
 
 Shapes are computed from input shapes alone, the same on every device, so torch.compile can
-trace the ops without running them. Autograd calls the matching backward op, except when the
+trace the ops without running them; a fake kernel refuses what the op refuses, with its message. Autograd calls the matching backward op, except when the
 backward is itself recorded for differentiation (create_graph=True): see _recorded_backward.
 """
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from ._cells import GRU, LSTM
+from ._op_checks import check_backward, check_forward
 from .reference import gru_reference, lstm_reference
 
 _lib = torch.ops.fastrnn
 
 
 # --------------------------------------------------------------------------------------------
-# fake kernels
-
-
-def _check_devices(x, lengths, **tensors):
-    # The C++ kernels check devices, but a meta tensor among the inputs routes the call here
-    # instead; refuse rather than return uninitialised outputs.
-    for name, t in tensors.items():
-        if t is not None:
-            torch._check(t.device == x.device,
-                         lambda: f"fastrnn: expected {name} on device {x.device} (the device of x), got {t.device}")
-    if lengths is not None:
-        torch._check(lengths.device == x.device or lengths.device.type == "cpu",
-                     lambda: f"fastrnn: expected lengths on the CPU or on {x.device}, got {lengths.device}")
+# fake kernels: the C++ checks (same order, type and message: _op_checks.py), then the output
+# shapes from the cell tables (_cells.py).
 
 
 @torch.library.register_fake("fastrnn::lstm_forward")
 def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
-    _check_devices(x, lengths, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
-    T, B, _ = x.shape
-    H = w_hh.shape[0] // 4
-    P = H if w_hr is None else w_hr.shape[0]  # hidden state size (projection)
-    ws = x.new_empty((T, B, (5 if w_hr is None else 6) * H)) if save else x.new_empty((0,))
+    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+    ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
 def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
-    _check_devices(x, lengths, h0=h0, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    ws = x.new_empty((T, B, 4 * H)) if save else x.new_empty((0,))
+    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths)
+    ws = x.new_empty((T, B, GRU.saved_width(H))) if save else x.new_empty((0,))
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
 
-def _bias_grads(x, state, gates, has_bias):
-    n = gates * state.shape[1] if has_bias else 0
+def _bias_grads(x, cell, H, has_bias):
+    n = cell.gates * H if has_bias else 0
     return x.new_empty((n,)), x.new_empty((n,))
 
 
@@ -60,15 +46,15 @@ def _fresh(t):
 
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
-    _check_devices(x, lengths, dy=dy, dh_n=dh_n, dc_n=dc_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, y=y, ws=ws)
+    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths)[3]
     dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
-    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, c0, 4, has_bias), dw_hr)
+    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias), dw_hr)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
-    _check_devices(x, lengths, dy=dy, dh_n=dh_n, h0=h0, w_ih=w_ih, w_hh=w_hh, y=y, ws=ws)
-    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, h0, 3, has_bias))
+    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths)[3]
+    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias))
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +67,7 @@ def _or_zeros(grad, like):
 
 def _keep_grads_undefined(ctx, ws):
     # ws (the saved activations) is an output only so that backward gets it: it has no gradient.
-    # Without this, autograd hands backward a zero tensor of ws's shape ([T, B, 5H]: as large as
+    # Without this, autograd hands backward a zero tensor of ws's shape ([T, B, W]: as large as
     # ws itself, and zero-filled at every backward); unused output grads arrive as None and the
     # formulas below fill in the few small zeros they need.
     ctx.mark_non_differentiable(ws)

@@ -150,8 +150,7 @@ inline bool single_step_fits(const ForwardPlan& p) {
   return p.d.T == 1 && !p.projected() && p.x.scalar_type() == at::kFloat && p.d.B <= kSingleStepMaxRows;
 }
 
-// Runs a single step in one pass. G: gates (4 LSTM, 3 GRU); b_hh_rows: how much of b_hh joins
-// xproj.
+// Runs a single step in one pass. G: the cell's gates; b_hh_rows: how much of b_hh joins xproj.
 template <int G, class Point, class Step>
 void single_step(ForwardPlan& plan, Step& a, const Tensor& hproj, int64_t b_hh_rows) {
   const SingleStepProducts p{plan.x.const_data_ptr<float>(),
@@ -192,17 +191,17 @@ struct CpuKernels {
 struct CpuBackend {
   static void lstm_forward(ForwardPlan& p) {
     if (!single_step_fits(p)) return StepLoop<CpuKernels>::lstm_forward(p);
-    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, 4 * p.d.H}, p.x.options());
+    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, p.G * p.d.H}, p.x.options());
     auto a = lstm_forward_step<float>(p, xproj, hproj, Tensor());
-    single_step<4, LstmForwardPoint>(p, a, hproj, 4 * p.d.H);
-    PathLog::record("lstm_forward", "cpu.single_step");
+    single_step<LstmCell::kGates, LstmForwardPoint>(p, a, hproj, LstmCell::kHhBiasInputBlocks * p.d.H);
+    PathLog::record(p.op, "cpu.single_step");
   }
   static void gru_forward(ForwardPlan& p) {
     if (!single_step_fits(p)) return StepLoop<CpuKernels>::gru_forward(p);
-    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, 3 * p.d.H}, p.x.options());
+    const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, p.G * p.d.H}, p.x.options());
     auto a = gru_forward_step<float>(p, xproj, hproj, p.hidden_n_bias());
-    single_step<3, GruForwardPoint>(p, a, hproj, 2 * p.d.H);
-    PathLog::record("gru_forward", "cpu.single_step");
+    single_step<GruCell::kGates, GruForwardPoint>(p, a, hproj, GruCell::kHhBiasInputBlocks * p.d.H);
+    PathLog::record(p.op, "cpu.single_step");
   }
   static void lstm_backward(BackwardPlan& p) { StepLoop<CpuKernels>::lstm_backward(p); }
   static void gru_backward(BackwardPlan& p) { StepLoop<CpuKernels>::gru_backward(p); }

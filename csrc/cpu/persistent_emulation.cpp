@@ -57,18 +57,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> persistent_forward_emulated(
     const Tensor& x, const Tensor& h0, const OptTensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& lengths, bool reverse, bool save, int64_t sms,
     int64_t threads, bool blockwise) {
-  const int64_t G = c0.has_value() ? 4 : 3;
-  ForwardPlan p(G == 4 ? "fastrnn::lstm_forward" : "fastrnn::gru_forward", G, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                std::nullopt, lengths, reverse, save);
+  const CellInfo& cell = c0.has_value() ? kLstmCell : kGruCell;
+  ForwardPlan p(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, std::nullopt, lengths, reverse, save);
   TORCH_CHECK_VALUE(threads >= 1, "threads must be >= 1, got ", threads);
   PersistentPartition part;
   part.threads = threads;
-  const char* why = plan_persistent(G, p.d.H, p.d.P, p.d.B, int64_t(x.element_size()), sms,
+  const char* why = plan_persistent(p.G, p.d.H, p.d.P, p.d.B, int64_t(x.element_size()), sms,
                                     std::numeric_limits<int64_t>::max(), part);
   TORCH_CHECK_VALUE(why == nullptr, "cannot partition: ", why);
   run_persistent_forward(p, part, "cpu.persistent_emulation",
                          [blockwise](const auto& args, const PersistentPartition& pt) { emulate(args, pt, blockwise); });
-  const Tensor c_n = G == 4 ? p.sched.to_batch(p.c) : at::empty({0}, x.options());
+  const Tensor c_n = cell.has_cell_state() ? p.sched.to_batch(p.c) : at::empty({0}, x.options());
   return {p.y, p.sched.to_batch(p.h), c_n, p.saved};
 }
 

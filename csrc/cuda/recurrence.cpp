@@ -31,7 +31,7 @@ Mode mode_from_env() {
 const char* persistent_unavailable(const RecurrenceQuery& q, PersistentPartition& part) {
   if (q.projected) return "it has no projection (proj_size)";
   if (q.dtype == at::kDouble) return "float64 stays on the step loop";
-  const char* why = plan_persistent(q.gates, q.d.H, q.d.P, q.d.B, int64_t(c10::elementSize(q.dtype)), q.sms,
+  const char* why = plan_persistent(q.cell->gates, q.d.H, q.d.P, q.d.B, int64_t(c10::elementSize(q.dtype)), q.sms,
                                     q.smem_limit, part);
   if (why != nullptr || !q.probe_device) return why;
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.dtype, "persistent_unavailable",
@@ -44,7 +44,7 @@ const char* recurrence_name(Recurrence r) { return r == Recurrence::kPersistent 
 
 RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return {p.G, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), prop->multiProcessorCount,
+  return {&p.cell, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), prop->multiProcessorCount,
           int64_t(prop->sharedMemPerBlockOptin), true};
 }
 
@@ -55,7 +55,7 @@ RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {
   if (mode_from_env() != Mode::kPersistent || q.backward) return c;
   const char* why = persistent_unavailable(q, c.part);
   TORCH_CHECK_NOT_IMPLEMENTED(why == nullptr, "FASTRNN_RECURRENCE=persistent, but the persistent recurrence ",
-                              "cannot run this call (", q.gates == 4 ? "LSTM" : "GRU", " T=", q.d.T, " B=", q.d.B,
+                              "cannot run this call (", q.cell->display, " T=", q.d.T, " B=", q.d.B,
                               " H=", q.d.H, ", ", q.dtype, "): ", why);
   c.kind = Recurrence::kPersistent;
   return c;
@@ -64,11 +64,12 @@ RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {
 namespace {
 
 // Test hook: the choice for a hypothetical call on a device with `sms` multiprocessors and
-// `smem_limit` bytes of shared memory per block, without a GPU. cell is "lstm" or "gru".
+// `smem_limit` bytes of shared memory per block, without a GPU. cell: a cell's name ("lstm", "gru").
 std::string recurrence_for(c10::string_view cell, int64_t T, int64_t B, int64_t I, int64_t H, int64_t P,
                            at::ScalarType dtype, bool masked, bool backward, int64_t sms, int64_t smem_limit) {
-  TORCH_CHECK_VALUE(cell == "lstm" || cell == "gru", "cell must be 'lstm' or 'gru', got '", cell, "'");
-  const RecurrenceQuery q{cell == "lstm" ? 4 : 3, Dims{T, B, I, H, P}, dtype, masked, backward, P != H,
+  const CellInfo* info = find_cell(std::string(cell).c_str());
+  TORCH_CHECK_VALUE(info != nullptr, "cell must be 'lstm' or 'gru', got '", cell, "'");
+  const RecurrenceQuery q{info, Dims{T, B, I, H, P}, dtype, masked, backward, P != H,
                           sms, smem_limit, false};
   return recurrence_name(choose_recurrence(q).kind);
 }

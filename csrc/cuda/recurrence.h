@@ -21,7 +21,7 @@ const char* recurrence_name(Recurrence r);
 // What the choice depends on: the call's sizes, dtype, lengths and direction in time, and the
 // device's limits.
 struct RecurrenceQuery {
-  int64_t gates;          // 4 (LSTM) or 3 (GRU)
+  const CellInfo* cell;   // the cell's table (cell_traits.h)
   Dims d;
   at::ScalarType dtype;
   bool masked;            // lengths given

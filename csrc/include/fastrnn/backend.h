@@ -22,7 +22,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& x, const T
                                                         const OptTensor& b_hh, const OptTensor& w_hr,
                                                         const OptTensor& lengths, bool reverse, bool save) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  ForwardPlan plan("fastrnn::lstm_forward", 4, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save);
+  ForwardPlan plan(kLstmCell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save);
   Backend::lstm_forward(plan);
   return plan.lstm_outputs();
 }
@@ -33,7 +33,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y, const Tensor& ws,
     const OptTensor& lengths, bool reverse, bool has_bias) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  BackwardPlan plan("fastrnn::lstm_backward", 4, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse,
+  BackwardPlan plan(kLstmCell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse,
                     has_bias);
   Backend::lstm_backward(plan);
   return plan.lstm_outputs();
@@ -44,7 +44,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const Tensor& h0
                                                const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
                                                const OptTensor& lengths, bool reverse, bool save) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  ForwardPlan plan("fastrnn::gru_forward", 3, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, lengths,
+  ForwardPlan plan(kGruCell, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, lengths,
                    reverse, save);
   Backend::gru_forward(plan);
   return plan.gru_outputs();
@@ -55,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& dy, const Tensor& dh_n, const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& y, const Tensor& ws, const OptTensor& lengths, bool reverse, bool has_bias) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  BackwardPlan plan("fastrnn::gru_backward", 3, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh,
+  BackwardPlan plan(kGruCell, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh,
                     std::nullopt, y, ws, lengths, reverse, has_bias);
   Backend::gru_backward(plan);
   return plan.gru_outputs();

@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "fastrnn/cell_traits.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -107,7 +108,7 @@ inline CheckedLengths check_lengths(const char* op, const OptTensor& lengths, co
   TORCH_CHECK_VALUE(l.dim() == 1 && l.size(0) == d.B, op, ": expected lengths of shape [", d.B,
                     "] (one per batch entry), got ", l.sizes());
   TORCH_CHECK(l.device().is_cpu() || l.device() == x.device(), op,
-              ": expected lengths on the CPU or on ", x.device(), ", got ", l.device());
+              ": expected lengths on the CPU or on the device of x (", x.device(), "), got ", l.device());
   if (l.device().is_cpu()) {
     const Tensor lc = l.contiguous();
     const int64_t* p = lc.const_data_ptr<int64_t>();
@@ -151,8 +152,9 @@ struct Schedule {
 
 // What every plan has: the checked sizes, the schedule and the contiguous weights.
 struct LayerPlan {
-  const char* op;
-  int64_t G;  // gates: 4 (LSTM) or 3 (GRU)
+  const CellInfo& cell;  // the cell's table (cell_traits.h)
+  const char* op;        // the qualified op name, the prefix of every check message
+  int64_t G;             // cell.gates
   Dims d;
   bool reverse;
   CheckedLengths lengths;
@@ -162,9 +164,10 @@ struct LayerPlan {
   Tensor w_hh;            // [G*H, P]  contiguous
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
 
-  LayerPlan(const char* op, int64_t G, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
+  LayerPlan(const CellInfo& cell, const char* op, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
-      : op(op), G(G), d(check_layer(op, G, x, w_ih, w_hh, b_ih, b_hh, w_hr)), reverse(reverse), x(x.contiguous()),
+      : cell(cell), op(op), G(cell.gates), d(check_layer(op, G, x, w_ih, w_hh, b_ih, b_hh, w_hr)), reverse(reverse),
+        x(x.contiguous()),
         w_ih(w_ih.contiguous()), w_hh(w_hh.contiguous()), w_hr(detail::contiguous_or_undefined(w_hr)) {}
 
   // After the other checks (so that a bad call reports its first problem in argument order).
@@ -194,7 +197,7 @@ struct LayerPlan {
 // states h and c (which start as h0, c0 by row and end as h_n, c_n by row).
 struct ForwardPlan : LayerPlan {
   bool save;
-  int64_t saved_width;    // per (t, b) of `saved`: 5H / 6H (LSTM, with projection) or 4H (GRU)
+  int64_t saved_width;    // per (t, b) of `saved`: cell.saved_width(H, projected())
   Tensor h0;              // [B, P] the caller's, contiguous, batch order
   Tensor b_ih, b_hh;      // [G*H] contiguous, or undefined
   Tensor y;               // [T, B, P]  zeros where padded
@@ -202,14 +205,14 @@ struct ForwardPlan : LayerPlan {
   Tensor h;               // [B, P] by row
   Tensor c;               // [B, H] by row (LSTM), undefined (GRU)
 
-  ForwardPlan(const char* op, int64_t G, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
+  ForwardPlan(const CellInfo& cell, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
               const Tensor& w_hh, const OptTensor& b_ih_, const OptTensor& b_hh_, const OptTensor& w_hr,
               const OptTensor& lengths, bool reverse, bool save)
-      : LayerPlan(op, G, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
+      : LayerPlan(cell, cell.forward_op, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
     if (c0.has_value()) detail::check_state(op, "c0", *c0, x, d.B, d.H);
     schedule(lengths);
-    saved_width = G == 4 ? lstm_saved_width(d.H, projected()) : 4 * d.H;
+    saved_width = cell.saved_width(d.H, projected());
     h0 = h0_.contiguous();
     b_ih = detail::contiguous_or_undefined(b_ih_);
     b_hh = detail::contiguous_or_undefined(b_hh_);
@@ -240,16 +243,23 @@ struct ForwardPlan : LayerPlan {
     }
   }
 
-  // The bias the input projection adds: LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0) (b_hn
-  // stays inside the reset product, see input_hidden_bias).
+  // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
+  // of b_hh (LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0): b_hn stays inside the reset product,
+  // see hidden_n_bias).
   Tensor input_bias() const {
-    if (G == 4) return b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
+    if (!cell.has_hidden_bias()) return b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
     if (!b_hh.defined()) return b_ih;
-    const Tensor bias = at::cat({b_hh.narrow(0, 0, 2 * d.H), at::zeros({d.H}, b_hh.options())});
+    const int64_t joined = cell.hh_bias_input_blocks * d.H;
+    const Tensor bias = at::cat({b_hh.narrow(0, 0, joined), at::zeros({G * d.H - joined}, b_hh.options())});
     return b_ih.defined() ? bias + b_ih : bias;
   }
-  // GRU: b_hn [H] (contiguous), or undefined.
-  Tensor hidden_n_bias() const { return b_hh.defined() ? b_hh.narrow(0, 2 * d.H, d.H).contiguous() : Tensor(); }
+  // The rest of b_hh, which the cell adds itself (GRU: b_hn [H]), contiguous; undefined when the
+  // cell has none or there is no b_hh.
+  Tensor hidden_n_bias() const {
+    if (!cell.has_hidden_bias() || !b_hh.defined()) return Tensor();
+    const int64_t joined = cell.hh_bias_input_blocks * d.H;
+    return b_hh.narrow(0, joined, G * d.H - joined).contiguous();
+  }
 
   std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
     return {y, sched.to_batch(h), sched.to_batch(c), saved};
@@ -262,12 +272,12 @@ struct ForwardPlan : LayerPlan {
 // fold_gate_grads in runs of time steps (all T at once, or chunks), plus the first iteration's
 // hidden-side gate grads to fold_first_step. It leaves dh0 (and dc0) by row.
 //
-// Gate-grad layout, [n, B, dgates_width] time order: LSTM di, df, dg, do (4H; both the input
-// and the hidden side); GRU dr, dz, dn (the input side, 3H) then dn * r (4H in all; the hidden
-// side is dr, dz, dn * r).
+// Gate-grad layout, [n, B, dgates_width] time order (cell_traits.h): LSTM di, df, dg, do (both
+// the input and the hidden side); GRU dr, dz, dn (the input side) then dn * r (the hidden side
+// is dr, dz, dn * r: cell.hidden).
 struct BackwardPlan : LayerPlan {
   bool has_bias;
-  int64_t dgates_width;   // 4H (LSTM and GRU)
+  int64_t dgates_width;   // cell.grad_width(H)
   Tensor dy;              // [T, B, P] contiguous
   Tensor dh_n, dc_n;      // [B, P], [B, H] contiguous (dc_n undefined for GRU)
   Tensor h0, c0;          // [B, P], [B, H] contiguous, batch order (c0 undefined for GRU)
@@ -280,11 +290,12 @@ struct BackwardPlan : LayerPlan {
   Tensor dh, dc;          // [B, P], [B, H] by row: dL/dh0, dL/dc0 (dc undefined for GRU)
   Tensor dw_hr;           // [P, H] with a projection (projection_grad)
 
-  BackwardPlan(const char* op, int64_t G, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
+  BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
                const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
                bool has_bias)
-      : LayerPlan(op, G, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse), has_bias(has_bias) {
+      : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse),
+        has_bias(has_bias) {
     using detail::check_shape;
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
     if (c0_.has_value()) detail::check_state(op, "c0", *c0_, x, d.B, d.H);
@@ -293,11 +304,13 @@ struct BackwardPlan : LayerPlan {
     check_shape(op, "dy", dy_, {d.T, d.B, d.P});
     detail::check_same(op, "dy", dy_, x);
     check_shape(op, "y", y_, {d.T, d.B, d.P});
+    detail::check_same(op, "y", y_, x);
     TORCH_CHECK(saved_.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
                 "e.g. under torch.no_grad()), so there is nothing to differentiate");
-    check_shape(op, "ws", saved_, {d.T, d.B, G == 4 ? lstm_saved_width(d.H, projected()) : 4 * d.H});
+    check_shape(op, "ws", saved_, {d.T, d.B, cell.saved_width(d.H, projected())});
+    detail::check_same(op, "ws", saved_, x);
     schedule(lengths);
-    dgates_width = 4 * d.H;
+    dgates_width = cell.grad_width(d.H);
     dy = dy_.contiguous();
     dh_n = dh_n_.contiguous();
     h0 = h0_.contiguous();
@@ -342,7 +355,8 @@ struct BackwardPlan : LayerPlan {
   // dW_hr = sum over steps of dp^T o tanh(c), from dp [T, B, P] (the full grads of the
   // projected states) and the saved o * tanh(c).
   Tensor projection_grad(const Tensor& dp) const {
-    return at::mm(dp.view({d.T * d.B, d.P}).t(), saved.view({d.T * d.B, saved.size(2)}).narrow(1, 5 * d.H, d.H));
+    return at::mm(dp.view({d.T * d.B, d.P}).t(),
+                  saved.view({d.T * d.B, saved.size(2)}).narrow(1, LstmCell::kHFull * d.H, d.H));
   }
 
   // (db_ih, db_hh) from the bias sums: LSTM both are the sum of di..do; GRU b_ih takes
@@ -371,11 +385,9 @@ struct BackwardPlan : LayerPlan {
   // The hidden side of the gate grads as blocks (column in dgates, row in dW_hh, length).
   template <typename F>
   void for_each_hidden_block(F&& f) const {
-    if (G == 4) {
-      f(0, 0, 4 * d.H);
-    } else {
-      f(0, 0, 2 * d.H);
-      f(3 * d.H, 2 * d.H, d.H);
+    for (int64_t i = 0; i < cell.hidden_count; ++i) {
+      const HiddenBlock& b = cell.hidden[i];
+      f(b.col * d.H, b.row * d.H, b.len * d.H);
     }
   }
 };

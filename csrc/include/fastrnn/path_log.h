@@ -7,19 +7,23 @@
 #include <cstring>
 #include <mutex>
 
+#include "fastrnn/cell_traits.h"
+
 namespace fastrnn {
 
 struct PathRecord {
-  const char* path = nullptr;  // a string literal, e.g. "cpu.step_loop", "cpu.single_step", "cuda.step_loop"
+  const char* path = nullptr;  // a string literal: "cpu.step_loop", "cpu.single_step",
+                               // "cpu.persistent_emulation", "cuda.step_loop", "cuda.persistent"
   int64_t grad_chunks = 0;     // backward: how many runs of steps the gate grads were folded in
 };
 
 class PathLog {
  public:
-  static constexpr const char* kOps[] = {"lstm_forward", "lstm_backward", "gru_forward", "gru_backward"};
-  static constexpr int kNumOps = 4;
+  // Two ops per cell (cell_traits.h, kCells): record 2c is its forward, 2c + 1 its backward.
+  static constexpr int kNumOps = 2 * kNumCells;
 
-  // op: "fastrnn::lstm_forward" or "lstm_forward" (one of kOps); path: a string literal.
+  // op: a cell's forward or backward op, qualified ("fastrnn::lstm_forward") or not; path: a
+  // string literal.
   static void record(const char* op, const char* path, int64_t grad_chunks = 0) {
     const int i = index(op);
     if (i < 0) return;
@@ -37,10 +41,14 @@ class PathLog {
   }
 
  private:
+  static const char* unqualified(const char* op) {
+    return std::strncmp(op, "fastrnn::", 9) == 0 ? op + 9 : op;
+  }
   static int index(const char* op) {
-    if (std::strncmp(op, "fastrnn::", 9) == 0) op += 9;
-    for (int i = 0; i < kNumOps; ++i) {
-      if (std::strcmp(op, kOps[i]) == 0) return i;
+    op = unqualified(op);
+    for (int c = 0; c < kNumCells; ++c) {
+      if (std::strcmp(op, unqualified(kCells[c]->forward_op)) == 0) return 2 * c;
+      if (std::strcmp(op, unqualified(kCells[c]->backward_op)) == 0) return 2 * c + 1;
     }
     return -1;
   }

@@ -14,7 +14,7 @@
 
 #include <cstdint>
 
-#include "fastrnn/cell_math.h"
+#include "fastrnn/cell_traits.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -72,7 +72,7 @@ C10_HOST_DEVICE FASTRNN_INLINE at::opmath_type<T> load_shared_state(const T* p) 
 template <typename scalar_t>
 struct PersistentForwardArgs : StepCommon {  // units = H; s, rows unused (rows = B)
   using scalar_type = scalar_t;
-  int64_t G;                   // 4 (LSTM) or 3 (GRU)
+  int64_t G;                   // gates: LstmCell::kGates or GruCell::kGates (which cell it is)
   int64_t U;                   // units per block (PersistentPartition::units)
   const scalar_t* w_hh;        // [G*H, H] row-major
   const scalar_t* xproj;       // [T, B, G*H] input projection with its biases (positions xstride apart)
@@ -140,33 +140,23 @@ C10_HOST_DEVICE FASTRNN_INLINE void persistent_update(const PersistentForwardArg
     }
     const T* xp = a.xproj + p.tb * a.xstride + j;
     const V* hp = pre + r * GU + u;  // gate g at hp[g * U]
-    if (a.G == 4) {
-      const auto v = lstm_cell_forward<V>(V(xp[0]) + V(hp[0]), V(xp[H]) + V(hp[U]), V(xp[2 * H]) + V(hp[2 * U]),
-                                          V(xp[3 * H]) + V(hp[3 * U]), V(a.c[p.k]));
+    if (a.G == LstmCell::kGates) {
+      using C = LstmCell;
+      const auto v = lstm_cell_forward<V>(V(xp[C::kI * H]) + V(hp[C::kI * U]), V(xp[C::kF * H]) + V(hp[C::kF * U]),
+                                          V(xp[C::kG * H]) + V(hp[C::kG * U]), V(xp[C::kO * H]) + V(hp[C::kO * U]),
+                                          V(a.c[p.k]));
       a.c[p.k] = T(v.c);
       h_next[p.k] = T(v.h);
       a.y[p.tb * H + j] = T(v.h);
-      if (a.saved != nullptr) {
-        T* sv = a.saved + p.tb * lstm_saved_width(H, false) + j;
-        sv[0] = T(v.i);
-        sv[H] = T(v.f);
-        sv[2 * H] = T(v.g);
-        sv[3 * H] = T(v.o);
-        sv[4 * H] = T(v.c);
-      }
+      if (a.saved != nullptr) C::store_saved(a.saved + p.tb * C::saved_width(H, false) + j, H, v, false);
     } else {
-      const V hn = a.b_hn != nullptr ? V(hp[2 * U]) + V(a.b_hn[j]) : V(hp[2 * U]);
-      const auto v = gru_cell_forward<V>(V(xp[0]) + V(hp[0]), V(xp[H]) + V(hp[U]), V(xp[2 * H]), hn,
-                                         V(h_prev[r * H + j]));
+      using C = GruCell;
+      const V hn = a.b_hn != nullptr ? V(hp[C::kN * U]) + V(a.b_hn[j]) : V(hp[C::kN * U]);
+      const auto v = gru_cell_forward<V>(V(xp[C::kR * H]) + V(hp[C::kR * U]), V(xp[C::kZ * H]) + V(hp[C::kZ * U]),
+                                         V(xp[C::kN * H]), hn, V(h_prev[r * H + j]));
       h_next[p.k] = T(v.h);
       a.y[p.tb * H + j] = T(v.h);
-      if (a.saved != nullptr) {
-        T* sv = a.saved + p.tb * 4 * H + j;
-        sv[0] = T(v.r);
-        sv[H] = T(v.z);
-        sv[2 * H] = T(v.n);
-        sv[3 * H] = T(v.hn);
-      }
+      if (a.saved != nullptr) C::store_saved(a.saved + p.tb * C::saved_width(H) + j, H, v);
     }
   }
 }

@@ -19,7 +19,7 @@ void run_persistent_forward(ForwardPlan& p, const PersistentPartition& part, con
   TORCH_INTERNAL_ASSERT(!p.projected(), "the persistent forward has no projection");
   const Tensor xproj = p.input_projection_buffer();
   p.project_input(xproj, p.input_bias());
-  const Tensor b_hn = p.G == 3 ? p.hidden_n_bias() : Tensor();
+  const Tensor b_hn = p.hidden_n_bias();
   Tensor h_other = at::empty_like(p.h);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "persistent_forward", [&] {
     PersistentForwardArgs<scalar_t> a{};
@@ -32,13 +32,13 @@ void run_persistent_forward(ForwardPlan& p, const PersistentPartition& part, con
     a.b_hn = b_hn.defined() ? b_hn.const_data_ptr<scalar_t>() : nullptr;
     a.h[0] = p.h.mutable_data_ptr<scalar_t>();
     a.h[1] = h_other.mutable_data_ptr<scalar_t>();
-    a.c = p.G == 4 ? p.c.mutable_data_ptr<scalar_t>() : nullptr;
+    a.c = p.cell.has_cell_state() ? p.c.mutable_data_ptr<scalar_t>() : nullptr;
     a.y = p.y.mutable_data_ptr<scalar_t>();
     a.saved = p.save ? p.saved.mutable_data_ptr<scalar_t>() : nullptr;
     launch(a, part);
   });
   if (p.d.T % 2 == 1) p.h.copy_(h_other);  // h_n is in h[T % 2]
-  PathLog::record(p.G == 4 ? "lstm_forward" : "gru_forward", path);
+  PathLog::record(p.op, path);
 }
 
 }  // namespace fastrnn

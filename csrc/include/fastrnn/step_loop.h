@@ -24,12 +24,11 @@ namespace fastrnn {
 
 // The backward's gate grads reach dx and the parameter grads only through sums over steps, so
 // the loop may keep just a chunk of steps of them (Kernels::kGradChunkBytes; 0 = all T steps)
-// and fold each chunk as soon as it is complete. On the CPU a whole [T, B, 4H] buffer is tens of
-// MB of fresh pages from the OS at every call: page faults took ~15% of the CPU time of a
-// charrnn-sized fwd+bwd. Chunks are runs of iterations; they are runs of time indices when
-// every entry reads the same time at an iteration — forward (t = s), or reverse without lengths
-// (t = T-1-s) — so reverse with lengths keeps all T steps. Half and bfloat16 keep all steps
-// too: summing chunk results in those types would round once per chunk.
+// and fold each chunk as soon as it is complete (why: docs/DESIGN.md, "Backends and dispatch").
+// Chunks are runs of iterations; they are runs of time indices when every entry reads the same
+// time at an iteration — forward (t = s), or reverse without lengths (t = T-1-s) — so reverse
+// with lengths keeps all T steps. Half and bfloat16 keep all steps too: summing chunk results in
+// those types would round once per chunk.
 struct GradChunks {
   static constexpr int64_t kMinGemmRows = 512;  // rows (chunk steps x B) of the fold GEMMs
   int64_t steps, T;
@@ -98,7 +97,7 @@ struct StepLoop {
     const Dims& d = p.d;
     const Tensor xproj = p.input_projection_buffer();
     p.project_input(xproj, p.input_bias());
-    Tensor hproj = at::empty({d.B, 4 * d.H}, p.x.options());
+    Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     Tensor hfull, hnew;
     std::optional<typename Kernels::Gemm> gemm_hr;
     if (p.projected()) {
@@ -130,7 +129,7 @@ struct StepLoop {
         }
       }
     });
-    PathLog::record("lstm_forward", kPathName);
+    PathLog::record(p.op, kPathName);
   }
 
   static void gru_forward(ForwardPlan& p) {
@@ -138,7 +137,7 @@ struct StepLoop {
     const Tensor xproj = p.input_projection_buffer();
     p.project_input(xproj, p.input_bias());
     const Tensor b_hn = p.hidden_n_bias();
-    Tensor hproj = at::empty({d.B, 3 * d.H}, p.x.options());
+    Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
       auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
@@ -150,7 +149,7 @@ struct StepLoop {
         Kernels::template run<GruForwardPoint>(a);
       }
     });
-    PathLog::record("gru_forward", kPathName);
+    PathLog::record(p.op, kPathName);
   }
 
   static void lstm_backward(BackwardPlan& p) {
@@ -159,7 +158,7 @@ struct StepLoop {
     // Padded positions are never written by the steps; their grads must read as zero.
     const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
     Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);
-    Tensor dgates_step = at::empty({d.B, 4 * d.H}, opts);
+    Tensor dgates_step = at::empty({d.B, p.G * d.H}, opts);  // hidden-side grads, dW_hh's rows
     p.dh = at::zeros({d.B, d.P}, opts);
     p.dc = at::zeros({d.B, d.H}, opts);
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
@@ -211,7 +210,7 @@ struct StepLoop {
     });
     p.fold_first_step(dgates_step);
     if (p.projected()) p.dw_hr = p.projection_grad(dp);
-    PathLog::record("lstm_backward", kPathName, chunks.count());
+    PathLog::record(p.op, kPathName, chunks.count());
   }
 
   static void gru_backward(BackwardPlan& p) {
@@ -219,7 +218,7 @@ struct StepLoop {
     const auto opts = p.x.options();
     const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
     Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);  // see lstm_backward
-    Tensor dgates_step = at::empty({d.B, 3 * d.H}, opts);
+    Tensor dgates_step = at::empty({d.B, p.G * d.H}, opts);  // see lstm_backward
     p.dh = at::zeros({d.B, d.H}, opts);
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
@@ -245,7 +244,7 @@ struct StepLoop {
       }
     });
     p.fold_first_step(dgates_step);
-    PathLog::record("gru_backward", kPathName, chunks.count());
+    PathLog::record(p.op, kPathName, chunks.count());
   }
 };
 

@@ -24,7 +24,7 @@
 //     saved activations, time-order grads) stays in batch-entry order and is indexed by b.
 #pragma once
 
-#include "fastrnn/cell_math.h"
+#include "fastrnn/cell_traits.h"
 
 namespace fastrnn {
 
@@ -85,9 +85,6 @@ C10_HOST_DEVICE FASTRNN_INLINE bool locate(const StepCommon& a, int64_t r, int64
 // ---------------------------------------------------------------------------------------------
 // LSTM
 
-// Saved activations per (t, b): i, f, g, o, c, plus o * tanh(c) when projecting.
-C10_HOST_DEVICE FASTRNN_INLINE int64_t lstm_saved_width(int64_t H, bool proj) { return (proj ? 6 : 5) * H; }
-
 // What both cells' forward steps share.
 template <typename scalar_t>
 struct ForwardStep : StepCommon {  // units = H
@@ -120,11 +117,13 @@ struct LstmForwardPoint {
     Position p;
     if (!locate(a, r, j, p)) return;
     const int64_t H = a.units, tb = p.tb, k = p.k;
+    using C = LstmCell;
     const T* xp = a.xproj + tb * a.xstride + j;
-    const T* hp = a.hproj + r * 4 * H + j;
-    const auto v = lstm_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
-                                        L::load(xp + 2 * H) + L::load(hp + 2 * H),
-                                        L::load(xp + 3 * H) + L::load(hp + 3 * H), L::load(a.c + k));
+    const T* hp = a.hproj + r * C::kGates * H + j;
+    const auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + L::load(hp + C::kI * H),
+                                        L::load(xp + C::kF * H) + L::load(hp + C::kF * H),
+                                        L::load(xp + C::kG * H) + L::load(hp + C::kG * H),
+                                        L::load(xp + C::kO * H) + L::load(hp + C::kO * H), L::load(a.c + k));
     L::store(a.c + k, v.c);
     if (a.hfull != nullptr) {
       L::store(a.hfull + k, v.h);
@@ -133,13 +132,8 @@ struct LstmForwardPoint {
       L::store(a.y + tb * H + j, v.h);
     }
     if (a.saved != nullptr) {
-      T* w = a.saved + tb * lstm_saved_width(H, a.hfull != nullptr) + j;
-      L::store(w, v.i);
-      L::store(w + H, v.f);
-      L::store(w + 2 * H, v.g);
-      L::store(w + 3 * H, v.o);
-      L::store(w + 4 * H, v.c);
-      if (a.hfull != nullptr) L::store(w + 5 * H, v.h);
+      const bool projected = a.hfull != nullptr;
+      C::store_saved(a.saved + tb * C::saved_width(H, projected) + j, H, v, projected);
     }
   }
 };
@@ -150,13 +144,13 @@ struct LstmBackwardStep : StepCommon {  // units = H
   const scalar_t* dy;         // [T, B, H]  grad of outputs, time order
   const scalar_t* dh_n;       // [B, H]     grad of the final hidden state
   const scalar_t* dc_n;       // [B, H]     grad of the final cell state
-  const scalar_t* saved;      // [T, B, 5H] what the forward saved (6H with projection)
+  const scalar_t* saved;      // [T, B, W]  what the forward saved (LstmCell::saved_width)
   const scalar_t* c0;         // [B, H]     initial cell state
   const scalar_t* dh;         // [B, H]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
   const scalar_t* dh_full;    // [B, H]     by row, with projection: the complete dL/d(o * tanh(c))
                               //            of this iteration (dy, dh_n, dh then unused); else nullptr
   scalar_t* dc;               // [B, H]     by row; in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
-  scalar_t* dgates;           // [n, B, 4H] pre-activation gate grads of the times
+  scalar_t* dgates;           // [n, B, 4H] pre-activation gate grads (LstmCell::kGradBlocks) of the times
                               //            [dgates_t0, dgates_t0 + n), time order
   int64_t dgates_t0;
   scalar_t* dgates_step;      // [B, 4H]    by row: the same for this iteration, zero for finished
@@ -167,27 +161,29 @@ struct LstmBackwardPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmBackwardStep<T>& a, int64_t r, int64_t j) {
     using L = Lanes<V>;
+    using C = LstmCell;
     const int64_t H = a.units;
-    T* dstep = a.dgates_step + r * 4 * H + j;
+    T* dstep = a.dgates_step + r * C::kGates * H + j;
     Position p;
     if (!locate(a, r, j, p)) {
-      for (int q = 0; q < 4; ++q) L::store(dstep + q * H, V(0));
+      for (int q = 0; q < C::kGates; ++q) L::store(dstep + q * H, V(0));
       return;
     }
     // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
     const V dh = a.dh_full != nullptr ? L::load(a.dh_full + p.k)
                                       : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
     const V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
-    const int64_t width = lstm_saved_width(H, a.dh_full != nullptr);
+    const int64_t width = C::saved_width(H, a.dh_full != nullptr);
     const T* w = a.saved + p.tb * width + j;
     const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
-                              : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + 4 * H + j);
-    const auto d = lstm_cell_backward<V>(dh, dc, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H),
-                                         L::load(w + 4 * H), c_prev);
+                              : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
+    const auto d = lstm_cell_backward<V>(dh, dc, L::load(w + C::kI * H), L::load(w + C::kF * H), L::load(w + C::kG * H),
+                                         L::load(w + C::kO * H), L::load(w + C::kC * H), c_prev);
     L::store(a.dc + p.k, d.dc_prev);
-    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * 4 * H + j;
-    const V grads[4] = {d.di, d.df, d.dg, d.d_o};
-    for (int q = 0; q < 4; ++q) {
+    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
+    static_assert(C::kI == 0 && C::kF == 1 && C::kG == 2 && C::kO == 3, "grads[] lists the gates in block order");
+    const V grads[C::kGates] = {d.di, d.df, d.dg, d.d_o};
+    for (int q = 0; q < C::kGates; ++q) {
       L::store(dt + q * H, grads[q]);
       L::store(dstep + q * H, grads[q]);
     }
@@ -261,20 +257,16 @@ struct GruForwardPoint {
     Position p;
     if (!locate(a, r, j, p)) return;
     const int64_t H = a.units, tb = p.tb, k = p.k;
+    using C = GruCell;
     const T* xp = a.xproj + tb * a.xstride + j;
-    const T* hp = a.hproj + r * 3 * H + j;
-    const V hn = a.b_hn != nullptr ? L::load(hp + 2 * H) + L::load(a.b_hn + j) : L::load(hp + 2 * H);
-    const auto v = gru_cell_forward<V>(L::load(xp) + L::load(hp), L::load(xp + H) + L::load(hp + H),
-                                       L::load(xp + 2 * H), hn, L::load(a.h + k));
+    const T* hp = a.hproj + r * C::kGates * H + j;
+    const V hn = a.b_hn != nullptr ? L::load(hp + C::kN * H) + L::load(a.b_hn + j) : L::load(hp + C::kN * H);
+    const auto v = gru_cell_forward<V>(L::load(xp + C::kR * H) + L::load(hp + C::kR * H),
+                                       L::load(xp + C::kZ * H) + L::load(hp + C::kZ * H), L::load(xp + C::kN * H), hn,
+                                       L::load(a.h + k));
     L::store(a.h + k, v.h);
     L::store(a.y + tb * H + j, v.h);
-    if (a.saved != nullptr) {
-      T* w = a.saved + tb * 4 * H + j;
-      L::store(w, v.r);
-      L::store(w + H, v.z);
-      L::store(w + 2 * H, v.n);
-      L::store(w + 3 * H, v.hn);
-    }
+    if (a.saved != nullptr) C::store_saved(a.saved + tb * C::saved_width(H) + j, H, v);
   }
 };
 
@@ -283,7 +275,7 @@ struct GruBackwardStep : StepCommon {  // units = H
   using scalar_type = scalar_t;
   const scalar_t* dy;         // [T, B, H]  grad of outputs, time order
   const scalar_t* dh_n;       // [B, H]     grad of the final hidden state
-  const scalar_t* saved;      // [T, B, 4H] what the forward saved
+  const scalar_t* saved;      // [T, B, 4H] what the forward saved (GruCell::saved_width)
   const scalar_t* h0;         // [B, H]     initial hidden state
   const scalar_t* y;          // [T, B, H]  forward outputs: h_{s-1} for s > 0
   scalar_t* dh;               // [B, H]     by row; in: dL/dh_s through the recurrence (iteration
@@ -300,26 +292,28 @@ struct GruBackwardPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const GruBackwardStep<T>& a, int64_t r, int64_t j) {
     using L = Lanes<V>;
+    using C = GruCell;
     const int64_t H = a.units;
-    T* dstep = a.dgates_step + r * 3 * H + j;
+    T* dstep = a.dgates_step + r * C::kGates * H + j;
     Position p;
     if (!locate(a, r, j, p)) {
-      for (int q = 0; q < 3; ++q) L::store(dstep + q * H, V(0));
+      for (int q = 0; q < C::kGates; ++q) L::store(dstep + q * H, V(0));
       return;
     }
     const V dh = (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
-    const T* w = a.saved + p.tb * 4 * H + j;
+    const T* w = a.saved + p.tb * C::saved_width(H) + j;
     const V h_prev = a.s == 0 ? L::load(a.h0 + p.kb) : L::load(a.y + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * H + j);
-    const auto d = gru_cell_backward<V>(dh, L::load(w), L::load(w + H), L::load(w + 2 * H), L::load(w + 3 * H), h_prev);
+    const auto d = gru_cell_backward<V>(dh, L::load(w + C::kR * H), L::load(w + C::kZ * H), L::load(w + C::kN * H),
+                                        L::load(w + C::kHn * H), h_prev);
     L::store(a.dh + p.k, d.dh_direct);
-    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * 4 * H + j;
-    L::store(dt, d.dr);
-    L::store(dt + H, d.dz);
-    L::store(dt + 2 * H, d.dn);
-    L::store(dt + 3 * H, d.dn_h);
-    L::store(dstep, d.dr);
-    L::store(dstep + H, d.dz);
-    L::store(dstep + 2 * H, d.dn_h);
+    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
+    L::store(dt + C::kR * H, d.dr);
+    L::store(dt + C::kZ * H, d.dz);
+    L::store(dt + C::kN * H, d.dn);
+    L::store(dt + C::kDnH * H, d.dn_h);
+    L::store(dstep + C::kR * H, d.dr);
+    L::store(dstep + C::kZ * H, d.dz);
+    L::store(dstep + C::kN * H, d.dn_h);
   }
 };
 
