@@ -75,28 +75,37 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w: LayerWeights, lengths: Optiona
     return y, h
 
 
-def lstm_cell(x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w: LayerWeights) -> Tuple[Tensor, Tensor]:
+# The cells' steps take their four weights one by one (w_ih [G*H, I], w_hh [G*H, H], b_ih and
+# b_hh [G*H] or None): torch.jit.trace cannot pass a None inside a tuple to a scripted function.
+
+
+def lstm_cell(x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], h / c [B, H] or None (zeros) -> (h' [B, H], c' [B, H])."""
     if not torch.jit.is_scripting():
-        return functional.lstm_cell(x, h, c, w[0], w[1], w[2], w[3])
-    _, h, c = lstm_layer(x.unsqueeze(0), h, c, w, None, False)
+        return functional.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    _, h, c = lstm_layer(x.unsqueeze(0), h, c, (w_ih, w_hh, b_ih, b_hh, None), None, False)
     return h, c
 
 
-def gru_cell(x: Tensor, h: Optional[Tensor], w: LayerWeights) -> Tensor:
+def gru_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+             b_hh: Optional[Tensor]) -> Tensor:
     """One GRU step: x [B, I], h [B, H] or None (zeros) -> h' [B, H]."""
     if not torch.jit.is_scripting():
-        return functional.gru_cell(x, h, w[0], w[1], w[2], w[3])
-    return gru_layer(x.unsqueeze(0), h, w, None, False)[1]
+        return functional.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    return gru_layer(x.unsqueeze(0), h, (w_ih, w_hh, b_ih, b_hh, None), None, False)[1]
 
 
-def run_stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: List[LayerWeights], lstm: bool,
-              num_directions: int, lengths: Optional[Tensor], dropout: float, training: bool
-              ) -> Tuple[Tensor, List[Tensor]]:
-    """All layers and directions over x [T, B, I]. weights: per layer and direction (layer by
-    layer, forward direction first: k = layer * num_directions + direction); h0 [L*D, B, P] and
-    c0 [L*D, B, H] or None (zeros). Returns (y [T, B, D*P], [h_n] or, for the LSTM,
-    [h_n, c_n]) (a list: a trace cannot record a None output)."""
+def run_stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], flat_weights: List[Tensor],
+              slots: List[List[int]], lstm: bool, num_directions: int, lengths: Optional[Tensor], dropout: float,
+              training: bool) -> Tuple[Tensor, List[Tensor]]:
+    """All layers and directions over x [T, B, I]. flat_weights: the module's weights in
+    ``_flat_weights_names`` order and slots its `weight_slots` (a trace cannot pass the grouped
+    LayerWeights, which hold None, to a scripted function: they are grouped here); h0 [L*D, B, P]
+    and c0 [L*D, B, H] or None (zeros); lengths int64 [B] (checked) or None. Returns
+    (y [T, B, D*P], [h_n] or, for the LSTM, [h_n, c_n]) (a list: a trace cannot record a None
+    output)."""
+    weights = layer_weights(flat_weights, slots)  # layer by layer, forward direction first
     h_out: List[Tensor] = []
     c_out: List[Tensor] = []
     for layer in range(len(weights) // num_directions):

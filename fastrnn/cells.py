@@ -19,7 +19,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from . import _inputs
-from ._runner import LayerWeights, fx_leaf, gru_cell, lstm_cell, traceable
+from ._runner import fx_leaf, gru_cell, lstm_cell, traceable
 
 __all__ = ["LSTMCell", "GRUCell"]
 
@@ -66,27 +66,27 @@ class _CellBase(nn.RNNCellBase):
         raise NotImplementedError
 
     def _eager(self, input, hx, step):
-        """One eager step: step(x [B, I], *states ([B, H] or None), weights) -> output(s), run on
+        """One eager step: step(x [B, I], *states ([B, H] or None), *weights) -> output(s), run on
         the checked, batched, autocast inputs; returns the output(s) as the user's input was
         batched."""
         p = self._parameters
-        weights: LayerWeights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], None)
+        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
         if _op_checks_suffice(input):
             states = self._states(hx)
             try:
-                return step(input, *states, weights)
+                return step(input, *states, *weights)
             except (RuntimeError, TypeError):
                 self._checked(input, states, weights)  # raises torch.nn's error for what the op refused
                 raise
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, (input, hx))
         x, states, weights, is_batched = self._checked(input, self._states(hx), weights)
-        out = traceable(step)(x, *states, weights)
+        out = traceable(step)(x, *states, *weights)
         if is_batched:
             return out
         return out.squeeze(0) if isinstance(out, Tensor) else tuple(o.squeeze(0) for o in out)
 
-    def _checked(self, input, states: List[Optional[Tensor]], weights: LayerWeights):
+    def _checked(self, input, states: List[Optional[Tensor]], weights: tuple):
         """(x [B, I], states, weights, is_batched): cell_inputs' checks, then the autocast dtype."""
         if not isinstance(input, Tensor):
             raise TypeError(f"{self._name}: input must be a Tensor, got {type(input).__name__}")
@@ -141,8 +141,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             states: List[Optional[Tensor]] = [None, None] if hx is None else [hx[0], hx[1]]
             x, states, is_batched = _inputs.cell_inputs("LSTMCell", input, states, self.input_size,
                                                         self.hidden_size, self.weight_ih, True)
-            h, c = lstm_cell(x, states[0], states[1], (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                                                       None))
+            h, c = lstm_cell(x, states[0], states[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
             return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
         return self._eager(input, hx, lstm_cell)
 
@@ -194,7 +193,7 @@ class GRUCell(_CellBase, nn.GRUCell):
         if torch.jit.is_scripting():
             x, states, is_batched = _inputs.cell_inputs("GRUCell", input, [hx], self.input_size, self.hidden_size,
                                                         self.weight_ih, True)
-            h = gru_cell(x, states[0], (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None))
+            h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
             return h if is_batched else h.squeeze(0)
         return self._eager(input, hx, gru_cell)
 

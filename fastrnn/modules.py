@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _inputs
 from ._inputs import Lengths
-from ._runner import fx_leaf, layer_weights, run_stack, traceable, weight_slots
+from ._runner import fx_leaf, run_stack, traceable, weight_slots
 # the cells live in cells.py and are fastrnn.modules' classes too (their __module__: pickles)
 from .cells import GRUCell, LSTMCell
 
@@ -176,8 +176,8 @@ class _RNNBase(nn.RNNBase):
         if ac_dtype is not None:
             x, h0, c0 = _inputs.cast(x, ac_dtype), _inputs.cast(h0, ac_dtype), _inputs.cast(c0, ac_dtype)
             weights = [_inputs.cast(w, ac_dtype) for w in weights]
-        y, states = traceable(run_stack)(x, h0, c0, layer_weights(weights, self._weight_slots), lstm,
-                                         2 if self.bidirectional else 1, lens, self.dropout, self.training)
+        y, states = traceable(run_stack)(x, h0, c0, weights, self._weight_slots, lstm, 2 if self.bidirectional else 1,
+                                         lens, self.dropout, self.training)
         h_n, c_n = states[0], (states[1] if lstm else None)
         if not packed:
             return _inputs.layer_outputs(y, h_n, c_n, is_batched, batch_first)
@@ -195,9 +195,8 @@ class _RNNBase(nn.RNNBase):
         x, h0, c0, lengths, is_batched = _inputs.layer_inputs(
             self.mode, input, h0, c0, lengths, self.batch_first, self.input_size, self._state_shapes(),
             self._flat_weights[0], True)
-        y, states = run_stack(x, h0, c0, layer_weights(self._flat_weights, self._weight_slots),
-                              self.mode == "LSTM", 2 if self.bidirectional else 1, lengths, self.dropout,
-                              self.training)
+        y, states = run_stack(x, h0, c0, self._flat_weights, self._weight_slots, self.mode == "LSTM",
+                              2 if self.bidirectional else 1, lengths, self.dropout, self.training)
         return _inputs.layer_outputs(y, states[0], states[1] if len(states) > 1 else None, is_batched,
                                      self.batch_first)
 
