@@ -122,20 +122,19 @@ def check_state(name: str, state: Tensor, expected: List[int], x: Tensor, check_
 # layers (LSTM, GRU) and cells (LSTMCell, GRUCell)
 
 
-def layer_inputs(mode: str, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
-                 lengths: Optional[Tensor], batch_first: bool, input_size: int, state_shapes: List[List[int]],
-                 weight: Tensor, check_dtype: bool
-                 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor], bool]:
+def layer_inputs(mode: str, input: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], batch_first: bool,
+                 input_size: int, state_shapes: List[List[int]], weight: Tensor, check_dtype: bool
+                 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor], bool]:
     """Checks and time-major, batched form of an LSTM / GRU forward's arguments. Scriptable.
 
     input: (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched; h0 / c0: the states as
     given (None: zeros later), (L*D, B, W) with W = state_shapes[k][-1], without B unbatched;
-    c0 is None for a GRU (and only for a GRU: an LSTM's hx is a pair); lengths: None or a tensor
-    (lists are made tensors by `lengths_tensor` first). state_shapes: [[L*D, W] for h (, c)];
+    c0 is None for a GRU (and only for a GRU: an LSTM's hx is a pair). state_shapes: [[L*D, W]
+    for h (, c)];
     weight: any of the module's weights (dtype and device). check_dtype: False where autocast
     will cast.
-    Returns (x [T, B, I], h0 [L*D, B, P] or None, c0 [L*D, B, H] or None, lengths int64 [B] or
-    None, is_batched)."""
+    Returns (x [T, B, I], h0 [L*D, B, P] or None, c0 [L*D, B, H] or None, is_batched); the
+    lengths are checked against x by `lengths_tensor` / `check_lengths`."""
     if input.dim() != 2 and input.dim() != 3:
         raise ValueError(f"{mode}: Expected input to be 2D or 3D, got {input.dim()}D instead")
     check_input(mode, input, input_size, weight, check_dtype, False)
@@ -162,9 +161,7 @@ def layer_inputs(mode: str, input: Tensor, h0: Optional[Tensor], c0: Optional[Te
         if c0 is not None:
             c0 = c0 if is_batched else c0.unsqueeze(1)
             check_state("hidden[1]", c0, [state_shapes[1][0], B, state_shapes[1][1]], x, check_dtype)
-    if lengths is not None:
-        lengths = check_lengths(lengths, B, x.device)
-    return x, h0, c0, lengths, is_batched
+    return x, h0, c0, is_batched
 
 
 def layer_outputs(y: Tensor, h_n: Tensor, c_n: Optional[Tensor], is_batched: bool, batch_first: bool

@@ -100,23 +100,39 @@ class _CellBase(nn.RNNCellBase):
         return x, states, weights, is_batched
 
 
-class LSTMCell(_CellBase, nn.LSTMCell):
-    """One LSTM step over fastrnn's fused kernels, a drop-in for (and an instance of) torch.nn.LSTMCell.
+_CELL_DOC = """One {kind} step over fastrnn's fused kernels, a drop-in for (and an instance of) torch.nn.{kind}Cell.
 
-    Same constructor, parameters, forward signature, outputs and errors as torch.nn.LSTMCell;
-    the math of one step of fastrnn.LSTM (gates i, f, g, o). Meant for step-by-step decoding:
+    Same constructor, parameters, forward signature, outputs and errors as torch.nn.{kind}Cell;
+    the math of one step of fastrnn.{kind} (gates {gates}). Meant for step-by-step decoding:
     a batched call on a Tensor goes straight to the fused op.
 
     Args:
         input_size: features of the input (I).
-        hidden_size: features of the hidden and cell state (H).
+        hidden_size: features of the {states} (H).
         bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
         device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
 
     Parameters (torch.nn's names, shapes and initialisation, U(-1/sqrt(H), 1/sqrt(H))):
-    ``weight_ih`` [4H, I], ``weight_hh`` [4H, H], ``bias_ih`` and ``bias_hh`` [4H] (None
+    ``weight_ih`` [{G}H, I], ``weight_hh`` [{G}H, H], ``bias_ih`` and ``bias_hh`` [{G}H] (None
     without bias).
     """
+
+_STEP_DOC = """One step.
+
+        Args:
+            input: ``(B, I)``, or ``(I,)`` unbatched.
+            hx: {hx}; zeros when None.
+
+        Returns:
+            {out}.
+
+        Differences from torch.nn: under autocast the step runs in the autocast dtype with fp32
+        accumulation. Under TorchScript autocast is not applied.
+        """
+
+
+class LSTMCell(_CellBase, nn.LSTMCell):
+    __doc__ = _CELL_DOC.format(kind="LSTM", gates="i, f, g, o", states="hidden and cell state", G=4)
 
     _name = "LSTMCell"
 
@@ -125,18 +141,6 @@ class LSTMCell(_CellBase, nn.LSTMCell):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
-        """One step.
-
-        Args:
-            input: ``(B, I)``, or ``(I,)`` unbatched.
-            hx: ``(h, c)``, each ``(B, H)`` (``(H,)`` unbatched); zeros when None.
-
-        Returns:
-            ``(h', c')``, each ``(B, H)`` (``(H,)`` unbatched).
-
-        Differences from torch.nn: under autocast the step runs in the autocast dtype with fp32
-        accumulation. Under TorchScript autocast is not applied.
-        """
         if torch.jit.is_scripting():
             states: List[Optional[Tensor]] = [None, None] if hx is None else [hx[0], hx[1]]
             x, states, is_batched = _inputs.cell_inputs("LSTMCell", input, states, self.input_size,
@@ -144,6 +148,9 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             h, c = lstm_cell(x, states[0], states[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
             return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
         return self._eager(input, hx, lstm_cell)
+
+    forward.__doc__ = _STEP_DOC.format(hx="``(h, c)``, each ``(B, H)`` (``(H,)`` unbatched)",
+                                       out="``(h', c')``, each ``(B, H)`` (``(H,)`` unbatched)")
 
     def _states(self, hx) -> List[Optional[Tensor]]:
         if hx is None:
@@ -154,22 +161,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
 
 
 class GRUCell(_CellBase, nn.GRUCell):
-    """One GRU step over fastrnn's fused kernels, a drop-in for (and an instance of) torch.nn.GRUCell.
-
-    Same constructor, parameters, forward signature, outputs and errors as torch.nn.GRUCell;
-    the math of one step of fastrnn.GRU (gates r, z, n). A batched call on a Tensor goes
-    straight to the fused op.
-
-    Args:
-        input_size: features of the input (I).
-        hidden_size: features of the hidden state (H).
-        bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
-        device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
-
-    Parameters (torch.nn's names, shapes and initialisation, U(-1/sqrt(H), 1/sqrt(H))):
-    ``weight_ih`` [3H, I], ``weight_hh`` [3H, H], ``bias_ih`` and ``bias_hh`` [3H] (None
-    without bias).
-    """
+    __doc__ = _CELL_DOC.format(kind="GRU", gates="r, z, n", states="hidden state", G=3)
 
     _name = "GRUCell"
 
@@ -178,24 +170,14 @@ class GRUCell(_CellBase, nn.GRUCell):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
-        """One step.
-
-        Args:
-            input: ``(B, I)``, or ``(I,)`` unbatched.
-            hx: ``(B, H)`` (``(H,)`` unbatched); zeros when None.
-
-        Returns:
-            h': ``(B, H)`` (``(H,)`` unbatched).
-
-        Differences from torch.nn: under autocast the step runs in the autocast dtype with fp32
-        accumulation. Under TorchScript autocast is not applied.
-        """
         if torch.jit.is_scripting():
             x, states, is_batched = _inputs.cell_inputs("GRUCell", input, [hx], self.input_size, self.hidden_size,
                                                         self.weight_ih, True)
             h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
             return h if is_batched else h.squeeze(0)
         return self._eager(input, hx, gru_cell)
+
+    forward.__doc__ = _STEP_DOC.format(hx="``(B, H)`` (``(H,)`` unbatched)", out="h': ``(B, H)`` (``(H,)`` unbatched)")
 
     def _states(self, hx) -> List[Optional[Tensor]]:
         if hx is not None and not isinstance(hx, Tensor):

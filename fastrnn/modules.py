@@ -165,8 +165,8 @@ class _RNNBase(nn.RNNBase):
         batch_first = self.batch_first and not packed
         weights = [getattr(self, name) for name in self._flat_weights_names]  # by name: parametrizations
         ac_dtype = _inputs.autocast_dtype(input)
-        x, h0, c0, _, is_batched = _inputs.layer_inputs(self.mode, input, h0, c0, None, batch_first, self.input_size,
-                                                        self._state_shapes(), weights[0], ac_dtype is None)
+        x, h0, c0, is_batched = _inputs.layer_inputs(self.mode, input, h0, c0, batch_first, self.input_size,
+                                                     self._state_shapes(), weights[0], ac_dtype is None)
         if packed:
             if sorted_idx is not None and h0 is not None:  # into the packed batch order
                 h0 = h0.index_select(1, sorted_idx)
@@ -192,9 +192,10 @@ class _RNNBase(nn.RNNBase):
                         lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """forward under TorchScript: the same checks and stack as _forward_eager, for a Tensor
         input, lengths as a tensor, in the parameters' dtype (no autocast)."""
-        x, h0, c0, lengths, is_batched = _inputs.layer_inputs(
-            self.mode, input, h0, c0, lengths, self.batch_first, self.input_size, self._state_shapes(),
-            self._flat_weights[0], True)
+        x, h0, c0, is_batched = _inputs.layer_inputs(self.mode, input, h0, c0, self.batch_first, self.input_size,
+                                                     self._state_shapes(), self._flat_weights[0], True)
+        if lengths is not None:
+            lengths = _inputs.check_lengths(lengths, x.shape[1], x.device)
         y, states = run_stack(x, h0, c0, self._flat_weights, self._weight_slots, self.mode == "LSTM",
                               2 if self.bidirectional else 1, lengths, self.dropout, self.training)
         return _inputs.layer_outputs(y, states[0], states[1] if len(states) > 1 else None, is_batched,
