@@ -55,7 +55,7 @@ def check_lengths(lengths: Tensor, B: int, device: torch.device) -> Tensor:
         raise ValueError(f"lengths must hold one length per batch entry: expected shape ({B},), "
                          f"got {_fmt(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+        raise TypeError(f"lengths must be an integer tensor, got {_dtype(lengths.dtype)}")
     if lengths.device.type != "cpu" and lengths.device != device:
         raise ValueError(f"lengths must be on the CPU or on the input's device ({device}), got {lengths.device}")
     return lengths.to(torch.int64)
@@ -91,6 +91,17 @@ def _fmt(shape: List[int]) -> str:
     return "(" + ", ".join([str(s) for s in shape]) + ")"
 
 
+def _dtype(d: torch.dtype) -> str:
+    """A dtype as eager Python prints it ("torch.float32"); TorchScript would print its number."""
+    if not torch.jit.is_scripting():
+        return str(d)
+    for name, t in [("float32", torch.float32), ("float64", torch.float64), ("float16", torch.float16),
+                    ("bfloat16", torch.bfloat16), ("int64", torch.int64), ("int32", torch.int32)]:
+        if d == t:
+            return "torch." + name
+    return f"dtype {d}"
+
+
 def check_input(mode: str, x: Tensor, input_size: int, weight: Tensor, check_dtype: bool, cell: bool) -> None:
     """x's feature size, dtype (unless autocast will cast it) and device against the module's
     weight; torch.nn's messages (a cell's size message is torch.nn's cells'). Scriptable."""
@@ -99,8 +110,9 @@ def check_input(mode: str, x: Tensor, input_size: int, weight: Tensor, check_dty
             raise RuntimeError(f"{mode}: input has inconsistent input_size: got {x.shape[-1]} expected {input_size}")
         raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected {input_size}, got {x.shape[-1]}")
     if check_dtype and x.dtype != weight.dtype:
-        raise ValueError(f"{mode} input dtype ({x.dtype}) does not match weight dtype ({weight.dtype}). "
-                         f"Convert input: input.to({weight.dtype}), or convert model: model.to({x.dtype})")
+        xd, wd = _dtype(x.dtype), _dtype(weight.dtype)
+        raise ValueError(f"{mode} input dtype ({xd}) does not match weight dtype ({wd}). "
+                         f"Convert input: input.to({wd}), or convert model: model.to({xd})")
     if x.device != weight.device:
         raise RuntimeError(f"{mode}: input is on {x.device} but the module's parameters are on {weight.device}")
 
@@ -115,7 +127,7 @@ def check_state(name: str, state: Tensor, expected: List[int], x: Tensor, check_
         raise RuntimeError(f"Input and hidden tensors are not at the same device, found input tensor at "
                            f"{x.device} and {name} tensor at {state.device}")
     if check_dtype and state.dtype != x.dtype:
-        raise RuntimeError(f"Expected {name} dtype {x.dtype} (the input's), got {state.dtype}")
+        raise RuntimeError(f"Expected {name} dtype {_dtype(x.dtype)} (the input's), got {_dtype(state.dtype)}")
 
 
 # --------------------------------------------------------------------------------------------
