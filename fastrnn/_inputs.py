@@ -140,11 +140,9 @@ def layer_inputs(mode: str, input: Tensor, h0: Optional[Tensor], c0: Optional[Te
     """Checks and time-major, batched form of an LSTM / GRU forward's arguments. Scriptable.
 
     input: (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched; h0 / c0: the states as
-    given (None: zeros later), (L*D, B, W) with W = state_shapes[k][-1], without B unbatched;
-    c0 is None for a GRU (and only for a GRU: an LSTM's hx is a pair). state_shapes: [[L*D, W]
-    for h (, c)];
-    weight: any of the module's weights (dtype and device). check_dtype: False where autocast
-    will cast.
+    given (None: zeros later), (L*D, B, W) with [L*D, W] = state_shapes[0] / [1], without B
+    unbatched; c0 is None for a GRU (and only for a GRU: an LSTM's hx is a pair); weight: any of
+    the module's weights (its dtype and device); check_dtype: False where autocast will cast.
     Returns (x [T, B, I], h0 [L*D, B, P] or None, c0 [L*D, B, H] or None, is_batched); the
     lengths are checked against x by `lengths_tensor` / `check_lengths`."""
     if input.dim() != 2 and input.dim() != 3:
