@@ -24,15 +24,6 @@ from ._runner import fx_leaf, gru_cell, lstm_cell, traceable
 __all__ = ["LSTMCell", "GRUCell"]
 
 
-def _op_checks_suffice(input) -> bool:
-    """Whether a step may call the op first: a batched Tensor outside autocast, compilation and
-    tracing, where the op's own checks refuse whatever the Python ones would."""
-    # (is_compiling first: under dynamo the rest is never traced; one any-autocast query costs a
-    # third of the two per-device ones; _get_tracing_state is torch.jit.is_tracing)
-    return (type(input) is Tensor and input.dim() == 2 and not torch.compiler.is_compiling()
-            and not torch._C._is_any_autocast_enabled() and torch._C._get_tracing_state() is None)
-
-
 class _CellBase(nn.RNNCellBase):
     """Shared by LSTMCell and GRUCell. nn.RNNCellBase.__init__ is not run: this builds the same
     parameters after checking the arguments; reset_parameters and extra_repr are nn.RNNCellBase's."""
@@ -66,30 +57,37 @@ class _CellBase(nn.RNNCellBase):
         raise NotImplementedError
 
     def _eager(self, input, hx, step):
-        """One eager step: step(x [B, I], *states ([B, H] or None), *weights) -> output(s), run on
-        the checked, batched, autocast inputs; returns the output(s) as the user's input was
-        batched."""
+        """One eager step: step(x [B, I], *states ([B, H] or None), w_ih, w_hh, b_ih, b_hh) ->
+        output(s), run on the checked, batched, autocast inputs; returns the output(s) as the
+        user's input was batched."""
         p = self._parameters
-        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
-        if _op_checks_suffice(input):
+        # A plain step (a batched tensor outside autocast, compilation and tracing) calls the op
+        # first: its own checks refuse whatever cell_inputs would, which then only words the
+        # refusal (docs/DESIGN.md, "Python layers"). (is_compiling first: under dynamo the rest
+        # is never traced; one any-autocast query costs a third of the two per-device ones.)
+        if (type(input) is Tensor and input.dim() == 2 and not torch.compiler.is_compiling()
+                and not torch._C._is_any_autocast_enabled() and torch._C._get_tracing_state() is None):
             states = self._states(hx)
             try:
-                return step(input, *states, *weights)
+                return step(input, *states, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
             except (RuntimeError, TypeError):
-                self._checked(input, states, weights)  # raises torch.nn's error for what the op refused
+                self._checked(input, states)  # raises torch.nn's error for what the op refused
                 raise
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, (input, hx))
-        x, states, weights, is_batched = self._checked(input, self._states(hx), weights)
+        x, states, weights, is_batched = self._checked(input, self._states(hx))
         out = traceable(step)(x, *states, *weights)
         if is_batched:
             return out
         return out.squeeze(0) if isinstance(out, Tensor) else tuple(o.squeeze(0) for o in out)
 
-    def _checked(self, input, states: List[Optional[Tensor]], weights: tuple):
-        """(x [B, I], states, weights, is_batched): cell_inputs' checks, then the autocast dtype."""
+    def _checked(self, input, states: List[Optional[Tensor]]):
+        """(x [B, I], states, (w_ih, w_hh, b_ih, b_hh), is_batched): cell_inputs' checks, then the
+        autocast dtype."""
         if not isinstance(input, Tensor):
             raise TypeError(f"{self._name}: input must be a Tensor, got {type(input).__name__}")
+        p = self._parameters
+        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
         ac_dtype = _inputs.autocast_dtype(input)
         x, states, is_batched = _inputs.cell_inputs(self._name, input, states, self.input_size, self.hidden_size,
                                                     weights[0], ac_dtype is None)
@@ -155,9 +153,10 @@ class LSTMCell(_CellBase, nn.LSTMCell):
     def _states(self, hx) -> List[Optional[Tensor]]:
         if hx is None:
             return [None, None]
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(t, Tensor) for t in hx):
-            raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two tensors, got {type(hx).__name__}")
-        return [hx[0], hx[1]]
+        if (isinstance(hx, (tuple, list)) and len(hx) == 2 and isinstance(hx[0], Tensor)
+                and isinstance(hx[1], Tensor)):
+            return [hx[0], hx[1]]
+        raise TypeError(f"LSTMCell: hx must be a tuple (h, c) of two tensors, got {type(hx).__name__}")
 
 
 class GRUCell(_CellBase, nn.GRUCell):

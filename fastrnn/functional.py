@@ -142,12 +142,13 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
     through the same fused ops (lstm_layer without the frames: cells run once per token)."""
-    P, H = lstm_widths(w_hh)
-    hx = state_or_zeros(hx, x, P)
-    cx = state_or_zeros(cx, x, H)
+    if hx is None or cx is None:  # (the widths only when needed: cells run once per token)
+        P, H = lstm_widths(w_hh)
+        hx, cx = state_or_zeros(hx, x, P), state_or_zeros(cx, x, H)
     # B = 0 or H = 0, which the kernels refuse: reference.py's math (I = 0, which they take, lands
-    # here too; numel() is the cheapest test, and cells run once per token)
+    # here too; numel() is the cheapest test)
     if not (x.numel() and w_hh.numel()):
+        P, H = lstm_widths(w_hh)
         _expect_rows(x.shape[0], hx=(hx, P), cx=(cx, H))
         return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     if _transformed():
@@ -160,10 +161,9 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
 def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
-    H = w_hh.shape[1]
-    hx = state_or_zeros(hx, x, H)
+    hx = state_or_zeros(hx, x, w_hh.shape[1])
     if not (x.numel() and w_hh.numel()):  # see lstm_cell
-        _expect_rows(x.shape[0], hx=(hx, H))
+        _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
     if _transformed():
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
