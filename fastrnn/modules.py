@@ -115,7 +115,7 @@ class _RNNBase(nn.RNNBase):
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self._init_flat_weights()  # _flat_weights and its weak references, as nn.RNNBase keeps them
-        self._set_weight_slots()
+        self._set_layout()
         self.reset_parameters()
 
     def flatten_parameters(self) -> None:
@@ -123,16 +123,21 @@ class _RNNBase(nn.RNNBase):
 
     def __setstate__(self, state) -> None:
         # modules pickled before the layers subclassed nn.RNNBase (fastrnn 0.1.0 in development)
-        # lack the _flat_weights list; all pickled before the weight slots lack those
+        # lack the _flat_weights list; all pickled before _set_layout lack what it sets
         if "_flat_weights" not in state:
             state = dict(state)
             state["_flat_weights"] = [state["_parameters"].get(n) for n in state["_flat_weights_names"]]
         super().__setstate__(state)
-        self._set_weight_slots()
+        self._set_layout()
 
-    def _set_weight_slots(self) -> None:
-        # where each layer's weights stand in _flat_weights (see _runner.weight_slots)
+    def _set_layout(self) -> None:
+        """What forward reads of the configuration, derived once (at construction and unpickling):
+        where each layer's weights stand in _flat_weights (see _runner.weight_slots), and the
+        initial states' shapes without B, [[L*D, P]] for h (, [L*D, H] for c)."""
         self._weight_slots: List[List[int]] = weight_slots(self._all_weights, self._flat_weights_names)
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        h = [layers, self.proj_size if self.proj_size > 0 else self.hidden_size]
+        self._state_shapes: List[List[int]] = [h, [layers, self.hidden_size]] if self.mode == "LSTM" else [h]
 
     def _forward_eager(self, input, hx, lengths: Lengths):
         """forward outside TorchScript: a Tensor or PackedSequence input, hx as given (checked
@@ -166,7 +171,7 @@ class _RNNBase(nn.RNNBase):
         weights = [getattr(self, name) for name in self._flat_weights_names]  # by name: parametrizations
         ac_dtype = _inputs.autocast_dtype(input)
         x, h0, c0, is_batched = _inputs.layer_inputs(self.mode, input, h0, c0, batch_first, self.input_size,
-                                                     self._state_shapes(), weights[0], ac_dtype is None)
+                                                     self._state_shapes, weights[0], ac_dtype is None)
         if packed:
             if sorted_idx is not None and h0 is not None:  # into the packed batch order
                 h0 = h0.index_select(1, sorted_idx)
@@ -193,19 +198,13 @@ class _RNNBase(nn.RNNBase):
         """forward under TorchScript: the same checks and stack as _forward_eager, for a Tensor
         input, lengths as a tensor, in the parameters' dtype (no autocast)."""
         x, h0, c0, is_batched = _inputs.layer_inputs(self.mode, input, h0, c0, self.batch_first, self.input_size,
-                                                     self._state_shapes(), self._flat_weights[0], True)
+                                                     self._state_shapes, self._flat_weights[0], True)
         if lengths is not None:
             lengths = _inputs.check_lengths(lengths, x.shape[1], x.device)
         y, states = run_stack(x, h0, c0, self._flat_weights, self._weight_slots, self.mode == "LSTM",
                               2 if self.bidirectional else 1, lengths, self.dropout, self.training)
         return _inputs.layer_outputs(y, states[0], states[1] if len(states) > 1 else None, is_batched,
                                      self.batch_first)
-
-    def _state_shapes(self) -> List[List[int]]:
-        """[[L*D, P]] for h (, [L*D, H] for c): the initial states' shapes without B."""
-        layers = self.num_layers * (2 if self.bidirectional else 1)
-        h = [layers, self.proj_size if self.proj_size > 0 else self.hidden_size]
-        return [h, [layers, self.hidden_size]] if self.mode == "LSTM" else [h]
 
 
 _RNN_ARGS_DOC = """

@@ -142,12 +142,13 @@ def test_pickles_name_fastrnn_modules(mode):
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_pickle_without_weight_slots_loads(mode):
-    """Pickles made before the layers kept their weight slots (the state as fastrnn.modules.LSTM
-    / GRU pickled it then) load with weights_only=True and run as the module did."""
+    """Pickles made before the layers kept their weight slots and state shapes (the state as
+    fastrnn.modules.LSTM / GRU pickled it then) load with weights_only=True and run as the module
+    did."""
     m = getattr(fastrnn, mode)(I, H, **MODULES[mode]).eval()
     x = torch.randn(T, B, I)
     want = m(x)[0]
-    del m._weight_slots  # the state of an older pickle
+    del m._weight_slots, m._state_shapes  # the state of an older pickle
     buf = io.BytesIO()
     torch.save(m, buf)
     assert b"_weight_slots" not in buf.getvalue() and f"fastrnn.modules\n{mode}\n".encode() in buf.getvalue()
