@@ -4,8 +4,9 @@ Shapes (time-major): x [T, B, I]; h0, c0 [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b
 with G = 4 (LSTM, gates i, f, g, o) or 3 (GRU, gates r, z, n) — torch.nn's layouts, so
 nn.LSTM / nn.GRU parameters are passed as they are.
 
-``lengths`` (optional): one length per batch entry, 1 <= L <= T, as a list or an int64 tensor
-(CPU, or the device of x). Entry b then only sees steps 0..L-1: outputs at t >= L are zero, the
+``lengths`` (optional): one length per batch entry, 1 <= L <= T, as a list or tuple of ints or an
+int32 / int64 tensor (CPU, or the device of x): the forms the modules take, checked by the same
+code (fastrnn._inputs). Entry b then only sees steps 0..L-1: outputs at t >= L are zero, the
 returned state is the one after step L-1, and no gradient reaches padded inputs. With
 ``reverse=True`` each entry is read from its own step L-1 down to 0 (the backward direction
 of a bidirectional layer). This equals nn.LSTM / nn.GRU over
@@ -18,30 +19,26 @@ An empty batch (B = 0) or state (H = 0), which torch.nn takes and the kernels re
 reference.py's plain PyTorch instead (see _without_kernels). So do calls under a torch.func
 transform or forward-mode AD, which the ops' autograd formula cannot serve (see _transformed).
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 import torch.autograd.forward_ad as _forward_ad
 
+from ._inputs import Lengths, lengths_tensor, lstm_widths, needs_grad, state_or_zeros
 from .reference import gru_cell_reference, gru_reference, lstm_cell_reference, lstm_reference
 
 _ops = torch.ops.fastrnn
 
-Lengths = Optional[Union[Tensor, Sequence[int]]]
-
 __all__ = ["lstm_layer", "gru_layer", "lstm_cell", "gru_cell"]
 
 
-def _lengths(lengths: Lengths) -> Optional[Tensor]:
-    if lengths is None or isinstance(lengths, Tensor):
+def _checked_lengths(lengths: Lengths, x: Tensor) -> Optional[Tensor]:
+    # x [T, B, I]; an x of another rank is the op's to refuse, with its message
+    if lengths is None or x.dim() != 3:
         return lengths
-    return torch.as_tensor(list(lengths), dtype=torch.int64)
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return lengths_tensor(lengths, x.shape[0], x.shape[1], x.device)
 
 
 # The C++ entry point of each op's overload, without the Python frames of OpOverloadPacket /
@@ -73,10 +70,6 @@ def _transformed() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None or _forward_ad._current_level >= 0
 
 
-def _zeros_state(x: Tensor, size: int) -> Tensor:
-    return x.new_zeros((x.shape[1], size))
-
-
 def _without_kernels(x: Tensor, step) -> Tuple[Tensor, ...]:
     """A layer over x [T, B, I] with B = 0 or H = 0. Every step then gives what the first one
     gives (there is no entry, or no cell state, to carry: with H = 0 and a projection h is 0 at
@@ -102,36 +95,46 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tens
                reverse: bool = False, w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over x [T, B, I]. Returns (y [T, B, P], h_n [B, P], c_n [B, H]) where
     P = H, or with a projection w_hr [P, H] (nn.LSTM's proj_size) P = w_hr.shape[0] and
-    w_hh is [4H, P]. h0 / c0 default to zeros."""
-    H = w_hh.shape[0] // 4
-    if h0 is None:
-        h0 = _zeros_state(x, H if w_hr is None else w_hr.shape[0])
-    if c0 is None:
-        c0 = _zeros_state(x, H)
+    w_hh is [4H, P]. h0 [B, P] / c0 [B, H] default to zeros."""
+    return _lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse, w_hr)
+
+
+def _lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+                b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+                w_hr: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    """lstm_layer with lengths already checked (int64 [B] or None): the modules' entry."""
+    P, H = lstm_widths(w_hh)
+    h0 = state_or_zeros(h0, x, P)
+    c0 = state_or_zeros(c0, x, H)
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
-        _expect_rows(x.shape[1], h0=(h0, H if w_hr is None else w_hr.shape[0]), c0=(c0, H))
+        _expect_rows(x.shape[1], h0=(h0, P), c0=(c0, H))
         return _without_kernels(x, lambda x0: lstm_cell_reference(x0, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     if _transformed():
         return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
-    save = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths(lengths),
-                           reverse, save)
+    save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
+    y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save)
     return y, h_n, c_n
 
 
 def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
               b_hh: Optional[Tensor] = None, lengths: Lengths = None,
               reverse: bool = False) -> Tuple[Tensor, Tensor]:
-    """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 defaults to zeros."""
-    if h0 is None:
-        h0 = _zeros_state(x, w_hh.shape[1])
+    """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 [B, H] defaults to zeros."""
+    return _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse)
+
+
+def _gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
+    """gru_layer with lengths already checked (int64 [B] or None): the modules' entry."""
+    H = w_hh.shape[1]
+    h0 = state_or_zeros(h0, x, H)
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
-        _expect_rows(x.shape[1], h0=(h0, w_hh.shape[1]))
+        _expect_rows(x.shape[1], h0=(h0, H))
         return _without_kernels(x, lambda x0: (gru_cell_reference(x0, h0, w_ih, w_hh, b_ih, b_hh),))
     if _transformed():
         return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    save = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
-    y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, _lengths(lengths), reverse, save)
+    save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
+    y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
     return y, h_n
 
 
@@ -139,18 +142,18 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
     through the same fused ops (lstm_layer without the frames: cells run once per token)."""
-    if hx is None:
-        hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
-    if cx is None:
-        cx = x.new_zeros((x.shape[0], w_hh.shape[0] // 4))
+    if hx is None or cx is None:  # (the widths only when needed: cells run once per token)
+        P, H = lstm_widths(w_hh)
+        hx, cx = state_or_zeros(hx, x, P), state_or_zeros(cx, x, H)
     # B = 0 or H = 0, which the kernels refuse: reference.py's math (I = 0, which they take, lands
-    # here too; numel() is the cheapest test, and cells run once per token)
+    # here too; numel() is the cheapest test)
     if not (x.numel() and w_hh.numel()):
-        _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]), cx=(cx, w_hh.shape[0] // 4))
+        P, H = lstm_widths(w_hh)
+        _expect_rows(x.shape[0], hx=(hx, P), cx=(cx, H))
         return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
     if _transformed():
         return lstm_cell_reference(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    save = _needs_grad(x, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    save = needs_grad([x, hx, cx, w_ih, w_hh, b_ih, b_hh])
     _, h, c, _ = _call(_ops.lstm_forward, save, x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, None, False, save)
     return h, c
 
@@ -158,13 +161,12 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
 def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
              b_hh: Optional[Tensor] = None) -> Tensor:
     """One GRU step: x [B, I], hx [B, H] -> h' [B, H]."""
-    if hx is None:
-        hx = x.new_zeros((x.shape[0], w_hh.shape[1]))
+    hx = state_or_zeros(hx, x, w_hh.shape[1])
     if not (x.numel() and w_hh.numel()):  # see lstm_cell
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
     if _transformed():
         return gru_cell_reference(x, hx, w_ih, w_hh, b_ih, b_hh)
-    save = _needs_grad(x, hx, w_ih, w_hh, b_ih, b_hh)
+    save = needs_grad([x, hx, w_ih, w_hh, b_ih, b_hh])
     _, h, _ = _call(_ops.gru_forward, save, x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, save)
     return h

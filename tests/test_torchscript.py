@@ -158,9 +158,9 @@ def test_script_refuses_bad_state_shapes():
     """The ops see one layer's state slice each: a wrong number of layers must still raise."""
     scripted = torch.jit.script(fastrnn.LSTM(I, H, num_layers=2))
     x = torch.randn(T, B, I)
-    with pytest.raises(torch.jit.Error, match="hidden state h_0 has shape"):
+    with pytest.raises(torch.jit.Error, match=rf"Expected hidden\[0\] size \(2, {B}, {H}\), got \[3, {B}, {H}\]"):
         scripted(x, (torch.zeros(3, B, H), torch.zeros(2, B, H)))
-    with pytest.raises(torch.jit.Error, match="cell state c_0 has shape"):
+    with pytest.raises(torch.jit.Error, match=rf"Expected hidden\[1\] size \(2, {B}, {H}\), got \[2, {B}, {H + 1}\]"):
         scripted(x, (torch.zeros(2, B, H), torch.zeros(2, B, H + 1)))
     with pytest.raises(torch.jit.Error, match="2D or 3D"):
         scripted(torch.randn(1, T, B, I))
