@@ -12,6 +12,7 @@ namespace fastrnn {
 struct PathRecord {
   const char* path = nullptr;  // a string literal, e.g. "cpu.step_loop", "cpu.single_step", "cuda.step_loop"
   int64_t grad_chunks = 0;     // backward: how many runs of steps the gate grads were folded in
+  const char* fallback = nullptr;  // a string literal: why a preferred path did not run this call
 };
 
 class PathLog {
@@ -20,11 +21,18 @@ class PathLog {
   static constexpr int kNumOps = 4;
 
   // op: "fastrnn::lstm_forward" or "lstm_forward" (one of kOps); path: a string literal.
-  static void record(const char* op, const char* path, int64_t grad_chunks = 0) {
+  static void record(const char* op, const char* path, int64_t grad_chunks = 0, const char* fallback = nullptr) {
     const int i = index(op);
     if (i < 0) return;
     std::lock_guard<std::mutex> lock(mutex());
-    records()[i] = PathRecord{path, grad_chunks};
+    records()[i] = PathRecord{path, grad_chunks, fallback};
+  }
+  // Adds why the preferred path did not run to the op's latest record (after the path ran).
+  static void note_fallback(const char* op, const char* fallback) {
+    const int i = index(op);
+    if (i < 0) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    records()[i].fallback = fallback;
   }
   static bool known(const char* op) { return index(op) >= 0; }
   // false when the op is unknown or has not run yet.
