@@ -4,6 +4,7 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <cuda.h>  // driver types only: the entry points are fetched through the runtime
 #include <torch/library.h>
 
@@ -35,8 +36,8 @@ Mode mode_from_env() {
 // Why no persistent forward can run this call (nullptr when one can); fills the choice: the
 // tensor-core kernel where it fits, else (when `scalar` allows) the scalar one. The reason
 // reported is the tensor-core kernel's unless it is one both share. prefer-persistent leaves the
-// scalar kernel out: by the review's estimate it is slower than the step loop everywhere (tens of
-// us a step at fastrnns, ~1 ms at `large`), which would only slow the suite and the benchmarks.
+// scalar kernel out: by the estimate in docs/DESIGN.md ("Per-step performance model") it is
+// slower than the step loop everywhere, which would only slow the suite and the benchmarks.
 const char* persistent_unavailable(const RecurrenceQuery& q, bool scalar, RecurrenceChoice& c) {
   if (q.projected) return "it has no projection (proj_size)";
   if (q.dtype == at::kDouble) return "float64 stays on the step loop";
@@ -124,9 +125,14 @@ const char* recurrence_name(Recurrence r) {
 }
 
 RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return {p.G, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), usable_sms(p.x.get_device()),
-          int64_t(prop->sharedMemPerBlockOptin), true, 0, at::globalContext().allowTF32CuBLAS()};
+  RecurrenceQuery q{p.G, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), 0, 0, true, 0,
+                    at::globalContext().allowTF32CuBLAS()};
+  const Mode mode = mode_from_env();
+  if (mode == Mode::kPersistent || mode == Mode::kPrefer) {  // the device's limits only when they matter
+    q.sms = usable_sms(c10::cuda::current_device());
+    q.smem_limit = int64_t(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  }
+  return q;
 }
 
 RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {

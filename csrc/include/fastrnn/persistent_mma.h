@@ -114,10 +114,14 @@ struct PersistentMmaArgs : PersistentForwardArgs<scalar_t> {  // U = MmaPartitio
 // emulation only) exactly.
 
 C10_HOST_DEVICE FASTRNN_INLINE float to_tf32(float v) {
-#ifdef __CUDA_ARCH__
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   unsigned r;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
   return __uint_as_float(r);
+#elif defined(__CUDA_ARCH__)  // no TF32 below sm_80 (the kernel never runs there): the same rounding
+  unsigned bits = __float_as_uint(v);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  return __uint_as_float(bits);
 #else
   uint32_t bits;
   std::memcpy(&bits, &v, 4);
