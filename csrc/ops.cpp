@@ -39,8 +39,10 @@ namespace {
 
 // last_path(op: str) -> dict | None: which implementation ran the last call of op
 // ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cpu.persistent_emulation"
-// | "cuda.step_loop" | "cuda.persistent", "grad_chunks": runs of steps the backward folded its
-// gate grads in (0 for forwards)}; None before the first call. For tests and diagnostics.
+// | "cuda.step_loop" | "cuda.persistent" | "cuda.persistent_mma", "grad_chunks": runs of steps the backward folded its
+// gate grads in (0 for forwards),
+// "fallback": why the preferred path did not run it (only when one was preferred and refused)};
+// None before the first call. For tests and diagnostics.
 PyObject* last_path(PyObject*, PyObject* arg) {
   const char* op = PyUnicode_AsUTF8(arg);
   if (op == nullptr) return nullptr;
@@ -50,6 +52,10 @@ PyObject* last_path(PyObject*, PyObject* arg) {
   }
   fastrnn::PathRecord r;
   if (!fastrnn::PathLog::get(op, r)) Py_RETURN_NONE;
+  if (r.fallback != nullptr) {
+    return Py_BuildValue("{s:s,s:L,s:s}", "path", r.path, "grad_chunks", static_cast<long long>(r.grad_chunks),
+                         "fallback", r.fallback);
+  }
   return Py_BuildValue("{s:s,s:L}", "path", r.path, "grad_chunks", static_cast<long long>(r.grad_chunks));
 }
 

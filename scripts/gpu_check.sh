@@ -2,16 +2,22 @@
 # One-command GPU check (make gpu-check): on a machine with an NVIDIA GPU and PyTorch installed,
 # no internet needed. First checks that the C++ compiler builds working PyTorch extensions
 # (scripts/toolchain_check.py; if not, it stops there and names the compiler and the fix), then
-# builds fastrnn in place for the local GPU, runs the CUDA tests,
-# compute-sanitizer (memcheck, racecheck) on a tiny LSTM/GRU case, the benchmark suite, then the
-# whole test suite if time is left, and writes every log and result into OUTDIR:
+# builds fastrnn in place for the local GPU and runs, each step under `timeout`:
+#   - the CUDA tests with FASTRNN_RECURRENCE=step, then again with prefer-persistent (every
+#     forward the persistent kernels can take runs on them; the rest fall back and say why);
+#   - compute-sanitizer memcheck and racecheck on a tiny LSTM/GRU case (step loop), and
+#     memcheck, racecheck and synccheck on a persistent case (scripts/persistent_case.py:
+#     T = 5, H = 301, an uneven partition);
+#   - the benchmark suite with the step loop and with prefer-persistent;
+#   - the peak-memory attribution and, if time is left, the whole test suite;
+# and writes every log and result into OUTDIR, with one summary (summary.md, summary.tsv):
 #
 #   scripts/gpu_check.sh OUTDIR
 #
-# Each step runs under `timeout`; the whole check stays under ~8.5 minutes (GPU_CHECK_BUDGET_S).
-# A failing step does not stop the others. OUTDIR/summary.tsv holds each step's exit code
-# (124 = timed out); the script exits non-zero if any required step failed.
-# Environment: PYTHON (default python3), MAX_JOBS (default 8), GPU_CHECK_BUDGET_S (default 500),
+# The whole check stays under ~10 minutes on an H100/H200 (GPU_CHECK_BUDGET_S). A failing step
+# does not stop the others. OUTDIR/summary.tsv holds each step's exit code (124 = timed out);
+# the script exits non-zero if any required step failed.
+# Environment: PYTHON (default python3), MAX_JOBS (default 8), GPU_CHECK_BUDGET_S (default 570),
 # COMPUTE_SANITIZER (path), TORCH_CUDA_ARCH_LIST (default: the local GPU's capability), CXX / CC
 # (the compilers of the toolchain check and the build; e.g. CXX=/usr/bin/g++ CC=/usr/bin/gcc).
 set -u -o pipefail
@@ -24,7 +30,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET_S:-500}
+BUDGET=${GPU_CHECK_BUDGET_S:-570}
 cd "$ROOT" || exit 2
 
 SUMMARY="$OUT/summary.tsv"
@@ -142,9 +148,13 @@ torch.cuda.synchronize()
 print('fastrnn', fastrnn.__version__, 'from', fastrnn.__file__, 'ok:', tuple(y.shape))
 "
 
-# --- tests, sanitizer, benchmarks --------------------------------------------------------------
-run_step tests-cuda 150 yes "$PY" -m pytest tests -m cuda -q -rs -p no:cacheprovider \
-    --junitxml="$OUT/tests-cuda.xml"
+# --- tests, sanitizers, benchmarks -------------------------------------------------------------
+# The CUDA suite on each path: the step loop (what auto runs), then every eligible forward on the
+# persistent kernels (prefer-persistent; fastrnn._C.last_path says which calls fell back, why).
+run_step tests-cuda-step 120 yes env FASTRNN_RECURRENCE=step "$PY" -m pytest tests -m cuda -q -rs \
+    -p no:cacheprovider --junitxml="$OUT/tests-cuda-step.xml"
+run_step tests-cuda-prefer 120 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m pytest tests -m cuda -q -rs \
+    -p no:cacheprovider --junitxml="$OUT/tests-cuda-prefer.xml"
 
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || true)}
 for d in "${CUDA_HOME:-}" /usr/local/cuda; do
@@ -153,32 +163,32 @@ for d in "${CUDA_HOME:-}" /usr/local/cuda; do
     fi
 done
 echo "compute-sanitizer: ${SANITIZER:-not found}" >>"$OUT/versions.txt"
+SANITIZED=(sanitizer-memcheck sanitizer-racecheck persistent-memcheck persistent-racecheck persistent-synccheck)
 if [[ -n $SANITIZER ]]; then
     "$SANITIZER" --version >>"$OUT/versions.txt" 2>&1
-    run_step sanitizer-memcheck 100 yes "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 100 \
+    run_step sanitizer-memcheck 60 yes "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 100 \
         "$PY" -m benchmarks.sanitizer_case --device cuda
-    run_step sanitizer-racecheck 100 yes "$SANITIZER" --tool racecheck --racecheck-report all \
+    run_step sanitizer-racecheck 60 yes "$SANITIZER" --tool racecheck --racecheck-report all \
         --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
+    # The persistent kernels: T = 5 steps (the double-buffered state wraps twice), H = 301.
+    for tool in memcheck racecheck synccheck; do
+        run_step "persistent-$tool" 60 yes "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 100 \
+            "$PY" scripts/persistent_case.py
+    done
 else
-    for s in sanitizer-memcheck sanitizer-racecheck; do
+    for s in "${SANITIZED[@]}"; do
         echo "compute-sanitizer not found (set COMPUTE_SANITIZER or CUDA_HOME)" >"$OUT/$s.log"
         printf '%s\tnot-found\t0\t%s.log\n' "$s" "$s" >>"$SUMMARY"
         FAILED+=("$s")
     done
 fi
 
-run_step benchmarks 180 yes "$PY" -m benchmarks --device cuda --out "$OUT/bench"
+# The benchmark suite on each path, same process layout, so the two results files compare.
+run_step benchmarks-step 150 yes env FASTRNN_RECURRENCE=step "$PY" -m benchmarks --device cuda \
+    --out "$OUT/bench-step"
+run_step benchmarks-prefer 150 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m benchmarks --device cuda \
+    --out "$OUT/bench-prefer"
 
-# The persistent forward runs only under FASTRNN_RECURRENCE=persistent until it has passed here:
-# its tests, and the sanitizers on it (synccheck for the grid barriers). Not required while new.
-run_step tests-persistent 90 no env FASTRNN_RECURRENCE=persistent "$PY" -m pytest tests/test_persistent.py \
-    tests/test_recurrence.py -q -rs -p no:cacheprovider
-if [[ -n $SANITIZER ]]; then
-    for tool in memcheck racecheck synccheck; do
-        run_step "persistent-$tool" 60 no env FASTRNN_RECURRENCE=persistent "$SANITIZER" --tool "$tool" \
-            --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
-    done
-fi
 # Where the peak memory of forward+backward goes, fastrnn and cuDNN (benchmarks/memory_peak.py).
 run_step memory-peak 90 no sh -c "for c in lstm gru; do for d in fp32 bf16; do for i in fastrnn torch.nn; do \
     '$PY' -m benchmarks.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"

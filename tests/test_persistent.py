@@ -118,9 +118,32 @@ def test_persistent_kernel_matches_the_step_loop(monkeypatch, cuda_device, kind,
     want = _step_loop(kind, t, lens, reverse, save)
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
     got = _step_loop(kind, t, lens, reverse, save)
-    assert fastrnn._C.last_path(f"{kind}_forward")["path"] == "cuda.persistent"
+    # the tensor-core kernel where it fits (tests/test_persistent_mma.py), else this file's kernel
+    assert fastrnn._C.last_path(f"{kind}_forward")["path"] in ("cuda.persistent", "cuda.persistent_mma")
     # the step loop rounds its recurrent products to the storage type, the kernel keeps them in fp32
     tol = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
     for g, w in zip(got, want):
         if w is not None:
             torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_scalar_kernel_takes_what_the_tensor_core_kernel_cannot(monkeypatch, cuda_device, kind):
+    # fp32, H = 1024: the tensor-core kernel's 256 CTAs (16 gate rows each, ~190 KiB of shared
+    # memory) cannot all be resident on one H100/H200 (132 SMs); the scalar kernel's 8 units a
+    # block can, so `persistent` runs it here (on a GPU with >= 256 SMs the tensor-core kernel)
+    T, B, I, H = 3, 16, 8, 1024
+    t = _layer(kind, T, B, I, H, torch.float32, device=cuda_device, seed=6)
+    lens = _lengths("mixed", T, B)
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
+    want = _step_loop(kind, t, lens, False)
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    got = _step_loop(kind, t, lens, False)
+    assert fastrnn._C.last_path(f"{kind}_forward")["path"] in ("cuda.persistent", "cuda.persistent_mma")
+    # K = 1024 fp32 products summed in another order (or 3xTF32, ~2^-21 each): rounding errors
+    # of ~2^-24 * sum|w h| (~4: |w| ~ 0.4/sqrt(H) on average, |h| < 1) add up like a random walk
+    # over K terms: sqrt(1024) * 6e-8 * 4 ~ 8e-6 per pre-activation, through contracting steps:
+    # 1e-4 leaves a tenfold margin
+    for g, w in zip(got, want):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)

@@ -35,17 +35,18 @@ def test_auto_and_step_run_the_step_loop(monkeypatch, value, cell):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_persistent_runs_forwards_that_fit(monkeypatch, cell, dtype):
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
-    assert _choice(cell, dtype=dtype, masked=True) == "persistent"
-    assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "persistent"  # fastrnns: 32 KiB a block
+    # the tensor-core kernel first (tests/test_persistent_mma.py has where each kernel runs)
+    assert _choice(cell, dtype=dtype, masked=True) == "persistent_mma"
+    assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "persistent_mma"  # fastrnns: <= 128 CTAs
     # no persistent backward yet: the backward of a persistent forward is the step loop's
-    assert _choice(cell, dtype=dtype, backward=True) == "step"
+    assert _choice(cell, dtype=dtype, backward=True) == "step (fallback: no persistent backward yet)"
 
 
 @needs_cuda_build
 @pytest.mark.parametrize("call,why", [
     (dict(cell="lstm", H=8, P=4), "no projection"),
     (dict(cell="gru", T=7, B=3, H=5, dtype=torch.float64), r"GRU T=7 B=3 H=5.*float64 stays on the step loop"),
-    (dict(cell="lstm", B=64, H=2048), "more shared memory"),  # a 512 KiB W_hh slice per block
+    (dict(cell="lstm", B=64, H=2048), "more shared memory"),  # 256 KiB of W_hh fragments a CTA
     (dict(cell="gru", H=64, sms=0), "no multiprocessors"),
 ])
 def test_persistent_is_refused_with_the_reason(monkeypatch, call, why):
@@ -55,10 +56,51 @@ def test_persistent_is_refused_with_the_reason(monkeypatch, call, why):
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("bad", ["Step", "persistant", "1"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_prefer_persistent_takes_every_forward_that_fits(monkeypatch, cell, dtype):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
+    assert _choice(cell, dtype=dtype, masked=True) == "persistent_mma"
+    assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "persistent_mma"
+    assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=76) == "persistent_mma"  # the last CTA: 1 unit
+    # on 8 SMs only the scalar kernel would fit (38 units a block), which only `persistent` runs
+    assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=8).startswith("step (fallback: the tensor-core")
+    assert _choice(cell, dtype=dtype, backward=True) == "step (fallback: no persistent backward yet)"
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("call,why", [
+    (dict(cell="lstm", H=8, P=4), "it has no projection"),
+    (dict(cell="gru", T=7, B=3, H=5, dtype=torch.float64), "float64 stays on the step loop"),
+    (dict(cell="lstm", B=64, H=2048), "more shared memory"),
+    (dict(cell="gru", H=64, sms=0), "no multiprocessors"),
+    # the same call fits a whole H100 but not a 16-SM share of it (a green context or MPS client)
+    (dict(cell="lstm", B=64, H=1024, dtype=torch.bfloat16, sms=16), "cannot all be resident on the SMs this process can use"),
+])
+def test_prefer_persistent_falls_back_with_the_reason(monkeypatch, call, why):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
+    got = _choice(**call)
+    assert got.startswith("step (fallback: ") and why in got, got
+
+
+@needs_cuda_build
+def test_the_partition_follows_the_usable_sms(monkeypatch):
+    # H = 1024 LSTM bf16: the tensor-core kernel's 256 CTAs do not fit 132 SMs at one a SM; the
+    # scalar kernel's 8 units a block (64 KiB of W_hh slice) do; 16 SMs would need 64 units a
+    # block (512 KiB), beyond the 227 KiB a block may have, and the reason is the tensor-core one
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    assert _choice("lstm", B=64, H=1024, dtype=torch.bfloat16) == "persistent"
+    assert _choice("lstm", B=64, H=1024, dtype=torch.bfloat16, sms=256) == "persistent_mma"
+    with pytest.raises(NotImplementedError, match="cannot all be resident on the SMs this process can use"):
+        _choice("lstm", B=64, H=1024, dtype=torch.bfloat16, sms=16)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("bad", ["Step", "persistant", "1", "prefer"])
 def test_unknown_value_is_a_value_error(monkeypatch, bad):
     monkeypatch.setenv("FASTRNN_RECURRENCE", bad)
-    with pytest.raises(ValueError, match=f"FASTRNN_RECURRENCE must be one of auto, step, persistent; got '{bad}'"):
+    with pytest.raises(ValueError, match="FASTRNN_RECURRENCE must be one of auto, step, persistent, "
+                                         f"prefer-persistent; got '{bad}'"):
         _choice()
 
 
@@ -89,11 +131,28 @@ def test_cuda_paths_can_be_forced(monkeypatch, device_cuda, cell):
     assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
     mod(x)[0].sum().backward()
-    assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.persistent"
+    assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.persistent_mma"
     assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
     mod_proj = fastrnn.LSTM(4, 6, proj_size=3).to(device_cuda)
     with pytest.raises(NotImplementedError, match="no projection"):
         mod_proj(x)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prefer_persistent_records_the_fallback(monkeypatch, device_cuda, cell):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
+    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(4, 6).to(device_cuda)
+    x = torch.randn(5, 3, 4, device=device_cuda, requires_grad=True)
+    mod(x)[0].sum().backward()
+    assert fastrnn._C.last_path(f"{cell}_forward") == {"path": "cuda.persistent_mma", "grad_chunks": 0}
+    assert fastrnn._C.last_path(f"{cell}_backward")["fallback"] == "no persistent backward yet"
+    mod.double()(x.double())
+    assert fastrnn._C.last_path(f"{cell}_forward") == {"path": "cuda.step_loop", "grad_chunks": 0,
+                                                       "fallback": "float64 stays on the step loop"}
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
+    mod.float()(x)
+    assert "fallback" not in fastrnn._C.last_path(f"{cell}_forward")
 
 
 @pytest.fixture

@@ -66,7 +66,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> persistent_forward_emulated(
                                     std::numeric_limits<int64_t>::max(), part);
   TORCH_CHECK_VALUE(why == nullptr, "cannot partition: ", why);
   run_persistent_forward(p, part, "cpu.persistent_emulation",
-                         [blockwise](const auto& args, const PersistentPartition& pt) { emulate(args, pt, blockwise); });
+                         [blockwise](const auto& args, const PersistentPartition& pt) -> const char* {
+                           emulate(args, pt, blockwise);
+                           return nullptr;
+                         });
   const Tensor c_n = cell.has_cell_state() ? p.sched.to_batch(p.c) : at::empty({0}, x.options());
   return {p.y, p.sched.to_batch(p.h), c_n, p.saved};
 }

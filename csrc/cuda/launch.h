@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fastrnn/persistent.h"
+#include "fastrnn/persistent_mma.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -14,11 +15,22 @@ template <class Point, class Step>
 void launch_step(const Step& a);
 
 // The persistent forward (persistent.cu), for float, double, Half and BFloat16: whether this
-// device can run the partition (nullptr, or why not), and the cooperative launch.
+// device can run the partition with all its blocks resident on `sms` multiprocessors (nullptr,
+// or why not), and the cooperative launch: nullptr, or why the device refused it (a grid that
+// cannot be co-resident; nothing ran, the error is cleared). Other launch errors raise.
 template <typename T>
-const char* persistent_forward_unavailable(const PersistentPartition& part);
+const char* persistent_forward_unavailable(const PersistentPartition& part, int64_t sms);
 template <typename T>
-void launch_persistent_forward(const PersistentForwardArgs<T>& a, const PersistentPartition& part);
+const char* launch_persistent_forward(const PersistentForwardArgs<T>& a, const PersistentPartition& part);
+
+// The tensor-core persistent forward (persistent_mma.cu), for float, Half and BFloat16 (double:
+// always unavailable): whether this device can run a G-gate layer of H units over B rows with
+// all its CTAs resident on `sms` multiprocessors (nullptr, or why not; fills the partition), and
+// the launch (nullptr, or why the device refused it; nothing ran). split: fp32 as 3xTF32.
+template <typename T>
+const char* persistent_mma_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaPartition& part);
+template <typename T>
+const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& a, const MmaPartition& part, bool split);
 
 }  // namespace cuda
 }  // namespace fastrnn

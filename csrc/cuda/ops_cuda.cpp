@@ -1,6 +1,6 @@
 // The CUDA backend: each layer call asks the recurrence dispatch (recurrence.cpp) how to run,
 // then runs it: the step loop (GEMMs through ATen/cuBLAS on the current stream, pointwise steps
-// from lstm.cu / gru.cu) or the persistent forward (persistent.cu). Kept in a .cpp so nvcc only
+// from lstm.cu / gru.cu) or a persistent forward (persistent_mma.cu, persistent.cu). Kept in a .cpp so nvcc only
 // compiles the kernel files.
 #include <torch/library.h>
 
@@ -28,34 +28,52 @@ struct CudaKernels {
 using Loop = StepLoop<CudaKernels>;
 
 // Forwards run what the dispatch chooses; backwards run the step loop (there is no persistent
-// backward yet; choose_recurrence still validates FASTRNN_RECURRENCE for them).
+// backward yet; choose_recurrence still validates FASTRNN_RECURRENCE for them). A fallback
+// reason goes into the path log next to the step loop's record.
 template <class StepLoopForward>
 void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
-  const cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
-  if (c.kind == cuda::Recurrence::kPersistent) {
-    run_persistent_forward(p, c.part, "cuda.persistent",
-                           [](const auto& args, const PersistentPartition& part) { cuda::launch_persistent_forward(args, part); });
-  } else {
-    step_loop(p);
+  cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
+  const char* refused = nullptr;
+  if (c.kind == cuda::Recurrence::kPersistentMma) {
+    // run_persistent_forward takes the scalar kernel's partition: the tensor-core kernel's units
+    // and CTAs in its terms (its launch uses its own partition, captured here)
+    PersistentPartition part;
+    part.blocks = c.mma.ctas;
+    part.units = c.mma.units;
+    part.threads = c.mma.threads;
+    part.smem_bytes = c.mma.smem_bytes;
+    refused = run_persistent_forward(p, part, "cuda.persistent_mma", [&c](const auto& args, const PersistentPartition&) {
+      return cuda::launch_persistent_mma_forward(args, c.mma, c.split);
+    });
+  } else if (c.kind == cuda::Recurrence::kPersistent) {
+    refused = run_persistent_forward(
+        p, c.part, "cuda.persistent",
+        [](const auto& args, const PersistentPartition& part) { return cuda::launch_persistent_forward(args, part); });
   }
+  if (c.kind != cuda::Recurrence::kStepLoop) {
+    if (refused == nullptr) return;
+    // The residency check passed but the device refused the grid (e.g. fewer SMs under MPS than
+    // the context reports): forced, that is an error; preferred, the step loop runs the call.
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::prefer_persistent(), "FASTRNN_RECURRENCE=persistent, but ", refused);
+    c.fallback = refused;
+  }
+  step_loop(p);
+  if (c.fallback != nullptr) PathLog::note_fallback(p.op, c.fallback);
 }
 
-void check_backward(const BackwardPlan& p) {
+template <class StepLoopBackward>
+void backward(BackwardPlan& p, StepLoopBackward&& step_loop) {
   const cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, true));
   TORCH_INTERNAL_ASSERT(c.kind == cuda::Recurrence::kStepLoop, "fastrnn: no persistent backward");
+  step_loop(p);
+  if (c.fallback != nullptr) PathLog::note_fallback(p.op, c.fallback);
 }
 
 struct CudaBackend {
   static void lstm_forward(ForwardPlan& p) { forward(p, Loop::lstm_forward); }
   static void gru_forward(ForwardPlan& p) { forward(p, Loop::gru_forward); }
-  static void lstm_backward(BackwardPlan& p) {
-    check_backward(p);
-    Loop::lstm_backward(p);
-  }
-  static void gru_backward(BackwardPlan& p) {
-    check_backward(p);
-    Loop::gru_backward(p);
-  }
+  static void lstm_backward(BackwardPlan& p) { backward(p, Loop::lstm_backward); }
+  static void gru_backward(BackwardPlan& p) { backward(p, Loop::gru_backward); }
 };
 
 }  // namespace

@@ -51,34 +51,41 @@ void allow_all_shared_memory(int device) {
 }  // namespace
 
 template <typename T>
-const char* persistent_forward_unavailable(const PersistentPartition& part) {
-  int device = 0, cooperative = 0, sms = 0, per_sm = 0;
+const char* persistent_forward_unavailable(const PersistentPartition& part, int64_t sms) {
+  int device = 0, cooperative = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative) return "the device cannot launch cooperative kernels";
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   allow_all_shared_memory<T>(device);
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_forward_kernel<T>, int(part.threads),
                                                                part.smem_bytes));
-  if (int64_t(per_sm) * sms < part.blocks) return "its blocks cannot all be resident at once";
+  if (int64_t(per_sm) * sms < part.blocks) {
+    return "its blocks cannot all be resident at once on the SMs this process can use";
+  }
   return nullptr;
 }
 
 template <typename T>
-void launch_persistent_forward(const PersistentForwardArgs<T>& a, const PersistentPartition& part) {
+const char* launch_persistent_forward(const PersistentForwardArgs<T>& a, const PersistentPartition& part) {
   const auto kernel = persistent_forward_kernel<T>;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   allow_all_shared_memory<T>(device);
   void* args[] = {const_cast<PersistentForwardArgs<T>*>(&a)};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(part.blocks)),
-                                             dim3(unsigned(part.threads)), args, size_t(part.smem_bytes),
-                                             c10::cuda::getCurrentCUDAStream()));
+  const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(part.blocks)),
+                                                      dim3(unsigned(part.threads)), args, size_t(part.smem_bytes),
+                                                      c10::cuda::getCurrentCUDAStream());
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // not sticky: clear it so the fallback's launches are not blamed
+    return "the device refused the cooperative launch: its blocks cannot all be resident";
+  }
+  C10_CUDA_CHECK(err);
+  return nullptr;
 }
 
 #define FASTRNN_INSTANTIATE_PERSISTENT(T)                                                   \
-  template const char* persistent_forward_unavailable<T>(const PersistentPartition&);      \
-  template void launch_persistent_forward<T>(const PersistentForwardArgs<T>&, const PersistentPartition&);
+  template const char* persistent_forward_unavailable<T>(const PersistentPartition&, int64_t); \
+  template const char* launch_persistent_forward<T>(const PersistentForwardArgs<T>&, const PersistentPartition&);
 FASTRNN_INSTANTIATE_PERSISTENT(float)
 FASTRNN_INSTANTIATE_PERSISTENT(double)
 FASTRNN_INSTANTIATE_PERSISTENT(c10::Half)

@@ -7,13 +7,15 @@
 
 #include "fastrnn/layer_plan.h"
 #include "fastrnn/persistent.h"
+#include "fastrnn/persistent_mma.h"
 
 namespace fastrnn {
 namespace cuda {
 
 enum class Recurrence {
-  kStepLoop,    // per step one cuBLAS GEMM + one fused pointwise kernel (step_loop.h)
-  kPersistent,  // one cooperative launch per layer and direction over all steps (persistent.h)
+  kStepLoop,       // per step one cuBLAS GEMM + one fused pointwise kernel (step_loop.h)
+  kPersistent,     // one cooperative launch per layer and direction over all steps (persistent.h)
+  kPersistentMma,  // the same with tensor-core products and a step counter (persistent_mma.h)
 };
 
 const char* recurrence_name(Recurrence r);
@@ -27,9 +29,11 @@ struct RecurrenceQuery {
   bool masked;            // lengths given
   bool backward;
   bool projected;         // LSTM with proj_size
-  int64_t sms;            // multiprocessors of the device
+  int64_t sms;            // multiprocessors this process can use (usable_sms)
   int64_t smem_limit;     // bytes of dynamic shared memory one block may opt into
   bool probe_device;      // also ask the device (cooperative launch, residency); off in the test hook
+  int64_t blocks_per_sm;  // without probe_device: CTAs of the tensor-core kernel one SM is taken to hold
+  bool allow_tf32;        // torch's matmul TF32 flag: fp32 products may be plain TF32
 };
 
 // The query for a plan on the current device.
@@ -37,15 +41,30 @@ RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward);
 
 struct RecurrenceChoice {
   Recurrence kind;
-  PersistentPartition part;  // for kPersistent
+  PersistentPartition part;        // for kPersistent
+  MmaPartition mma;                // for kPersistentMma
+  bool split = true;               // kPersistentMma in fp32: 3xTF32 (else plain TF32)
+  const char* fallback = nullptr;  // a string literal: why the preferred persistent path does not
+                                   // run this call (FASTRNN_RECURRENCE=prefer-persistent, or a
+                                   // backward under persistent); nullptr otherwise
 };
 
 // FASTRNN_RECURRENCE=auto (or unset) picks the fastest implementation validated on a GPU for the
-// call (today: the step loop); step forces the step loop; persistent forces the persistent
-// forward (whose backward is the step loop until a persistent backward exists) and raises
-// NotImplementedError naming the reason where it cannot run the call. Any other value raises
-// ValueError.
+// call (today: the step loop); step forces the step loop; persistent forces a persistent
+// forward — the tensor-core kernel where it fits, else the scalar one — (whose backward is the
+// step loop until a persistent backward exists) and raises
+// NotImplementedError naming the reason where it cannot run the call; prefer-persistent runs the
+// tensor-core persistent forward wherever it can and the step loop elsewhere, with the reason in
+// `fallback` (so the whole CUDA suite runs with every eligible call persistent). Any other value
+// raises ValueError.
 RecurrenceChoice choose_recurrence(const RecurrenceQuery& q);
+
+// Multiprocessors the current context may run blocks on: the device's count, or fewer under a
+// green context (its SM partition). See recurrence.cpp for MPS.
+int64_t usable_sms(int device);
+
+// The FASTRNN_RECURRENCE mode is prefer-persistent (a launch the device refuses then falls back).
+bool prefer_persistent();
 
 }  // namespace cuda
 }  // namespace fastrnn

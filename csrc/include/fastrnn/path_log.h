@@ -15,6 +15,7 @@ struct PathRecord {
   const char* path = nullptr;  // a string literal: "cpu.step_loop", "cpu.single_step",
                                // "cpu.persistent_emulation", "cuda.step_loop", "cuda.persistent"
   int64_t grad_chunks = 0;     // backward: how many runs of steps the gate grads were folded in
+  const char* fallback = nullptr;  // a string literal: why a preferred path did not run this call
 };
 
 class PathLog {
@@ -24,11 +25,18 @@ class PathLog {
 
   // op: a cell's forward or backward op, qualified ("fastrnn::lstm_forward") or not; path: a
   // string literal.
-  static void record(const char* op, const char* path, int64_t grad_chunks = 0) {
+  static void record(const char* op, const char* path, int64_t grad_chunks = 0, const char* fallback = nullptr) {
     const int i = index(op);
     if (i < 0) return;
     std::lock_guard<std::mutex> lock(mutex());
-    records()[i] = PathRecord{path, grad_chunks};
+    records()[i] = PathRecord{path, grad_chunks, fallback};
+  }
+  // Adds why the preferred path did not run to the op's latest record (after the path ran).
+  static void note_fallback(const char* op, const char* fallback) {
+    const int i = index(op);
+    if (i < 0) return;
+    std::lock_guard<std::mutex> lock(mutex());
+    records()[i].fallback = fallback;
   }
   static bool known(const char* op) { return index(op) >= 0; }
   // false when the op is unknown or has not run yet.

@@ -1,0 +1,232 @@
+// The tensor-core persistent forward kernel (fastrnn/persistent_mma.h): one cooperative launch per
+// layer and direction (cooperative only for its guarantee that every CTA is resident, which the
+// spin-waits need; there is no grid.sync), per step warp-level mma.sync products, the shared cell
+// update, and a monotonic step counter instead of a grid barrier. Selected only by
+// FASTRNN_RECURRENCE=persistent / prefer-persistent (recurrence.cpp); not yet run on a GPU.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+
+#include "fastrnn/persistent_mma.h"
+#include "launch.h"
+
+namespace fastrnn {
+namespace cuda {
+namespace {
+
+// d += a b on one m16n8 tile, a warp-wide instruction (every lane of the warp calls it).
+// 16-bit: a 8 elements = 4 registers, b 4 elements = 2 registers; fp32 as TF32: a 4, b 2.
+template <typename T>
+__device__ __forceinline__ void warp_mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+#else
+  __trap();  // the dispatch never launches this below sm_80
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t bits16(T v) {
+  return uint32_t(v.x);
+}
+
+// Wait until every CTA has published step s - 1: the counter reaches target. One thread spins;
+// the acquire load orders this CTA's later reads after the producers' releases (bar.sync then
+// extends that to the other threads, as in cooperative groups' grid barrier).
+__device__ __forceinline__ void wait_counter(const unsigned long long* counter, unsigned long long target) {
+  unsigned long long v;
+  for (;;) {
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(counter) : "memory");
+    if (v >= target) return;
+    __nanosleep(32);
+  }
+}
+
+__device__ __forceinline__ void publish(unsigned long long* counter) {
+  asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(counter), "l"(1ull) : "memory");
+}
+
+// The 16-bit B fragment as two 32-bit words: elements (b0, b1) and (b2, b3) are adjacent k of
+// one batch row (checked here against the map), so each pair is one shared load.
+constexpr bool b_pairs_adjacent() {
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int w = 0; w < 2; ++w) {
+      const mma::RowCol lo = mma::b_m16n8k16(lane, 2 * w), hi = mma::b_m16n8k16(lane, 2 * w + 1);
+      if (hi.row != lo.row + 1 || hi.col != lo.col || lo.row % 2 != 0) return false;
+    }
+  }
+  return true;
+}
+static_assert(b_pairs_adjacent(), "m16n8k16 B fragment pairs must be adjacent in k");
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_kernel(const PersistentMmaArgs<T> a) {
+  using S = MmaShape<T>;
+  using Op = MmaOperand<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const MmaSmem sm = mma_smem(sizeof(T), a.ktiles, a.ntiles, a.kslices, a.B, a.G * a.U);
+  T* wf = reinterpret_cast<T*>(smem + sm.weights);
+  T* hs = reinterpret_cast<T*>(smem + sm.hstage);
+  float* partial = reinterpret_cast<float*>(smem + sm.partial);
+  float* pre = reinterpret_cast<float*>(smem + sm.pre);
+  const int64_t nw = a.ktiles * 32 * S::kA;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  mma_load_weights(a, blockIdx.x, tid, blockDim.x, wf);
+  mma_zero_stage(a, tid, blockDim.x, hs);
+  __syncthreads();
+  // One k-tile of an item into the accumulators of its parity (dh: hi * hi, dx: fp32 cross terms).
+  const auto k_tile = [&](int64_t nt, int64_t kt, float (&dh)[4], float (&dx)[4]) {
+    const uint4 ah = *reinterpret_cast<const uint4*>(wf + (kt * 32 + lane) * S::kA);
+    const uint32_t a_hi[4] = {ah.x, ah.y, ah.z, ah.w};
+    if constexpr (sizeof(T) == 2) {
+      const int64_t r = nt * mma::kN + mma::b_m16n8k16(lane, 0).col;
+      const T* row = hs + r * a.ldh + kt * S::kK;
+      const uint32_t bf[2] = {r < a.B ? *reinterpret_cast<const uint32_t*>(row + mma::b_m16n8k16(lane, 0).row) : 0u,
+                              r < a.B ? *reinterpret_cast<const uint32_t*>(row + mma::b_m16n8k16(lane, 2).row) : 0u};
+      warp_mma<T>(dh, a_hi, bf);
+    } else {
+      T b[S::kB];
+      mma_load_b(a, hs, nt, kt, lane, b);
+      const float b0 = Op::hi(b[0]), b1 = Op::hi(b[1]);
+      const uint32_t b_hi[2] = {__float_as_uint(b0), __float_as_uint(b1)};
+      if (a.split) {
+        const uint4 al = *reinterpret_cast<const uint4*>(wf + nw + (kt * 32 + lane) * S::kA);
+        const uint32_t a_lo[4] = {al.x, al.y, al.z, al.w};
+        const uint32_t b_lo[2] = {__float_as_uint(Op::lo(b[0], b0)), __float_as_uint(Op::lo(b[1], b1))};
+        warp_mma<T>(dx, a_lo, b_hi);
+        warp_mma<T>(dx, a_hi, b_lo);
+      }
+      warp_mma<T>(dh, a_hi, b_hi);
+    }
+  };
+  for (int64_t s = 0; s < a.T; ++s) {
+    if (s > 0) {
+      if (tid == 0) wait_counter(a.counter, static_cast<unsigned long long>(gridDim.x) * s);
+      __syncthreads();
+    }
+    mma_stage_h(a, (s & 1) ? a.h[1] : a.h[0], tid, blockDim.x, hs);
+    __syncthreads();
+    for (int64_t item = warp; item < a.ntiles * a.kslices; item += kMmaWarps) {
+      const int64_t nt = item % a.ntiles, ks = item / a.ntiles;
+      int64_t kt0, kt1;
+      mma_slice(a.ktiles, a.kslices, ks, kt0, kt1);
+      float dh0[4] = {}, dh1[4] = {}, dx0[4] = {}, dx1[4] = {};
+      for (int64_t kt = kt0; kt < kt1; kt += 2) {
+        k_tile(nt, kt, dh0, dx0);
+        if (kt + 1 < kt1) k_tile(nt, kt + 1, dh1, dx1);
+      }
+      float d[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) d[i] = (dh0[i] + dh1[i]) + (dx0[i] + dx1[i]);
+      mma_store_partial(a, nt, ks, lane, d, partial);
+    }
+    __syncthreads();
+    mma_reduce(a, tid, blockDim.x, partial, pre);
+    __syncthreads();
+    persistent_update(a, s, blockIdx.x, tid, blockDim.x, pre);
+    __syncthreads();  // every thread's h_s stores precede thread 0's release
+    if (tid == 0) publish(a.counter);
+  }
+}
+
+template <typename T>
+void allow_all_shared_memory(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag flags[kMaxDevices];
+  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fastrnn: device index ", device, " out of range");
+  std::call_once(flags[device], [device] {
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(persistent_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
+  });
+}
+
+}  // namespace
+
+template <typename T>
+const char* persistent_mma_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaPartition& part) {
+  if constexpr (std::is_same_v<T, double>) {
+    return "float64 stays on the step loop";
+  } else {
+    int device = 0, cooperative = 0, major = 0, optin = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 8) return "the tensor-core kernel needs compute capability 8.0 or newer (mma.sync with bf16 / tf32)";
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+    if (!cooperative) return "the device cannot launch cooperative kernels";
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    // The shared-memory need first (occupancy is asked for that size)
+    const char* why = plan_persistent_mma(G, H, B, int64_t(sizeof(T)), sms, 1 << 20, optin, part);
+    if (why != nullptr) return why;
+    allow_all_shared_memory<T>(device);
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_mma_kernel<T>,
+                                                                 int(part.threads), part.smem_bytes));
+    return plan_persistent_mma(G, H, B, int64_t(sizeof(T)), sms, per_sm, optin, part);
+  }
+}
+
+template <typename T>
+const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& args, const MmaPartition& part, bool split) {
+  if constexpr (std::is_same_v<T, double>) {
+    TORCH_INTERNAL_ASSERT(false, "fastrnn: no float64 tensor-core kernel");
+    return nullptr;
+  } else {
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    allow_all_shared_memory<T>(device);
+    // The step counter: zeroed on the current stream, so the kernel sees it zero.
+    const at::Tensor counter = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device));
+    PersistentMmaArgs<T> a{};
+    static_cast<PersistentForwardArgs<T>&>(a) = args;
+    a.ntiles = part.ntiles;
+    a.kslices = part.kslices;
+    a.ktiles = part.ktiles;
+    a.ldh = part.ldh;
+    a.split = split;
+    a.counter = reinterpret_cast<unsigned long long*>(counter.mutable_data_ptr<int64_t>());
+    void* kargs[] = {&a};
+    const cudaError_t err = cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(persistent_mma_kernel<T>), dim3(unsigned(part.ctas)), dim3(unsigned(part.threads)),
+        kargs, size_t(part.smem_bytes), c10::cuda::getCurrentCUDAStream());
+    if (err == cudaErrorCooperativeLaunchTooLarge) {
+      (void)cudaGetLastError();
+      return "the device refused the cooperative launch: its CTAs cannot all be resident";
+    }
+    C10_CUDA_CHECK(err);
+    return nullptr;
+  }
+}
+
+#define FASTRNN_INSTANTIATE_PERSISTENT_MMA(T)                                                         \
+  template const char* persistent_mma_unavailable<T>(int64_t, int64_t, int64_t, int64_t, MmaPartition&); \
+  template const char* launch_persistent_mma_forward<T>(const PersistentForwardArgs<T>&, const MmaPartition&, bool);
+FASTRNN_INSTANTIATE_PERSISTENT_MMA(float)
+FASTRNN_INSTANTIATE_PERSISTENT_MMA(double)
+FASTRNN_INSTANTIATE_PERSISTENT_MMA(c10::Half)
+FASTRNN_INSTANTIATE_PERSISTENT_MMA(c10::BFloat16)
+#undef FASTRNN_INSTANTIATE_PERSISTENT_MMA
+
+}  // namespace cuda
+}  // namespace fastrnn
