@@ -269,7 +269,8 @@ class Trainer:
         y = self.train_stream[i * T + 1:(i + 1) * T + 1].to(device, non_blocking=True)
         with autocast(device, args.amp):
             logits, state = model(x, self.state)
-        loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
+        # the loss in float32 at least (autocast's bf16/fp16 logits), float64 when the model is
+        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).view(-1, V), y.view(-1))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -524,19 +524,19 @@ def test_autocast(mode, device):
     x = torch.randn(12, 4, 8, device=device)
     y32, _ = fast(x)
     with torch.autocast(device.type, dtype=ac_dtype):
-        y_ref, s_ref = ref(x)
         y, s = fast(x)
-    # fastrnn runs in the autocast dtype. nn.LSTM does too; nn.GRU is not on CPU autocast's list
-    # and stays fp32 there, so for it only fastrnn's own dtype is checked.
+    # torch.nn's low-precision answer from parameters cast to the autocast dtype: under CPU bf16
+    # autocast itself nn.LSTM needs oneDNN's bf16 LSTM, absent on CPUs without AVX-512 (it raises
+    # there, where fastrnn runs).
+    y_ref, _ = copy.deepcopy(ref).to(ac_dtype)(x.to(ac_dtype))
+    # fastrnn runs in the autocast dtype (for GRU too, which CPU autocast leaves fp32 in torch.nn)
     states = s if mode == "LSTM" else (s,)
     assert y.dtype == ac_dtype and all(t.dtype == ac_dtype for t in states)
-    if mode == "LSTM" and device.type == "cpu":
-        assert y_ref.dtype == ac_dtype and all(t.dtype == ac_dtype for t in s_ref)
     assert all(p.dtype == torch.float32 for p in fast.parameters())
     err = (y.float() - y32).abs().max().item()
-    if y_ref.dtype == ac_dtype:  # within what torch's own low-precision computation makes (plus slack)
-        ref_err = (y_ref.float() - y32).abs().max().item()
-        assert err <= 2 * ref_err + 1e-3, (err, ref_err)
+    # within what torch's own low-precision computation makes (plus slack)
+    ref_err = (y_ref.float() - y32).abs().max().item()
+    assert err <= 2 * ref_err + 1e-3, (err, ref_err)
     assert err < 3e-2, err  # bf16 has 8 bits of mantissa; |y| < 1
     y.float().sum().backward()
     for name, p in fast.named_parameters():
@@ -563,7 +563,13 @@ def test_low_precision_modules(dtype, device):
     x = torch.randn(T, B, I, device=device)
     y, (h, c) = fast(x.to(dtype))
     assert y.dtype == h.dtype == c.dtype == dtype
-    torch.testing.assert_close(y.float(), ref(x)[0], rtol=0, atol=5e-2)
+    # Unit roundoff u: 2^-11 (fp16), 2^-8 (bf16). y (|y| < 1) is stored rounded (u/2) and carries the
+    # roundings of x, the weights and each step's h and c (u relative each) through gates of slope
+    # <= 1 over T = 5 steps and 2 layers: a few u (measured <= 0.7u over 300 seeds, both dtypes, CPU).
+    # cuBLAS may also reduce in the low precision (torch's allow_*_reduced_precision_reduction):
+    # a few more roundings of the pre-activations, twice the allowance there.
+    u = torch.finfo(dtype).eps / 2
+    torch.testing.assert_close(y.float(), ref(x)[0], rtol=0, atol=(4 if device.type == "cpu" else 8) * u)
 
 
 def test_double_and_to():
