@@ -143,7 +143,7 @@ print('fastrnn', fastrnn.__version__, 'from', fastrnn.__file__, 'ok:', tuple(y.s
 "
 
 # --- tests, sanitizer, benchmarks --------------------------------------------------------------
-run_step tests-cuda 150 yes "$PY" -m pytest tests -m cuda -q -rs -p no:cacheprovider \
+run_step tests-cuda 150 yes "$PY" -m pytest tests tests/tooling -m cuda -q -rs -p no:cacheprovider \
     --junitxml="$OUT/tests-cuda.xml"
 
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || true)}
@@ -156,9 +156,9 @@ echo "compute-sanitizer: ${SANITIZER:-not found}" >>"$OUT/versions.txt"
 if [[ -n $SANITIZER ]]; then
     "$SANITIZER" --version >>"$OUT/versions.txt" 2>&1
     run_step sanitizer-memcheck 100 yes "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 100 \
-        "$PY" -m benchmarks.sanitizer_case --device cuda
+        "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     run_step sanitizer-racecheck 100 yes "$SANITIZER" --tool racecheck --racecheck-report all \
-        --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
+        --error-exitcode 1 --print-limit 100 "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
 else
     for s in sanitizer-memcheck sanitizer-racecheck; do
         echo "compute-sanitizer not found (set COMPUTE_SANITIZER or CUDA_HOME)" >"$OUT/$s.log"
@@ -176,15 +176,15 @@ run_step tests-persistent 90 no env FASTRNN_RECURRENCE=persistent "$PY" -m pytes
 if [[ -n $SANITIZER ]]; then
     for tool in memcheck racecheck synccheck; do
         run_step "persistent-$tool" 60 no env FASTRNN_RECURRENCE=persistent "$SANITIZER" --tool "$tool" \
-            --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
+            --error-exitcode 1 --print-limit 100 "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     done
 fi
-# Where the peak memory of forward+backward goes, fastrnn and cuDNN (benchmarks/memory_peak.py).
+# Where the peak memory of forward+backward goes, fastrnn and cuDNN (scripts/gpu_check/memory_peak.py).
 run_step memory-peak 90 no sh -c "for c in lstm gru; do for d in fp32 bf16; do for i in fastrnn torch.nn; do \
-    '$PY' -m benchmarks.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"
+    '$PY' -m scripts.gpu_check.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"
 
 # Everything else (CPU cases included) with what is left of the budget.
-run_step tests-all 400 no "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
+run_step tests-all 400 no "$PY" -m pytest tests tests/tooling -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
 
 # --- summary -----------------------------------------------------------------------------------
 finish

@@ -9,6 +9,8 @@ GPU is visible (CUDA is never queried at import time).
 - `exact_fp32`: no TF32 in cuBLAS or cuDNN during the test (tests/_precision.py says why): for
   every test that compares float32 GPU results with torch.nn's.
 """
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -22,6 +24,20 @@ def _device_param(name):
 
 
 DEVICES = [_device_param("cpu"), _device_param("cuda")]
+
+
+TOOLING = Path(__file__).resolve().parent / "tooling"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`pytest tests` is the library alone: tests/tooling/ (toolchain builds, bootstrap, benchmark and
+    example runs) is collected only when an argument names it or something in it (`make test` and
+    pyproject's testpaths do)."""
+    if Path(collection_path) == TOOLING:
+        named = any(TOOLING == p or TOOLING in p.parents for p in
+                    (Path(str(a).split("::")[0]).resolve() for a in config.args))
+        return None if named else True
+    return None
 
 
 @pytest.fixture(params=DEVICES)

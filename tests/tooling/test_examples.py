@@ -14,16 +14,11 @@ from torch import nn
 
 import fastrnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
-if EXAMPLES not in sys.path:
-    sys.path.insert(0, EXAMPLES)
+from _subprocess import ROOT, describe  # (tests/: on sys.path under pytest, from conftest.py)
+from examples import char_lm, classify, migrate
+from examples._common import Progress, no_tf32
 
-import char_lm  # noqa: E402
-import classify  # noqa: E402
-import migrate  # noqa: E402
-from _common import Progress, no_tf32  # noqa: E402
-from _subprocess import describe  # noqa: E402  (tests/: on sys.path under pytest)
+EXAMPLES = os.path.join(ROOT, "examples")
 
 # a tiny LM: a few seconds per run on two cores
 TINY_LM = ["--hidden", "32", "--embed", "16", "--layers", "2", "--seq-len", "32", "--batch-size", "16",
