@@ -5,9 +5,7 @@ values appears in some case) instead of the full product, which would take far t
 """
 import copy
 import io
-import itertools
 import pickle
-import random
 import re
 import warnings
 
@@ -17,6 +15,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
+from _generators import pairwise_cases
 
 # nn.LSTM's own notice that oneDNN lacks projections (the oracle falls back to ATen): not ours
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
@@ -47,34 +46,6 @@ def _valid(case):
     return not (case["mode"] == "GRU" and case["proj"])
 
 
-def _pairwise_cases(seed=0, factors=FACTORS, valid=_valid):
-    """Greedy all-pairs: repeatedly add the candidate covering most still-uncovered value pairs.
-
-    Pairwise-complete by construction: `uncovered` starts as every pair of factor values that
-    some valid case holds, each round removes at least one (the fallback takes a case covering
-    some of what is left), and the loop ends only when none is left."""
-    names = list(factors)
-    full = [dict(zip(names, values)) for values in itertools.product(*factors.values())]
-    full = [c for c in full if valid(c)]
-
-    def pairs(case):
-        return {(a, repr(case[a]), b, repr(case[b])) for a, b in itertools.combinations(names, 2)}
-
-    uncovered = set().union(*(pairs(c) for c in full))
-    rng = random.Random(seed)
-    chosen = []
-    while uncovered:
-        pool = rng.sample(full, min(400, len(full)))
-        best = max(pool, key=lambda c: len(pairs(c) & uncovered))
-        gain = pairs(best) & uncovered
-        if not gain:  # the sample missed what is left: take a case that covers some of it
-            best = next(c for c in full if pairs(c) & uncovered)
-            gain = pairs(best) & uncovered
-        uncovered -= gain
-        chosen.append(best)
-    return chosen
-
-
 def _case_id(c):
     return "-".join([c["mode"], f"L{c['num_layers']}", "bi" if c["bidirectional"] else "uni",
                      "bf" if c["batch_first"] else "tm", "bias" if c["bias"] else "nobias",
@@ -84,7 +55,7 @@ def _case_id(c):
 def _cases():
     # two pairwise covering arrays from different seeds (more triples covered), plus the cases
     # where torch.nn's batch permutation matters most: unsorted packed input with hx given
-    cases = _pairwise_cases(0) + _pairwise_cases(1)
+    cases = pairwise_cases(FACTORS, _valid, 0) + pairwise_cases(FACTORS, _valid, 1)
     for mode, proj in (("LSTM", 0), ("LSTM", P), ("GRU", 0)):
         cases.append(dict(mode=mode, num_layers=2, bidirectional=True, batch_first=False, bias=True, proj=proj,
                           hx=True, kind="packed_unsorted", dtype=torch.float64))
