@@ -11,11 +11,14 @@ GPU is visible (CUDA is never queried at import time).
 """
 from pathlib import Path
 
+import json
+import os
+
 import pytest
 import torch
 
 import fastrnn  # noqa: F401  registers torch.ops.fastrnn
-from _cuda_twins import CUDA_TWIN_PROBLEMS, cuda_twin_problems
+from _cuda_twins import COLLECTED_FILES, CUDA_TWIN_PROBLEMS, REPORT_ENV, cuda_twin_problems
 from _precision import exact_fp32 as _exact_fp32
 
 
@@ -76,4 +79,7 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         dev = callspec.params.get("device") if callspec is not None else None
         rows.append((item.nodeid, item.get_closest_marker("cuda") is not None, dev))
-    config.stash[CUDA_TWIN_PROBLEMS] = cuda_twin_problems(rows)
+    config.stash[CUDA_TWIN_PROBLEMS] = problems = cuda_twin_problems(rows)
+    config.stash[COLLECTED_FILES] = files = sorted({str(Path(item.path).resolve()) for item in items})
+    if os.environ.get(REPORT_ENV):
+        Path(os.environ[REPORT_ENV]).write_text(json.dumps({"problems": problems, "files": files}))
