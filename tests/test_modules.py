@@ -508,7 +508,10 @@ def test_autocast(mode, device):
     # within what torch's own low-precision computation makes (plus slack)
     ref_err = (y_ref.float() - y32).abs().max().item()
     assert err <= 2 * ref_err + 1e-3, (err, ref_err)
-    assert err < 3e-2, err  # bf16 has 8 bits of mantissa; |y| < 1
+    # autocast's unit roundoff u (bf16 2^-8, fp16 2^-11): y (|y| < 1) carries the roundings of x, the
+    # weights and each step's state, a few u (measured <= 0.93u over 100 seeds, CPU bf16); 8u leaves
+    # room for cuBLAS's low-precision reductions on the GPU.
+    assert err < 8 * torch.finfo(ac_dtype).eps / 2, err
     y.float().sum().backward()
     for name, p in fast.named_parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32, name
