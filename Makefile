@@ -10,8 +10,8 @@ setup:
 demo: setup          ## the main job: char-LM training, fastrnn vs torch.nn, then a sample
 	$(PY) examples/char_lm.py --main
 
-test: setup          ## the test suite (CUDA cases run only where a GPU is visible)
-	$(PY) -m pytest tests -q -ra
+test: setup          ## the library's tests, then the tooling's (CUDA cases run only where a GPU is visible)
+	$(PY) -m pytest tests tests/tooling -q -ra
 
 bench: setup         ## the full benchmark suite on this machine's default device
 	$(PY) -m benchmarks --out bench_out

@@ -290,7 +290,7 @@ def varlen_time(cfg, cell, dname, device, plan):
 
 
 def charlm_pair(vocab_size: int, p: dict, device, dtype):
-    """(torch.nn model, fastrnn model): the demo's CharLM (examples/_charlm.py) without dropout,
+    """(torch.nn model, fastrnn model): the demo's CharLM (examples/charlm.py) without dropout,
     at the sizes in `p` (configs.CHARLM), on identical weights."""
     torch.manual_seed(0)
     ref = CharLM(vocab_size, p["emb"], p["H"], p["layers"], "lstm", rnn="torch").to(device=device, dtype=dtype)

@@ -1,22 +1,14 @@
-"""The char-LM cases' model and text: the demo's own (examples/_charlm.py), so that the benchmark
+"""The char-LM cases' model and text: the demo's own (examples/charlm.py), so that the benchmark
 times what `make demo` trains. The default text is CPython's ``pydoc_data.topics`` (the reference
 documentation that ships with every Python), so the benchmark needs no download; any UTF-8 text
 file can be used instead (``--corpus``)."""
-import os
-import sys
 from typing import List, Optional, Tuple
 
 import torch
 
-# examples/ is not a package: its modules import each other by plain name (`_common`), so it goes
-# on sys.path, last, so that it shadows nothing installed.
-_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-if _EXAMPLES not in sys.path:
-    sys.path.append(_EXAMPLES)
-
-from _charlm import DEFAULT_CORPUS, CharLM, build_vocab, text_hash  # noqa: E402
-from _charlm import encode as _encode  # noqa: E402
-from _charlm import load_text as _load_text  # noqa: E402
+from examples.charlm import DEFAULT_CORPUS, CharLM, build_vocab, text_hash
+from examples.charlm import encode as _encode
+from examples.charlm import load_text as _load_text
 
 __all__ = ["CharLM", "DEFAULT_CORPUS", "batches", "encode", "load_text", "text_hash"]
 

@@ -1,8 +1,8 @@
 """Small helpers shared by the example scripts (not part of the fastrnn package).
 
-The scripts put their own folder first on sys.path when run directly, so `import _common`
-works from anywhere; tests, and benchmarks/corpus.py (for _charlm), add examples/ to sys.path
-themselves.
+`examples` is a package: the scripts import `examples._common` and `examples.charlm`, with the
+repository root on sys.path (they add it when run directly; pytest's `pythonpath` and
+`python -m benchmarks` from the root have it).
 """
 import contextlib
 import statistics

@@ -6,7 +6,7 @@
     python examples/char_lm.py --sample --ckpt lm.pt --prefix "The " --length 500
     python examples/char_lm.py --compare --steps 200       # fastrnn vs torch.nn, same init
 
-Model (examples/_charlm.py, also what the benchmarks' char-LM cases time): embedding ->
+Model (examples/charlm.py, also what the benchmarks' char-LM cases time): embedding ->
 multi-layer LSTM/GRU (dropout between layers) -> linear, time-major.
 Training is stateful truncated BPTT: the training text is cut into `batch_size` contiguous
 streams, each batch is the next `seq_len` characters of every stream, and the recurrent state
@@ -25,17 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-if __name__ == "__main__":
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, _HERE)  # `import _common` from any working directory
-    sys.path.append(os.path.dirname(_HERE))  # in a source checkout, fastrnn itself when not installed
+if __name__ == "__main__":  # run as a script: the repository root holds the `examples` package
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # (and fastrnn, if not installed)
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _charlm import CharLM, build_vocab, encode, load_text, text_hash  # noqa: F401  (shared with the benchmarks)
-from _common import BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, state_to, sync
+from examples._common import BACKENDS, Progress, autocast, detach_state, pick_device, precision_note, state_to, sync
+from examples.charlm import CharLM, build_vocab, encode, load_text, text_hash  # noqa: F401  (shared with the benchmarks)
 
 # Shapes of the --main demo, sized for a 2-core CPU. The whole job (both runs, evaluations, sample)
 # measured on one: 163 s while its load average fell from 5 to 1.5 (~30k tokens/s per side once
@@ -52,7 +50,7 @@ WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figu
 
 
 # ---------------------------------------------------------------------------------------------
-# data (loading the text: _charlm.load_text)
+# data (loading the text: charlm.load_text)
 
 
 def split(ids: torch.Tensor, val_fraction: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +67,7 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# model (_charlm.CharLM)
+# model (charlm.CharLM)
 
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
@@ -269,7 +267,8 @@ class Trainer:
         y = self.train_stream[i * T + 1:(i + 1) * T + 1].to(device, non_blocking=True)
         with autocast(device, args.amp):
             logits, state = model(x, self.state)
-        loss = F.cross_entropy(logits.float().view(-1, V), y.view(-1))
+        # the loss in float32 at least (autocast's bf16/fp16 logits), float64 when the model is
+        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)).view(-1, V), y.view(-1))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -19,17 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-if __name__ == "__main__":
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, _HERE)  # `import _common` from any working directory
-    sys.path.append(os.path.dirname(_HERE))  # in a source checkout, fastrnn itself when not installed
+if __name__ == "__main__":  # run as a script: the repository root holds the `examples` package
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # (and fastrnn, if not installed)
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from _common import BACKENDS, pick_device, rnn_class
+from examples._common import BACKENDS, pick_device, rnn_class
 
 
 @dataclass

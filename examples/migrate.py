@@ -14,17 +14,15 @@ import copy
 import os
 import sys
 
-if __name__ == "__main__":
-    _HERE = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, _HERE)  # `import _common` from any working directory
-    sys.path.append(os.path.dirname(_HERE))  # in a source checkout, fastrnn itself when not installed
+if __name__ == "__main__":  # run as a script: the repository root holds the `examples` package
+    sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # (and fastrnn, if not installed)
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import fastrnn
-from _common import median_times, no_tf32, pick_device, precision_note
+from examples._common import median_times, no_tf32, pick_device, precision_note
 
 
 class RNNModel(nn.Module):

@@ -6,7 +6,7 @@
 #   - the CUDA tests with FASTRNN_RECURRENCE=step, then again with prefer-persistent (every
 #     forward the persistent kernels can take runs on them; the rest fall back and say why);
 #   - compute-sanitizer memcheck and racecheck on a tiny LSTM/GRU case (step loop), and
-#     memcheck, racecheck and synccheck on a persistent case (scripts/persistent_case.py:
+#     memcheck, racecheck and synccheck on a persistent case (scripts/gpu_check/persistent_case.py:
 #     T = 5, H = 301, an uneven partition);
 #   - the benchmark suite with the step loop and with prefer-persistent;
 #   - the peak-memory attribution and, if time is left, the whole test suite;
@@ -151,9 +151,9 @@ print('fastrnn', fastrnn.__version__, 'from', fastrnn.__file__, 'ok:', tuple(y.s
 # --- tests, sanitizers, benchmarks -------------------------------------------------------------
 # The CUDA suite on each path: the step loop (what auto runs), then every eligible forward on the
 # persistent kernels (prefer-persistent; fastrnn._C.last_path says which calls fell back, why).
-run_step tests-cuda-step 120 yes env FASTRNN_RECURRENCE=step "$PY" -m pytest tests -m cuda -q -rs \
+run_step tests-cuda-step 120 yes env FASTRNN_RECURRENCE=step "$PY" -m pytest tests tests/tooling -m cuda -q -rs \
     -p no:cacheprovider --junitxml="$OUT/tests-cuda-step.xml"
-run_step tests-cuda-prefer 120 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m pytest tests -m cuda -q -rs \
+run_step tests-cuda-prefer 120 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m pytest tests tests/tooling -m cuda -q -rs \
     -p no:cacheprovider --junitxml="$OUT/tests-cuda-prefer.xml"
 
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || true)}
@@ -167,13 +167,13 @@ SANITIZED=(sanitizer-memcheck sanitizer-racecheck persistent-memcheck persistent
 if [[ -n $SANITIZER ]]; then
     "$SANITIZER" --version >>"$OUT/versions.txt" 2>&1
     run_step sanitizer-memcheck 60 yes "$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 100 \
-        "$PY" -m benchmarks.sanitizer_case --device cuda
+        "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     run_step sanitizer-racecheck 60 yes "$SANITIZER" --tool racecheck --racecheck-report all \
-        --error-exitcode 1 --print-limit 100 "$PY" -m benchmarks.sanitizer_case --device cuda
+        --error-exitcode 1 --print-limit 100 "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     # The persistent kernels: T = 5 steps (the double-buffered state wraps twice), H = 301.
     for tool in memcheck racecheck synccheck; do
         run_step "persistent-$tool" 60 yes "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 100 \
-            "$PY" scripts/persistent_case.py
+            "$PY" -m scripts.gpu_check.persistent_case
     done
 else
     for s in "${SANITIZED[@]}"; do
@@ -189,12 +189,12 @@ run_step benchmarks-step 150 yes env FASTRNN_RECURRENCE=step "$PY" -m benchmarks
 run_step benchmarks-prefer 150 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m benchmarks --device cuda \
     --out "$OUT/bench-prefer"
 
-# Where the peak memory of forward+backward goes, fastrnn and cuDNN (benchmarks/memory_peak.py).
+# Where the peak memory of forward+backward goes, fastrnn and cuDNN (scripts/gpu_check/memory_peak.py).
 run_step memory-peak 90 no sh -c "for c in lstm gru; do for d in fp32 bf16; do for i in fastrnn torch.nn; do \
-    '$PY' -m benchmarks.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"
+    '$PY' -m scripts.gpu_check.memory_peak --cell \$c --dtype \$d --impl \$i; done; done; done"
 
 # Everything else (CPU cases included) with what is left of the budget.
-run_step tests-all 400 no "$PY" -m pytest tests -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
+run_step tests-all 400 no "$PY" -m pytest tests tests/tooling -q -rs -p no:cacheprovider --junitxml="$OUT/tests-all.xml"
 
 # --- summary -----------------------------------------------------------------------------------
 finish

@@ -5,6 +5,9 @@ import re
 import pytest
 
 CUDA_TWIN_PROBLEMS = pytest.StashKey()  # what the collection hook found, for the test
+COLLECTED_FILES = pytest.StashKey()  # the test files it saw (resolved paths), before any deselection
+# set in a child collection by tests/test_suite_layout.py: the hook writes what it found there as JSON
+REPORT_ENV = "FASTRNN_TEST_LAYOUT_REPORT"
 
 
 def cuda_twin_problems(items):

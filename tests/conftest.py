@@ -9,11 +9,16 @@ GPU is visible (CUDA is never queried at import time).
 - `exact_fp32`: no TF32 in cuBLAS or cuDNN during the test (tests/_precision.py says why): for
   every test that compares float32 GPU results with torch.nn's.
 """
+from pathlib import Path
+
+import json
+import os
+
 import pytest
 import torch
 
 import fastrnn  # noqa: F401  registers torch.ops.fastrnn
-from _cuda_twins import CUDA_TWIN_PROBLEMS, cuda_twin_problems
+from _cuda_twins import COLLECTED_FILES, CUDA_TWIN_PROBLEMS, REPORT_ENV, cuda_twin_problems
 from _precision import exact_fp32 as _exact_fp32
 
 
@@ -22,6 +27,20 @@ def _device_param(name):
 
 
 DEVICES = [_device_param("cpu"), _device_param("cuda")]
+
+
+TOOLING = Path(__file__).resolve().parent / "tooling"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """`pytest tests` is the library alone: tests/tooling/ (toolchain builds, bootstrap, benchmark and
+    example runs) is collected only when an argument names it or something in it (`make test` and
+    pyproject's testpaths do)."""
+    if Path(collection_path) == TOOLING:
+        named = any(TOOLING == p or TOOLING in p.parents for p in
+                    (Path(str(a).split("::")[0]).resolve() for a in config.args))
+        return None if named else True
+    return None
 
 
 @pytest.fixture(params=DEVICES)
@@ -60,4 +79,7 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         dev = callspec.params.get("device") if callspec is not None else None
         rows.append((item.nodeid, item.get_closest_marker("cuda") is not None, dev))
-    config.stash[CUDA_TWIN_PROBLEMS] = cuda_twin_problems(rows)
+    config.stash[CUDA_TWIN_PROBLEMS] = problems = cuda_twin_problems(rows)
+    config.stash[COLLECTED_FILES] = files = sorted({str(Path(item.path).resolve()) for item in items})
+    if os.environ.get(REPORT_ENV):
+        Path(os.environ[REPORT_ENV]).write_text(json.dumps({"problems": problems, "files": files}))

@@ -15,7 +15,7 @@ from torch import nn
 from torch.export import Dim
 
 import fastrnn
-from test_modules import _pairwise_cases
+from _generators import pairwise_cases
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
@@ -41,7 +41,7 @@ def _valid(case):
     return not (case["mode"] == "GRU" and case["proj"])
 
 
-CASES = _pairwise_cases(0, FACTORS, _valid)
+CASES = pairwise_cases(FACTORS, _valid, 0)
 
 
 def _case_id(c):

@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import fastrnn  # noqa: F401  (registers the ops)
 from fastrnn import functional as F
 from fastrnn.reference import gru_cell_reference, gru_reference, lstm_cell_reference, lstm_reference
+from _generators import make_lengths
 
 ops = torch.ops.fastrnn
 f64 = torch.float64
@@ -29,22 +30,6 @@ def last_path(op):
     record = fastrnn._C.last_path(op)
     assert record is not None, f"{op} has not run"
     return record
-
-
-def make_lengths(spec, T, B):
-    """None, "full" (all T), "mixed" (unsorted, one entry of length 1, one of length T when B > 1)
-    or an explicit list."""
-    if spec is None:
-        return None
-    if spec == "full":
-        return torch.full((B,), T, dtype=torch.int64)
-    if spec == "mixed":
-        lens = [(T - 1 - 3 * b) % T + 1 for b in range(B)]  # starts at T, then wraps: unsorted
-        lens[1 % B] = 1
-        if B > 2:
-            lens[2] = T
-        return torch.tensor(lens, dtype=torch.int64)
-    return torch.tensor(spec, dtype=torch.int64)
 
 
 def nn_module(kind, I, H, bias, reverse, dtype, device, proj=0):

@@ -7,6 +7,7 @@ import torch
 
 import fastrnn
 from fastrnn import functional as F
+from _generators import make_lengths
 
 ops = torch.ops.fastrnn
 f64 = torch.float64
@@ -24,14 +25,6 @@ def _layer(kind, T, B, I, H, dtype, device="cpu", seed=0):
          "b_ih": r(G * H), "b_hh": r(G * H)}
     t["c0"] = r(B, H) if kind == "lstm" else None
     return t
-
-
-def _lengths(spec, T, B):
-    if spec is None:
-        return None
-    lens = [(T - 1 - 3 * b) % T + 1 for b in range(B)]
-    lens[1 % B] = 1
-    return torch.tensor(lens, dtype=torch.int64)
 
 
 def _step_loop(kind, t, lengths, reverse, save=True):
@@ -66,7 +59,7 @@ CASES = [
 def test_emulated_persistent_forward_matches_the_step_loop(kind, T, B, I, H, sms, threads, lengths, reverse, save,
                                                            blockwise):
     t = _layer(kind, T, B, I, H, f64)
-    lens = _lengths(lengths, T, B)
+    lens = make_lengths(lengths, T, B)
     want = _step_loop(kind, t, lens, reverse, save)
     got = _emulated(kind, t, lens, reverse, save, sms, threads, blockwise)
     assert fastrnn._C.last_path(f"{kind}_forward")["path"] == "cpu.persistent_emulation"
@@ -81,7 +74,7 @@ def test_emulated_saved_activations_feed_the_step_loop_backward():
     # the persistent forward saves the step loop's layout, so the step-loop backward serves it
     kind, T, B, I, H = "lstm", 6, 3, 4, 5
     t = _layer(kind, T, B, I, H, f64, seed=3)
-    lens = _lengths("mixed", T, B)
+    lens = make_lengths("mixed", T, B)
     y, h, c, ws = _emulated(kind, t, lens, False, True, 2, 4, True)
     g = torch.Generator().manual_seed(1)
     dy, dh, dc = (torch.randn(s, generator=g, dtype=f64) for s in (y.shape, h.shape, c.shape))
@@ -111,7 +104,7 @@ def test_persistent_kernel_matches_the_step_loop(monkeypatch, cuda_device, kind,
     # odd T leaves h_n in the second state buffer
     B, I, H = 6, 16, 300
     t = _layer(kind, T, B, I, H, dtype, device=cuda_device, seed=5)
-    lens = _lengths(lengths, T, B)
+    lens = make_lengths(lengths, T, B)
     if lens is not None and on_gpu:  # the masked schedule: rows in batch order
         lens = lens.to(cuda_device)
     monkeypatch.setenv("FASTRNN_RECURRENCE", "step")

@@ -122,9 +122,9 @@ def test_last_path_names_known_ops_only():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cuda_paths_can_be_forced(monkeypatch, device_cuda, cell):
-    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(4, 6).to(device_cuda)
-    x = torch.randn(5, 3, 4, device=device_cuda, requires_grad=True)
+def test_cuda_paths_can_be_forced(monkeypatch, cuda_device, cell):
+    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(4, 6).to(cuda_device)
+    x = torch.randn(5, 3, 4, device=cuda_device, requires_grad=True)
     monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
     mod(x)[0].sum().backward()
     assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.step_loop"
@@ -133,17 +133,17 @@ def test_cuda_paths_can_be_forced(monkeypatch, device_cuda, cell):
     mod(x)[0].sum().backward()
     assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.persistent_mma"
     assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
-    mod_proj = fastrnn.LSTM(4, 6, proj_size=3).to(device_cuda)
+    mod_proj = fastrnn.LSTM(4, 6, proj_size=3).to(cuda_device)
     with pytest.raises(NotImplementedError, match="no projection"):
         mod_proj(x)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_prefer_persistent_records_the_fallback(monkeypatch, device_cuda, cell):
+def test_prefer_persistent_records_the_fallback(monkeypatch, cuda_device, cell):
     monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
-    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(4, 6).to(device_cuda)
-    x = torch.randn(5, 3, 4, device=device_cuda, requires_grad=True)
+    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(4, 6).to(cuda_device)
+    x = torch.randn(5, 3, 4, device=cuda_device, requires_grad=True)
     mod(x)[0].sum().backward()
     assert fastrnn._C.last_path(f"{cell}_forward") == {"path": "cuda.persistent_mma", "grad_chunks": 0}
     assert fastrnn._C.last_path(f"{cell}_backward")["fallback"] == "no persistent backward yet"
@@ -154,9 +154,3 @@ def test_prefer_persistent_records_the_fallback(monkeypatch, device_cuda, cell):
     mod.float()(x)
     assert "fallback" not in fastrnn._C.last_path(f"{cell}_forward")
 
-
-@pytest.fixture
-def device_cuda():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU visible")
-    return torch.device("cuda")

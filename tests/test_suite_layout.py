@@ -1,15 +1,31 @@
 """The suite's own conventions: every CUDA test is selected by `pytest -m cuda` and has a CPU twin
 of the same name, so a GPU run reports the very tests a CPU run does."""
-import sys
+import json
+import os
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cuda_twins import CUDA_TWIN_PROBLEMS, cuda_twin_problems  # noqa: E402
+from _cuda_twins import COLLECTED_FILES, CUDA_TWIN_PROBLEMS, REPORT_ENV, cuda_twin_problems
+from _subprocess import describe, run_python
+
+HERE = Path(__file__).resolve().parent
 
 
-def test_every_cuda_test_is_marked_and_has_a_cpu_twin(request):
-    # collected tests only: run with the whole suite, this covers all of it
-    problems = request.config.stash[CUDA_TWIN_PROBLEMS]
+def _every_test_file():
+    return {str(p.resolve()) for p in [*HERE.glob("test_*.py"), *(HERE / "tooling").glob("test_*.py")]}
+
+
+def test_every_cuda_test_is_marked_and_has_a_cpu_twin(request, tmp_path):
+    every = _every_test_file()
+    if every <= set(request.config.stash[COLLECTED_FILES]):  # this session collected the whole suite
+        problems = request.config.stash[CUDA_TWIN_PROBLEMS]
+    else:  # run alone or on part of the suite: the whole of it is collected in a child
+        report = tmp_path / "layout.json"
+        proc = run_python(["-m", "pytest", "tests", "tests/tooling", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                          env=dict(os.environ, **{REPORT_ENV: str(report)}), timeout=600)  # a hang guard only
+        assert proc.returncode == 0 and report.exists(), describe(proc)
+        found = json.loads(report.read_text())
+        assert every <= set(found["files"]), sorted(every - set(found["files"]))
+        problems = found["problems"]
     assert not problems, "\n".join(problems)
 
 

@@ -1,6 +1,7 @@
 """The example scripts run end to end with tiny sizes on the CPU and produce real outcomes:
 the LM learns, checkpoints resume exactly, sampling is deterministic, fastrnn and torch.nn
 trajectories agree step for step, lengths matter for classification, convert keeps outputs."""
+import contextlib
 import io
 import os
 import re
@@ -9,19 +10,15 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 
 import fastrnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(ROOT, "examples")
-if EXAMPLES not in sys.path:
-    sys.path.insert(0, EXAMPLES)
+from _subprocess import ROOT, describe  # (tests/: on sys.path under pytest, from conftest.py)
+from examples import char_lm, classify, migrate
+from examples._common import Progress, no_tf32
 
-import char_lm  # noqa: E402
-import classify  # noqa: E402
-import migrate  # noqa: E402
-from _common import Progress, no_tf32  # noqa: E402
-from _subprocess import describe  # noqa: E402  (tests/: on sys.path under pytest)
+EXAMPLES = os.path.join(ROOT, "examples")
 
 # a tiny LM: a few seconds per run on two cores
 TINY_LM = ["--hidden", "32", "--embed", "16", "--layers", "2", "--seq-len", "32", "--batch-size", "16",
@@ -116,34 +113,85 @@ def test_char_lm_sampling(tmp_path, small_text):
     assert proc.stdout == s1 + "\n"
 
 
+@contextlib.contextmanager
+def default_dtype(dtype):
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_char_lm_fastrnn_matches_torch_step_for_step(cell, small_text, device):
     # same initial weights and seed. On the CPU with dropout on: both stacks draw the same masks
     # (cuDNN draws its inter-layer masks from its own generator, so no dropout there)
     dropout = 0.2 if device.type == "cpu" else 0.0
     args = lm_args("--steps", 10, "--cell", cell, "--dropout", dropout, "--device", device)
-    with no_tf32():
+    # Adam divides each gradient by its running RMS (plus eps = 1e-8), so a weight whose gradient is
+    # mostly cancellation moves by up to lr * (rounding of its gradient) / eps per step: in float32,
+    # where fastrnn (MKL) and torch.nn (oneDNN, or cuDNN) sum in different orders, a few weights of
+    # thousands end up ~2e-5 (CPU, depends on the BLAS and ISA) or ~3e-5 (H200) apart after 10 steps.
+    # On the CPU the comparison runs in float64 instead: sums of n <= ~1e3 terms of gradient
+    # contributions <= 1 differ by <= n * 2^-53 ~ 1e-13, i.e. <= lr * 1e-13 / eps = 1e-7 per step, and
+    # <= 1e-6 over 10 steps: atol 1e-5 holds whatever the BLAS and ISA.
+    dtype = torch.float64 if device.type == "cpu" else torch.float32
+    with no_tf32(), default_dtype(dtype):
         fast = char_lm.train(args, "fastrnn", text=small_text, out=quiet())
         slow = char_lm.train(args, "torch", init_state=fast.init_state, text=small_text, out=quiet())
     assert isinstance(fast.model.rnn, fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)
     assert type(slow.model.rnn) is (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)
+    assert fast.model.rnn.weight_hh_l0.dtype == slow.model.rnn.weight_hh_l0.dtype == dtype
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast.val[-1][1], slow.val[-1][1], rtol=1e-4, atol=0)
-    # On the GPU, cuDNN and fastrnn's cuBLAS GEMMs sum in different orders (both full fp32 here).
-    # Adam divides each gradient by its running RMS, so where a gradient is mostly cancellation its
-    # rounding moves the weight by a visible fraction of lr (1e-2): after 10 steps a few weights of
-    # thousands differ by ~3e-5 (H200), while the losses above still agree to 1e-5.
+    # GPU (float32, no TF32): cuDNN and fastrnn's cuBLAS GEMMs sum in different orders; measured
+    # ~3e-5 on an H200, 2e-4 leaves room for other GPUs' orders (Adam's amplification above).
     atol = 1e-5 if device.type == "cpu" else 2e-4
     for k, v in fast.model.state_dict().items():
         torch.testing.assert_close(v, slow.model.state_dict()[k], rtol=1e-4, atol=atol)
 
 
-def test_char_lm_bf16_autocast(small_text):
+class _LSTMAutocastByHand(nn.LSTM):
+    """nn.LSTM doing by hand what CPU bf16 autocast does to it: parameters, input and state cast to
+    bf16 inside the graph (the float32 parameters stay the optimizer's), the layer run in bf16.
+    Under autocast itself torch.nn's LSTM needs oneDNN's bf16 LSTM primitive, which a CPU without
+    AVX-512 lacks ("could not create a primitive descriptor"); with bf16 parameters it runs anywhere."""
+
+    def forward(self, x, hx=None):
+        if not torch.is_autocast_enabled("cpu"):
+            return super().forward(x, hx)
+        dt = torch.get_autocast_dtype("cpu")
+        with torch.autocast("cpu", enabled=False):
+            params = {k: p.to(dt) for k, p in self.named_parameters()}
+            hx = None if hx is None else tuple(h.to(dt) for h in hx)
+            return torch.func.functional_call(self, params, (x.to(dt), hx))
+
+
+def test_char_lm_bf16_autocast(small_text, monkeypatch):
     args = lm_args("--steps", 4, "--amp", "bf16", "--dropout", 0)
     fast = char_lm.train(args, "fastrnn", text=small_text, evals=False, out=quiet())
+
+    def torch_model(args, vocab_size, backend):
+        model = char_lm.CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend)
+        model.rnn = _LSTMAutocastByHand(args.embed, args.hidden, args.layers)
+        return model
+
+    monkeypatch.setattr(char_lm, "make_model", torch_model)
     slow = char_lm.train(args, "torch", init_state=fast.init_state, text=small_text, evals=False, out=quiet())
+    assert isinstance(slow.model.rnn, nn.LSTM) and not isinstance(slow.model.rnn, fastrnn.LSTM)
     assert all(torch.isfinite(torch.tensor(fast.losses)))
+    # Both run the LSTM and the head in bf16 (unit roundoff u = 2^-8) from the same float32 weights,
+    # rounding the same values in different orders. Logits (|z| <= ~2 on this near-uniform model) that
+    # differ by two roundings (2u|z| <= 1.6e-2 / 2) move the cross entropy by at most 2 max|dz| =
+    # 1.6e-2: atol 2e-2. (Measured ~2e-4. fp32 and bf16 runs differ by only ~6e-4 on this tiny model,
+    # so the dtypes are asserted directly below.)
     torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(slow.losses), rtol=0, atol=2e-2)
+    x = torch.randn(3, 2, args.embed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for model in (fast.model, slow.model):
+            y, (h, c) = model.rnn(x)
+            assert y.dtype == h.dtype == c.dtype == torch.bfloat16, type(model.rnn)
 
 
 def _speed_rows(text):

@@ -2,8 +2,8 @@
 this model on this text, and the benchmarks' char-LM cases (benchmarks/cases.py) time the same
 model on the same text, so the demo's speed and the benchmark table measure one thing.
 
-Imported as the top-level module `_charlm` (examples/ on sys.path, as for `_common`) by both, so
-that there is one class object, not one per import path.
+Both import it as `examples.charlm` (the repository root on sys.path: the working directory of
+`python -m benchmarks`, the scripts' own set-up when run directly), so there is one class object.
 """
 import hashlib
 from typing import List, Optional
@@ -11,7 +11,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from _common import rnn_class
+from examples._common import rnn_class
 
 # The default text: the documentation topics that ship with CPython, so nothing is downloaded.
 DEFAULT_CORPUS = "pydoc_data.topics"

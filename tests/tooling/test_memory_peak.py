@@ -1,5 +1,5 @@
-"""benchmarks.memory_peak: the peak and the blocks live at it, from an allocator trace."""
-from benchmarks.memory_peak import live_at_peak
+"""scripts/gpu_check/memory_peak.py (a GPU-check helper): the peak and the blocks live at it, from an allocator trace."""
+from scripts.gpu_check.memory_peak import live_at_peak
 
 
 def _ev(action, addr, size):

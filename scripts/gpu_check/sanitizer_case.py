@@ -1,7 +1,7 @@
 """Tiny LSTM / GRU forward + backward with variable lengths, small enough to run under
 compute-sanitizer (memcheck, racecheck), which slows kernels down by orders of magnitude:
 
-  compute-sanitizer --tool memcheck --error-exitcode 1 python -m benchmarks.sanitizer_case
+  compute-sanitizer --tool memcheck --error-exitcode 1 python -m scripts.gpu_check.sanitizer_case
 
 Covers both directions, unsorted lengths including 1 and T, odd sizes (not multiples of a warp
 or a tile), fp32 and bf16, the multi-layer bidirectional modules and the cells. The reference

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _subprocess import ROOT, describe, run_python  # noqa: E402
+from _subprocess import ROOT, describe, run_python  # (tests/: on sys.path under pytest, from conftest.py)
 
 CHECK = ROOT / "scripts" / "toolchain_check.py"
 FIX = "CXX=/usr/bin/g++ CC=/usr/bin/gcc"

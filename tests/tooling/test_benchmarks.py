@@ -9,11 +9,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks import configs as C  # noqa: E402
-from benchmarks.timing import summarize  # noqa: E402
+from _subprocess import ROOT  # (tests/: on sys.path under pytest, from conftest.py)
+from benchmarks import configs as C  # (the repository root: pyproject's pytest pythonpath)
+from benchmarks.timing import summarize
 
 RENDER = os.path.join(ROOT, "scripts", "render_perf_table.py")
 
@@ -201,11 +199,10 @@ def test_terminated_run_keeps_partial_results(tmp_path):
 
 
 def test_benchmark_trains_the_demos_model_on_the_demos_text(quick_run):
-    from benchmarks import cases, corpus  # puts examples/ on sys.path
-
-    import char_lm
     import fastrnn
     import torch
+    from benchmarks import cases, corpus
+    from examples import char_lm
 
     assert cases.CharLM is char_lm.CharLM
     ref, fast = cases.charlm_pair(20, dict(C.CHARLM, emb=8, H=12), torch.device("cpu"), torch.float32)

@@ -2,7 +2,7 @@
 history over one fastrnn (or torch.nn) layer call, finds the moment of the peak and lists the
 blocks live then, largest first, with the Python and C++ frames that allocated them.
 
-    python -m benchmarks.memory_peak [--config fastrnns] [--cell lstm] [--dtype fp32] [--impl fastrnn]
+    python -m scripts.gpu_check.memory_peak [--config fastrnns] [--cell lstm] [--dtype fp32] [--impl fastrnn]
 
 The benchmark suite reports the peak itself (memory/*/peak); this explains it. CUDA only.
 """
@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from . import configs as C
+from benchmarks import configs as C
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 

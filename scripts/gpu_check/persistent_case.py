@@ -4,7 +4,7 @@ and not a multiple of a warp or a tile), odd T >= 3, B = 3, lengths (host and de
 reverse, fp32 and bf16, each forced onto the persistent forward and compared with the step loop
 in the same process:
 
-  FASTRNN_RECURRENCE is set here; run as  compute-sanitizer --tool racecheck python scripts/persistent_case.py
+  FASTRNN_RECURRENCE is set here; run as  compute-sanitizer --tool racecheck python -m scripts.gpu_check.persistent_case
 
 Exits non-zero when a call did not run on the persistent path or differs from the step loop by
 more than the tolerance below. The sizes are kept small because the sanitizers slow kernels

@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _subprocess import ROOT  # (tests/: on sys.path under pytest, from conftest.py)
+
 BOOTSTRAP = os.path.join(ROOT, "scripts", "bootstrap.sh")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
