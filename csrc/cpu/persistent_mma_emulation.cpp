@@ -173,21 +173,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> persistent_mma_forward_emulated(
   const int64_t big = std::numeric_limits<int32_t>::max();
   const char* why = plan_persistent_mma(G, p.d.H, p.d.B, int64_t(x.element_size()), big, 1, big, mp);
   TORCH_CHECK_VALUE(why == nullptr, "cannot partition: ", why);
-  PersistentPartition part;
-  part.blocks = mp.ctas;
-  part.units = mp.units;
-  part.threads = mp.threads;
-  run_persistent_forward(p, part, "cpu.persistent_mma_emulation",
+  run_persistent_forward(p, as_persistent_partition(mp), "cpu.persistent_mma_emulation",
                          [&](const auto& args, const PersistentPartition&) -> const char* {
                            using T = typename std::decay_t<decltype(args)>::scalar_type;
-                           PersistentMmaArgs<T> m{};
-                           static_cast<PersistentForwardArgs<T>&>(m) = args;
-                           m.ntiles = mp.ntiles;
-                           m.kslices = mp.kslices;
-                           m.ktiles = mp.ktiles;
-                           m.ldh = mp.ldh;
-                           m.split = split;
-                           m.counter = nullptr;
+                           const PersistentMmaArgs<T> m = mma_args(args, mp, split, nullptr);
                            emulate(m, mp, o, seed, wait_slack);
                            return nullptr;
                          });

@@ -35,14 +35,7 @@ void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
   cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
   const char* refused = nullptr;
   if (c.kind == cuda::Recurrence::kPersistentMma) {
-    // run_persistent_forward takes the scalar kernel's partition: the tensor-core kernel's units
-    // and CTAs in its terms (its launch uses its own partition, captured here)
-    PersistentPartition part;
-    part.blocks = c.mma.ctas;
-    part.units = c.mma.units;
-    part.threads = c.mma.threads;
-    part.smem_bytes = c.mma.smem_bytes;
-    refused = run_persistent_forward(p, part, "cuda.persistent_mma", [&c](const auto& args, const PersistentPartition&) {
+    refused = run_persistent_forward(p, as_persistent_partition(c.mma), "cuda.persistent_mma", [&c](const auto& args, const PersistentPartition&) {
       return cuda::launch_persistent_mma_forward(args, c.mma, c.split);
     });
   } else if (c.kind == cuda::Recurrence::kPersistent) {

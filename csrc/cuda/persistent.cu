@@ -11,6 +11,7 @@
 
 #include "fastrnn/persistent.h"
 #include "launch.h"
+#include "smem_optin.cuh"
 
 namespace fastrnn {
 namespace cuda {
@@ -33,21 +34,6 @@ __global__ void persistent_forward_kernel(const PersistentForwardArgs<T> a) {
   }
 }
 
-// Lets the kernel use all the shared memory a block may opt into, once per device: the launch's
-// own size decides what it takes, and setting the limit per call would race between host
-// threads launching different sizes.
-template <typename T>
-void allow_all_shared_memory(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag flags[kMaxDevices];
-  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fastrnn: device index ", device, " out of range");
-  std::call_once(flags[device], [device] {
-    int optin = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(persistent_forward_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  });
-}
-
 }  // namespace
 
 template <typename T>
@@ -56,7 +42,7 @@ const char* persistent_forward_unavailable(const PersistentPartition& part, int6
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
   if (!cooperative) return "the device cannot launch cooperative kernels";
-  allow_all_shared_memory<T>(device);
+  allow_all_shared_memory<persistent_forward_kernel<T>>(device);
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_forward_kernel<T>, int(part.threads),
                                                                part.smem_bytes));
   if (int64_t(per_sm) * sms < part.blocks) {
@@ -70,7 +56,7 @@ const char* launch_persistent_forward(const PersistentForwardArgs<T>& a, const P
   const auto kernel = persistent_forward_kernel<T>;
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  allow_all_shared_memory<T>(device);
+  allow_all_shared_memory<persistent_forward_kernel<T>>(device);
   void* args[] = {const_cast<PersistentForwardArgs<T>*>(&a)};
   const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(unsigned(part.blocks)),
                                                       dim3(unsigned(part.threads)), args, size_t(part.smem_bytes),

@@ -16,6 +16,7 @@
 
 #include "fastrnn/persistent_mma.h"
 #include "launch.h"
+#include "smem_optin.cuh"
 
 namespace fastrnn {
 namespace cuda {
@@ -151,18 +152,6 @@ __global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_kernel(const Pe
   }
 }
 
-template <typename T>
-void allow_all_shared_memory(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::once_flag flags[kMaxDevices];
-  TORCH_CHECK(device >= 0 && device < kMaxDevices, "fastrnn: device index ", device, " out of range");
-  std::call_once(flags[device], [device] {
-    int optin = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(persistent_mma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin));
-  });
-}
-
 }  // namespace
 
 template <typename T>
@@ -180,7 +169,7 @@ const char* persistent_mma_unavailable(int64_t G, int64_t H, int64_t B, int64_t 
     // The shared-memory need first (occupancy is asked for that size)
     const char* why = plan_persistent_mma(G, H, B, int64_t(sizeof(T)), sms, 1 << 20, optin, part);
     if (why != nullptr) return why;
-    allow_all_shared_memory<T>(device);
+    allow_all_shared_memory<persistent_mma_kernel<T>>(device);
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_mma_kernel<T>,
                                                                  int(part.threads), part.smem_bytes));
     return plan_persistent_mma(G, H, B, int64_t(sizeof(T)), sms, per_sm, optin, part);
@@ -195,17 +184,11 @@ const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& args, 
   } else {
     int device = 0;
     C10_CUDA_CHECK(cudaGetDevice(&device));
-    allow_all_shared_memory<T>(device);
+    allow_all_shared_memory<persistent_mma_kernel<T>>(device);
     // The step counter: zeroed on the current stream, so the kernel sees it zero.
     const at::Tensor counter = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device));
-    PersistentMmaArgs<T> a{};
-    static_cast<PersistentForwardArgs<T>&>(a) = args;
-    a.ntiles = part.ntiles;
-    a.kslices = part.kslices;
-    a.ktiles = part.ktiles;
-    a.ldh = part.ldh;
-    a.split = split;
-    a.counter = reinterpret_cast<unsigned long long*>(counter.mutable_data_ptr<int64_t>());
+    PersistentMmaArgs<T> a =
+        mma_args(args, part, split, reinterpret_cast<unsigned long long*>(counter.mutable_data_ptr<int64_t>()));
     void* kargs[] = {&a};
     const cudaError_t err = cudaLaunchCooperativeKernel(
         reinterpret_cast<const void*>(persistent_mma_kernel<T>), dim3(unsigned(part.ctas)), dim3(unsigned(part.threads)),

@@ -108,6 +108,33 @@ struct PersistentMmaArgs : PersistentForwardArgs<scalar_t> {  // U = MmaPartitio
   unsigned long long* counter;   // [1] monotonic step counter, zero at launch
 };
 
+// The partition in the scalar kernel's terms, which run_persistent_forward (persistent_host.h)
+// takes for the state set-up; the launch itself uses the MmaPartition.
+inline PersistentPartition as_persistent_partition(const MmaPartition& m) {
+  PersistentPartition part;
+  part.blocks = m.ctas;
+  part.units = m.units;
+  part.threads = m.threads;
+  part.smem_bytes = m.smem_bytes;
+  return part;
+}
+
+// The tensor-core kernel's arguments: the persistent forward's common ones and the partition.
+// counter: [1] zeroed on the launch's stream (nullptr in the host emulation).
+template <typename scalar_t>
+PersistentMmaArgs<scalar_t> mma_args(const PersistentForwardArgs<scalar_t>& common, const MmaPartition& part,
+                                     bool split, unsigned long long* counter) {
+  PersistentMmaArgs<scalar_t> a{};
+  static_cast<PersistentForwardArgs<scalar_t>&>(a) = common;
+  a.ntiles = part.ntiles;
+  a.kslices = part.kslices;
+  a.ktiles = part.ktiles;
+  a.ldh = part.ldh;
+  a.split = split;
+  a.counter = counter;
+  return a;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Operand rounding: what the tensor core reads of a value. 16-bit types as stored; fp32 as TF32
 // (10 mantissa bits, round to nearest with ties away from zero, as cvt.rna.tf32.f32); fp64 (host
