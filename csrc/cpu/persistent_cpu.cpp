@@ -59,69 +59,85 @@ inline int64_t gru_width(int64_t H) { return 4 * H; }
 // Units are handed to threads in chunks of the pointwise SIMD width, so only a thread's last
 // chunk has a scalar tail.
 constexpr int64_t kUnitChunk = cpu::kLanes;
+// The block of K one pass of the micro-kernel covers (see run_thread).
+constexpr int64_t kKBlock = 64;
 
-// ---- Micro-kernels: C[mr, NV*W] = A[mr, K] * Panel[K, NV*W] for mr <= MR, A rows lda apart,
-// the panel k-major (NV*W values per k). Written on GCC vector types: they compile to zmm, ymm or
-// xmm registers in the per-ISA entry points below, and GCC contracts a * b + c into FMA where the
-// ISA has it.
-template <typename A, int Bytes, int MR_, int NV_>
+// ---- Micro-kernels: C[mr, G*W] = A[mr, K] * Panel[K, G*W] for mr <= MR: A rows lda apart, the
+// panel k-major (G*W values per k: W consecutive units of each of the G gates), so accumulator
+// (r, q) is gate q of W units of row r and the tile holds every gate the cell math of those
+// units needs. Vector q of row r is stored at c + r * ldr + q * ldq. Written on GCC vector
+// types: they compile to zmm, ymm or xmm registers in the per-ISA entry points below, and GCC
+// contracts a * b + c into FMA where the ISA has it.
+template <typename A, int Bytes, int G_, int MR_>
 struct Micro {
   typedef A V __attribute__((vector_size(Bytes)));
   static constexpr int W = Bytes / int(sizeof(A));
-  static constexpr int MR = MR_, NV = NV_, NR = NV_ * W;
+  static constexpr int G = G_, MR = MR_, NR = G_ * W;
 
+  // accumulate: add to what c holds (a later block of K) instead of overwriting it.
   template <int mr>
-  FASTRNN_INLINE static void tile(const A* a, int64_t lda, int64_t K, const A* panel, A* c, int64_t ldc) {
-    V acc[mr][NV];
+  FASTRNN_INLINE static void tile(const A* a, int64_t lda, int64_t K, const A* panel, A* c, int64_t ldr,
+                                  int64_t ldq, bool accumulate) {
+    V acc[mr][G];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+      for (int q = 0; q < G; ++q) {
+        if (accumulate) {
+          std::memcpy(&acc[r][q], c + r * ldr + q * ldq, sizeof(V));
+        } else {
+          acc[r][q] = V{};
+        }
+      }
     }
     for (int64_t k = 0; k < K; ++k) {
-      V b[NV];
+      V b[G];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) std::memcpy(&b[v], panel + k * NR + v * W, sizeof(V));
+      for (int q = 0; q < G; ++q) std::memcpy(&b[q], panel + k * NR + q * W, sizeof(V));
 #pragma GCC unroll 8
       for (int r = 0; r < mr; ++r) {
         const A x = a[r * lda + k];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[r][v] += x * b[v];
+        for (int q = 0; q < G; ++q) acc[r][q] += x * b[q];
       }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) std::memcpy(c + r * ldc + v * W, &acc[r][v], sizeof(V));
+      for (int q = 0; q < G; ++q) std::memcpy(c + r * ldr + q * ldq, &acc[r][q], sizeof(V));
     }
   }
 
   FASTRNN_INLINE static void tile_rows(int mr, const A* a, int64_t lda, int64_t K, const A* panel, A* c,
-                                       int64_t ldc) {
+                                       int64_t ldr, int64_t ldq, bool accumulate) {
     static_assert(MR_ <= 8, "tile_rows dispatches up to 8 rows");
     switch (mr) {
-      case 1: return tile<1>(a, lda, K, panel, c, ldc);
-      case 2: return tile<(MR_ >= 2 ? 2 : 1)>(a, lda, K, panel, c, ldc);
-      case 3: return tile<(MR_ >= 3 ? 3 : 1)>(a, lda, K, panel, c, ldc);
-      case 4: return tile<(MR_ >= 4 ? 4 : 1)>(a, lda, K, panel, c, ldc);
-      case 5: return tile<(MR_ >= 5 ? 5 : 1)>(a, lda, K, panel, c, ldc);
-      case 6: return tile<(MR_ >= 6 ? 6 : 1)>(a, lda, K, panel, c, ldc);
-      case 7: return tile<(MR_ >= 7 ? 7 : 1)>(a, lda, K, panel, c, ldc);
-      default: return tile<(MR_ >= 8 ? 8 : 1)>(a, lda, K, panel, c, ldc);
+#define FASTRNN_TILE_CASE(m) \
+  case m: return tile<(MR_ >= m ? m : 1)>(a, lda, K, panel, c, ldr, ldq, accumulate);
+      FASTRNN_TILE_CASE(2)
+      FASTRNN_TILE_CASE(3)
+      FASTRNN_TILE_CASE(4)
+      FASTRNN_TILE_CASE(5)
+      FASTRNN_TILE_CASE(6)
+      FASTRNN_TILE_CASE(7)
+      FASTRNN_TILE_CASE(8)
+#undef FASTRNN_TILE_CASE
+      default: return tile<1>(a, lda, K, panel, c, ldr, ldq, accumulate);
     }
   }
 };
 
-// Register blocking per ISA (accumulators + NV panel vectors + 1 broadcast <= registers):
-//   AVX-512: 32 zmm, 6 x 4 = 24 accumulators (a 6 x 64 float tile);
-//   AVX2 + FMA: 16 ymm, 6 x 2 = 12 (6 x 16 floats);
-//   baseline (SSE2, no FMA): 16 xmm, 4 x 2 = 8 (4 x 8 floats).
-template <typename A>
-using MicroAvx512 = Micro<A, 64, 6, 4>;
-template <typename A>
-using MicroAvx2 = Micro<A, 32, 6, 2>;
-template <typename A>
-using MicroBase = Micro<A, 16, 4, 2>;
+// Register blocking per ISA: MR * G accumulators + G panel vectors + 1 broadcast fit the
+// registers, MR as large as that allows (each broadcast feeds G FMAs, each panel load MR):
+//   AVX-512 (32 zmm): 24 accumulators, 6 rows (LSTM) / 8 rows (GRU) of 16 floats x G gates;
+//   AVX2 + FMA (16 ymm): 12, 3 / 4 rows of 8 floats;
+//   baseline (SSE2, no FMA; 16 xmm): 8 / 6, 2 rows of 4 floats.
+template <typename A, int G>
+using MicroAvx512 = Micro<A, 64, G, 24 / G>;
+template <typename A, int G>
+using MicroAvx2 = Micro<A, 32, G, 12 / G>;
+template <typename A, int G>
+using MicroBase = Micro<A, 16, G, 2>;
 
 // ---- The per-step barrier: a counter and a generation word, spinning (pause) and, past a
 // bound, yielding the core (a descheduled partner on a shared machine would otherwise cost a
@@ -264,55 +280,83 @@ struct GruCell {
 
 // One thread's whole call: pack its W_hh slice, then all T steps. Everything is inlined into the
 // per-ISA entry points, so the micro-kernel and the cell math compile for that ISA.
+//
+// The thread's units go in groups of kUnitChunk (the pointwise SIMD width), each group in
+// kUnitChunk / W panels of the micro-kernel. Per step and group: the products of all active rows
+// go to a [B, G, kUnitChunk] buffer (16 KiB at B = 64, LSTM), K in blocks of kKBlock so that a
+// block of the group's panels (16 KiB) and of h (16 KiB at B = 64) stay in L1 while the row
+// tiles pass over them; then the cell math runs on the buffer at once.
 template <class M, class Cell, typename T>
 FASTRNN_INLINE void run_thread(const Shared<T>& sh, int tid, int nt) {
   using A = at::opmath_type<T>;
   constexpr int G = Cell::G;
+  constexpr int64_t kSub = kUnitChunk / M::W;  // panels per group
+  static_assert(kUnitChunk % M::W == 0, "a group is whole panels");
   const Slice sl = slice_of(sh.H, tid, nt);
   const int64_t U = sl.U, u0 = sl.u0, K = sh.K, H = sh.H;
-  // Local gate columns: gate q of local unit jj is column q * Upad + jj (Upad: U rounded up to
-  // the vector width); panels of M::NR columns cover them, the last one zero-padded.
-  const int64_t Upad = (U + M::W - 1) / M::W * M::W;
-  const int64_t ncols = G * Upad, panels = (ncols + M::NR - 1) / M::NR, ldg = panels * M::NR;
-  Buffer<A> packed(U > 0 ? panels * K * M::NR : 0), gates(U > 0 ? M::MR * ldg : 0);
+  const int64_t groups = (U + kUnitChunk - 1) / kUnitChunk;
+  const int64_t panel_size = K * M::NR;
+  Buffer<A> packed(groups * kSub * panel_size), gates(sh.B * G * kUnitChunk);
   if (packed.p == nullptr || gates.p == nullptr) sh.failed->store(true);
-  if (!sh.failed->load() && U > 0) {
-    for (int64_t col = 0; col < panels * M::NR; ++col) {
-      const int64_t q = col / Upad, jj = col % Upad, pn = col / M::NR, n = col % M::NR;
-      A* dst = packed.p + pn * K * M::NR + n;
-      if (q < G && jj < U) {
-        const T* src = sh.w_hh + (q * H + u0 + jj) * K;
-        for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = static_cast<A>(src[k]);
-      } else {
-        for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = A(0);
+  if (!sh.failed->load()) {
+    // panel (group gi, sub-panel sp)[k][q * W + w] = W_hh[q * H + unit, k], unit = u0 + gi * kUnitChunk
+    // + sp * W + w; zero past the thread's units.
+    for (int64_t pn = 0; pn < groups * kSub; ++pn) {
+      for (int q = 0; q < G; ++q) {
+        for (int w = 0; w < M::W; ++w) {
+          const int64_t jj = pn * M::W + w;  // local unit
+          A* dst = packed.p + pn * panel_size + q * M::W + w;
+          if (jj < U) {
+            const T* src = sh.w_hh + (q * H + u0 + jj) * K;
+            for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = static_cast<A>(src[k]);
+          } else {
+            for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = A(0);
+          }
+        }
       }
     }
   }
   sh.barrier->wait(nt);  // every thread sees every allocation's outcome
   if (sh.failed->load()) return;
 
+  constexpr int64_t ldr = G * kUnitChunk;  // the gate buffer: [B, G, kUnitChunk]
   for (int64_t s = 0; s < sh.steps; ++s) {
     const int64_t n = sh.active != nullptr ? sh.active[s] : sh.B;
     const A* h_in = sh.hbuf[s & 1];
     A* h_out = sh.hbuf[(s + 1) & 1];
-    for (int64_t r0 = 0; U > 0 && r0 < n; r0 += M::MR) {
-      const int mr = int(std::min<int64_t>(M::MR, n - r0));
-      for (int64_t pn = 0; pn < panels; ++pn) {
-        M::tile_rows(mr, h_in + r0 * K, K, K, packed.p + pn * K * M::NR, gates.p + pn * M::NR, ldg);
+    // Row tiles of at most MR rows, as even as possible (8 rows: 4 + 4, not 6 + 2): a short tile
+    // reloads the panel for few rows.
+    const int64_t tiles = (n + M::MR - 1) / M::MR;
+    for (int64_t gi = 0; gi < groups; ++gi) {
+      const int64_t ug = gi * kUnitChunk, uend = std::min(U, ug + kUnitChunk);  // local units of the group
+      const A* gpanels = packed.p + gi * kSub * panel_size;
+      for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+        const int64_t kc = std::min(kKBlock, K - k0);
+        for (int64_t ti = 0, r0 = 0; ti < tiles; ++ti) {
+          const int mr = int(n / tiles + (ti < n % tiles ? 1 : 0));
+          for (int64_t sp = 0; sp < kSub; ++sp) {
+            M::tile_rows(mr, h_in + r0 * K + k0, K, kc, gpanels + sp * panel_size + k0 * M::NR,
+                         gates.p + r0 * ldr + sp * M::W, ldr, kUnitChunk, k0 > 0);
+          }
+          r0 += mr;
+        }
       }
-      for (int64_t r = r0; r < r0 + mr; ++r) {
+      for (int64_t r = 0; r < n; ++r) {
         const int64_t b = entry_of(sh.order, r);
         int64_t t;
         if (!step_time(s, seq_length(sh.lengths, b, sh.steps), sh.reverse, t)) continue;  // not in the prefix
         const int64_t tb = t * sh.B + b;
-        const A* g = gates.p + (r - r0) * ldg;
+        const A* g = gates.p + r * ldr - ug;  // indexed by local unit
         const A* hi = h_in + r * K;
         A* ho = h_out + r * K;
-        int64_t jj = 0;
+        int64_t jj = ug;
         if constexpr (std::is_same_v<T, float>) {
-          for (; jj + kLanes <= U; jj += kLanes) Cell::template unit<VecF>(sh, g, Upad, r, tb, u0 + jj, jj, hi, ho);
+          if (uend - ug == kLanes) {
+            Cell::template unit<VecF>(sh, g, kUnitChunk, r, tb, u0 + jj, jj, hi, ho);
+            jj = uend;
+          }
         }
-        for (; jj < U; ++jj) Cell::template unit<A>(sh, g, Upad, r, tb, u0 + jj, jj, hi, ho);
+        for (; jj < uend; ++jj) Cell::template unit<A>(sh, g, kUnitChunk, r, tb, u0 + jj, jj, hi, ho);
       }
     }
     if (s + 1 < sh.steps) sh.barrier->wait(nt);
@@ -357,20 +401,20 @@ Isa isa() {
                                      defined(__AVX512DQ__))
 template <class Cell, typename T>
 FASTRNN_TARGET("arch=x86-64-v4") void thread_avx512(const Shared<T>& sh, int tid, int nt) {
-  run_thread<MicroAvx512<at::opmath_type<T>>, Cell>(sh, tid, nt);
+  run_thread<MicroAvx512<at::opmath_type<T>, Cell::G>, Cell>(sh, tid, nt);
 }
 #define FASTRNN_HAS_AVX512_KERNEL 1
 #endif
 #if FASTRNN_PERSISTENT_MULTI_ISA || (defined(__AVX2__) && defined(__FMA__))
 template <class Cell, typename T>
 FASTRNN_TARGET("arch=x86-64-v3") void thread_avx2(const Shared<T>& sh, int tid, int nt) {
-  run_thread<MicroAvx2<at::opmath_type<T>>, Cell>(sh, tid, nt);
+  run_thread<MicroAvx2<at::opmath_type<T>, Cell::G>, Cell>(sh, tid, nt);
 }
 #define FASTRNN_HAS_AVX2_KERNEL 1
 #endif
 template <class Cell, typename T>
 void thread_base(const Shared<T>& sh, int tid, int nt) {
-  run_thread<MicroBase<at::opmath_type<T>>, Cell>(sh, tid, nt);
+  run_thread<MicroBase<at::opmath_type<T>, Cell::G>, Cell>(sh, tid, nt);
 }
 
 template <class Cell, typename T>
