@@ -36,9 +36,9 @@ TORCH_LIBRARY(fastrnn, m) {
 namespace {
 
 // last_path(op: str) -> dict | None: which implementation ran the last call of op
-// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cuda.step_loop",
-// "grad_chunks": runs of steps the backward folded its gate grads in (0 for forwards)}; None
-// before the first call. For tests and diagnostics.
+// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cpu.persistent" |
+// "cuda.step_loop" | "cuda.persistent", "grad_chunks": runs of steps the backward folded its gate
+// grads in (0 for forwards)}; None before the first call. For tests and diagnostics.
 PyObject* last_path(PyObject*, PyObject* arg) {
   const char* op = PyUnicode_AsUTF8(arg);
   if (op == nullptr) return nullptr;

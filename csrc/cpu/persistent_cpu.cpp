@@ -3,14 +3,14 @@
 //
 // - Threads split the hidden units in chunks of kUnitChunk; thread k owns units [u0, u0 + U)
 //   with all G of their gates, so its cell math needs nothing another thread computes.
-// - Each thread packs its G*U rows of W_hh once per call into panels of its micro-kernel
-//   (kNR columns, k-major: panel[k][n]) and keeps them, in its own cache, for all T steps.
-// - Per step it computes its [rows x G*U] block of h_{s-1} W_hh^T a row tile at a time with a
-//   register-blocked micro-kernel (MR rows x NV vectors of accumulators), then runs the cell math
-//   (cell_math.h) on that tile while it is in L1: pre-activations = the plan's input projection
-//   (in `saved`'s gate columns, as the step loop reads it) + the tile; writes c, h_s, y and saved
-//   exactly as the step loop does. Then one spinning barrier: h_s must be complete before any
-//   thread starts step s + 1.
+// - Each thread packs its G*U rows of W_hh once per call into panels of its micro-kernel (W
+//   units x the G gates, k-major) and keeps them, in its own cache, for all T steps.
+// - Per step it computes its [rows x G*U] block of h_{s-1} W_hh^T a group of kUnitChunk units at
+//   a time with a register-blocked micro-kernel (MR rows x G vectors of accumulators), then runs
+//   the cell math (cell_math.h) on that group while it is in L1: pre-activations = the plan's
+//   input projection (in `saved`'s gate columns, as the step loop reads it) + the products;
+//   writes c, h_s, y and saved exactly as the step loop does. Then one spinning barrier: h_s must
+//   be complete before any thread starts step s + 1.
 // - h lives in two [B, P] buffers in the opmath type (read s % 2, write the other), so no thread
 //   overwrites what another still reads; half / bfloat16 round each h_s to their type before
 //   storing it, as the step loop's state is kept in that type.
