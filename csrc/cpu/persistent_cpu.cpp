@@ -141,11 +141,13 @@ using MicroBase = Micro<A, 16, G, 2>;
 
 // ---- The per-step barrier: a counter and a generation word, spinning (pause) and, past a
 // bound, yielding the core (a descheduled partner on a shared machine would otherwise cost a
-// whole time slice of spinning).
+// whole time slice of spinning). The bound, 2048 pauses, is ~30-100 us (a pause takes 40-140
+// cycles depending on the core): longer than a step's imbalance on a quiet machine, shorter than
+// a step at the small shapes (a 16k bound made the small config 10x slower on a loaded VM).
 struct SpinBarrier {
   alignas(64) std::atomic<int> count{0};
   alignas(64) std::atomic<int> generation{0};
-  static constexpr int kSpinsBeforeYield = 1 << 14;
+  static constexpr int kSpinsBeforeYield = 1 << 11;
 
   void wait(int n) {
     if (n == 1) return;
