@@ -216,11 +216,15 @@ def test_auto_follows_the_measured_rule(monkeypatch, value):
         monkeypatch.delenv("FASTRNN_RECURRENCE", raising=False)
     else:
         monkeypatch.setenv("FASTRNN_RECURRENCE", value)
-    # docs/DESIGN.md, "The persistent CPU recurrence": float32 forwards on two or more threads
+    # docs/DESIGN.md, "The persistent CPU recurrence": float32 forwards of 32 rows or more on two
+    # or more threads
     for cell in ("lstm", "gru"):
         assert _choice(cell, T=100, B=64, I=512, H=512) == "persistent"
-        assert _choice(cell, T=100, B=1, I=256, H=256) == "persistent"
+        assert _choice(cell, T=64, B=32, I=64, H=256) == "persistent"
+        assert _choice(cell, T=100, B=8, I=256, H=256) == "step"
+        assert _choice(cell, T=100, B=1, I=256, H=256) == "step"
         assert _choice(cell, T=100, B=64, I=512, H=512, threads=1) == "step"
+        assert _choice(cell, T=100, B=64, I=512, H=16) == "step"  # one unit chunk: one thread
         assert _choice(cell, T=100, B=64, I=512, H=512, backward=True) == "step"
         assert _choice(cell, T=1, B=1, H=256) == "step"  # cell calls keep the fused single step
         for dtype in (torch.float64, torch.bfloat16, torch.float16):

@@ -519,12 +519,16 @@ const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
 
 // auto: where the measurements (docs/DESIGN.md, "The persistent CPU recurrence") found the
 // persistent recurrence faster than the step loop.
-// Measured (fp32, interleaved with the step loop, medians): with two threads the persistent
-// recurrence was faster at every measured shape, B = 1 to 64, H = 128 to 1024, LSTM and GRU; on
-// one thread MKL's GEMM beat its micro-kernel at B >= 8 on an AVX-512 Xeon. Not measured (so the
-// step loop): float64, half types. Cell calls (T = 1) keep the fused single step.
+// Measured (fp32, 2 threads, interleaved with the step loop, on a shared 2-core AVX-512 Xeon
+// under heavy load from other jobs; docs/DESIGN.md has the numbers): at B = 32 and 64 (H = 256,
+// 512) the persistent recurrence was faster in the medians of every run, LSTM and GRU, with
+// both the clone build (AVX-512 kernel) and an AVX2-only build; at B = 1 and 8 it was faster
+// with the AVX-512 kernel but slower with the AVX2 one, so those stay on the step loop. On one
+// thread MKL's GEMM beat the micro-kernel (B >= 8). Not measured (so the step loop): float64,
+// half types, B between 8 and 32. Cell calls (T = 1) keep the fused single step.
 bool persistent_preferred(const CpuRecurrenceQuery& q) {
-  return q.dtype == at::kFloat && q.threads >= 2 && q.d.T >= 2;
+  constexpr int64_t kMinRows = 32;
+  return q.dtype == at::kFloat && q.threads >= 2 && q.d.T >= 2 && q.d.B >= kMinRows;
 }
 
 }  // namespace
