@@ -38,9 +38,9 @@ TORCH_LIBRARY(fastrnn, m) {
 namespace {
 
 // last_path(op: str) -> dict | None: which implementation ran the last call of op
-// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cpu.persistent_emulation"
-// | "cuda.step_loop" | "cuda.persistent" | "cuda.persistent_mma", "grad_chunks": runs of steps the backward folded its
-// gate grads in (0 for forwards),
+// ("lstm_forward", ...): {"path": "cpu.step_loop" | "cpu.single_step" | "cpu.persistent" |
+// "cpu.persistent_emulation" | "cuda.step_loop" | "cuda.persistent" | "cuda.persistent_mma",
+// "grad_chunks": runs of steps the backward folded its gate grads in (0 for forwards),
 // "fallback": why the preferred path did not run it (only when one was preferred and refused)};
 // None before the first call. For tests and diagnostics.
 PyObject* last_path(PyObject*, PyObject* arg) {

@@ -1,6 +1,7 @@
 """The CUDA recurrence dispatch (csrc/cuda/recurrence.cpp) and the path log: FASTRNN_RECURRENCE
-is read in one place, each value selects or refuses a path as documented, and every op reports
-which implementation ran (fastrnn._C.last_path)."""
+is read in one place per device (the CPU's: csrc/cpu/persistent_cpu.cpp), each value selects or
+refuses a path as documented, and every op reports which implementation ran
+(fastrnn._C.last_path)."""
 import pytest
 import torch
 
@@ -104,12 +105,14 @@ def test_unknown_value_is_a_value_error(monkeypatch, bad):
         _choice()
 
 
-def test_cpu_ignores_the_cuda_override(monkeypatch):
-    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+@pytest.mark.parametrize("value,path", [("step", "cpu.step_loop"), ("persistent", "cpu.persistent")])
+def test_cpu_honours_the_override(monkeypatch, value, path):
+    # the CPU's own dispatch (csrc/cpu/persistent_cpu.cpp; its rules: tests/test_cpu_persistent.py)
+    monkeypatch.setenv("FASTRNN_RECURRENCE", value)
     x = torch.randn(3, 2, 4)
     y, _, _ = F.lstm_layer(x, torch.zeros(2, 5), torch.zeros(2, 5), torch.randn(20, 4), torch.randn(20, 5))
     assert y.shape == (3, 2, 5)
-    assert fastrnn._C.last_path("lstm_forward")["path"] == "cpu.step_loop"
+    assert fastrnn._C.last_path("lstm_forward")["path"] == path
 
 
 def test_last_path_names_known_ops_only():

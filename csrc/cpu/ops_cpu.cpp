@@ -16,6 +16,7 @@
 #include "fastrnn/backend.h"
 #include "fastrnn/step_loop.h"
 #include "packed_gemm.h"
+#include "persistent_cpu.h"
 #include "simd.h"
 
 // The row loops are compiled three times, for the baseline ISA, AVX2 + FMA and AVX-512, and picked at load
@@ -189,7 +190,15 @@ struct CpuKernels {
 };
 
 struct CpuBackend {
+  // The recurrence dispatch (persistent_cpu.h) first; the fused single step and the step loop are
+  // its step-loop side.
+  static bool persistent(ForwardPlan& p) {
+    if (cpu::choose_cpu_recurrence(cpu::cpu_recurrence_query(p, false)) != cpu::CpuRecurrence::kPersistent) return false;
+    cpu::persistent_forward(p);
+    return true;
+  }
   static void lstm_forward(ForwardPlan& p) {
+    if (persistent(p)) return;
     if (!single_step_fits(p)) return StepLoop<CpuKernels>::lstm_forward(p);
     const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, p.G * p.d.H}, p.x.options());
     auto a = lstm_forward_step<float>(p, xproj, hproj, Tensor());
@@ -197,14 +206,22 @@ struct CpuBackend {
     PathLog::record(p.op, "cpu.single_step");
   }
   static void gru_forward(ForwardPlan& p) {
+    if (persistent(p)) return;
     if (!single_step_fits(p)) return StepLoop<CpuKernels>::gru_forward(p);
     const Tensor xproj = p.input_projection_buffer(), hproj = at::empty({p.d.B, p.G * p.d.H}, p.x.options());
     auto a = gru_forward_step<float>(p, xproj, hproj, p.hidden_n_bias());
     single_step<GruCell::kGates, GruForwardPoint>(p, a, hproj, GruCell::kHhBiasInputBlocks * p.d.H);
     PathLog::record(p.op, "cpu.single_step");
   }
-  static void lstm_backward(BackwardPlan& p) { StepLoop<CpuKernels>::lstm_backward(p); }
-  static void gru_backward(BackwardPlan& p) { StepLoop<CpuKernels>::gru_backward(p); }
+  // No persistent backward yet: the choice only checks FASTRNN_RECURRENCE's value.
+  static void lstm_backward(BackwardPlan& p) {
+    cpu::choose_cpu_recurrence(cpu::cpu_recurrence_query(p, true));
+    StepLoop<CpuKernels>::lstm_backward(p);
+  }
+  static void gru_backward(BackwardPlan& p) {
+    cpu::choose_cpu_recurrence(cpu::cpu_recurrence_query(p, true));
+    StepLoop<CpuKernels>::gru_backward(p);
+  }
 };
 
 }  // namespace

@@ -13,25 +13,14 @@
 #include <cstring>
 #include <string>
 
+#include "fastrnn/recurrence_mode.h"
 #include "launch.h"
 
 namespace fastrnn {
 namespace cuda {
 namespace {
 
-enum class Mode { kAuto, kStepLoop, kPersistent, kPrefer };
-
-// Read at every call (a getenv is ~100 ns next to a layer call) so that a process can switch,
-// and tests can force each path.
-Mode mode_from_env() {
-  const char* v = std::getenv("FASTRNN_RECURRENCE");
-  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return Mode::kAuto;
-  if (std::strcmp(v, "step") == 0) return Mode::kStepLoop;
-  if (std::strcmp(v, "persistent") == 0) return Mode::kPersistent;
-  if (std::strcmp(v, "prefer-persistent") == 0) return Mode::kPrefer;
-  TORCH_CHECK_VALUE(false, "FASTRNN_RECURRENCE must be one of auto, step, persistent, prefer-persistent; got '", v,
-                    "'");
-}
+using Mode = RecurrenceMode;
 
 // Why no persistent forward can run this call (nullptr when one can); fills the choice: the
 // tensor-core kernel where it fits, else (when `scalar` allows) the scalar one. The reason
@@ -91,7 +80,7 @@ struct DriverContextApi {
 
 }  // namespace
 
-bool prefer_persistent() { return mode_from_env() == Mode::kPrefer; }
+bool prefer_persistent() { return recurrence_mode_from_env() == Mode::kPrefer; }
 
 // The persistent kernels need every block resident at once, so residency is counted against the
 // SMs this process can use, not the device's. cudaDevAttrMultiProcessorCount describes the whole
@@ -127,7 +116,7 @@ const char* recurrence_name(Recurrence r) {
 RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
   RecurrenceQuery q{&p.cell, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), 0, 0, true, 0,
                     at::globalContext().allowTF32CuBLAS()};
-  const Mode mode = mode_from_env();
+  const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kPersistent || mode == Mode::kPrefer) {  // the device's limits only when they matter
     q.sms = usable_sms(c10::cuda::current_device());
     q.smem_limit = int64_t(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
@@ -137,7 +126,7 @@ RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
 
 RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {
   RecurrenceChoice c{Recurrence::kStepLoop, {}};
-  const Mode mode = mode_from_env();
+  const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kAuto || mode == Mode::kStepLoop) return c;
   // No persistent backward yet: the backward of a persistent forward is the step loop's
   // (the forward saves the same activations).

@@ -1,0 +1,261 @@
+"""The persistent CPU recurrence (csrc/cpu/persistent_cpu.cpp), forced with
+FASTRNN_RECURRENCE=persistent: the same outputs, states and saved activations as the step loop and
+as reference.py, for sizes that exercise the micro-kernel's edges (H not a multiple of the vector
+width, row tiles of 1, 3 and 64 rows, threads owning unequal numbers of units), lengths, reverse,
+inference, every float type, 1 to 3 threads; and the CPU dispatch (`_cpu_recurrence`)."""
+import contextlib
+
+import pytest
+import torch
+
+import fastrnn
+from fastrnn import reference as R
+
+ops = torch.ops.fastrnn
+f64 = torch.float64
+
+
+@contextlib.contextmanager
+def _threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _layer(kind, T, B, I, H, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = 4 if kind == "lstm" else 3
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=g, dtype=f64) * scale).to(dtype)
+
+    # W_hh scaled by 1/sqrt(H): pre-activations of order one whatever H is
+    t = {"x": r(T, B, I), "h0": r(B, H), "w_ih": r(G * H, I), "w_hh": r(G * H, H, scale=H ** -0.5),
+         "b_ih": r(G * H), "b_hh": r(G * H)}
+    t["c0"] = r(B, H) if kind == "lstm" else None
+    return t
+
+
+def _lengths(spec, T, B):
+    if spec is None:
+        return None
+    # every parity (the final state sits in either state buffer), one entry of length 1
+    lens = [(T - 1 - 3 * b) % T + 1 for b in range(B)]
+    lens[1 % B] = 1
+    return torch.tensor(lens, dtype=torch.int64)
+
+
+def _forward(kind, t, lengths, reverse, save):
+    if kind == "lstm":
+        return ops.lstm_forward(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None, lengths,
+                                reverse, save)
+    y, h, ws = ops.gru_forward(t["x"], t["h0"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], lengths, reverse, save)
+    return y, h, None, ws
+
+
+def _run(monkeypatch, mode, kind, t, lengths, reverse, save):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", mode)
+    out = _forward(kind, t, lengths, reverse, save)
+    return out, fastrnn._C.last_path(f"{kind}_forward")["path"]
+
+
+CASES = [
+    # kind, T, B, I, H, threads, lengths, reverse, save
+    ("lstm", 5, 3, 4, 7, 2, None, False, True),       # H < the unit chunk: one thread runs it
+    ("lstm", 6, 1, 5, 37, 2, "mixed", True, True),    # units 16 + 21: uneven threads, a scalar tail
+    ("lstm", 7, 64, 3, 50, 2, "mixed", False, True),  # 64 rows: full and shorter row tiles
+    ("lstm", 4, 3, 6, 130, 3, None, True, False),     # three threads, inference (no saved)
+    ("lstm", 3, 8, 2, 33, 1, "mixed", False, True),
+    ("gru", 5, 3, 4, 7, 2, "mixed", False, True),
+    ("gru", 7, 1, 3, 37, 2, None, True, True),
+    ("gru", 6, 64, 5, 50, 2, None, False, False),
+    ("gru", 4, 3, 2, 130, 3, "mixed", True, True),
+    ("gru", 2, 5, 3, 16, 1, None, False, True),
+]
+IDS = [f"{c[0]}-T{c[1]}-B{c[2]}-H{c[4]}-t{c[5]}-{c[6] or 'full'}-{'rev' if c[7] else 'fwd'}-{'save' if c[8] else 'nosave'}"
+       for c in CASES]
+
+
+@pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES, ids=IDS)
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype):
+    t = _layer(kind, T, B, I, H, dtype)
+    lens = _lengths(lengths, T, B)
+    with _threads(threads):
+        want, want_path = _run(monkeypatch, "step", kind, t, lens, reverse, save)
+        got, got_path = _run(monkeypatch, "persistent", kind, t, lens, reverse, save)
+    assert want_path in ("cpu.step_loop", "cpu.single_step") and got_path == "cpu.persistent"
+    # Only the order of each step's K-term dot products differs (micro-kernel tiles vs MKL, FMA
+    # contraction): per step a few ulp of K <= 130 terms of order one, ~K * eps relative at worst
+    # (1.5e-14 in float64, 8e-6 in float32); the scaled W_hh and the saturating gates keep it from
+    # growing over these <= 7 steps.
+    tol = 1e-12 if dtype == f64 else 2e-5
+    for name, g, w in zip(["y", "h_n", "c_n", "saved"], got, want):
+        if w is None:
+            assert g is None
+            continue
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES[1:3] + CASES[6:9], ids=IDS[1:3] + IDS[6:9])
+def test_persistent_matches_the_reference(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save):
+    t = _layer(kind, T, B, I, H, f64, seed=1)
+    lens = _lengths(lengths, T, B)
+    with _threads(threads):
+        (y, h, c, _), path = _run(monkeypatch, "persistent", kind, t, lens, reverse, save)
+    assert path == "cpu.persistent"
+    args = (t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"])
+    if kind == "lstm":
+        y_ref, h_ref, c_ref = R.lstm_reference(t["x"], t["h0"], t["c0"], *args, lengths=lens, reverse=reverse)
+    else:
+        y_ref, h_ref = R.gru_reference(t["x"], t["h0"], *args, lengths=lens, reverse=reverse)
+        c_ref = None
+    # float64 on both sides, sums in different orders: K * eps (~1.5e-14) per step, see above
+    for g, w in zip([y, h, c], [y_ref, h_ref, c_ref]):
+        if w is not None:
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_persistent_half_types_match_the_step_loop(monkeypatch, kind, dtype):
+    T, B, I, H = 6, 5, 4, 37
+    t = _layer(kind, T, B, I, H, dtype, seed=2)
+    lens = _lengths("mixed", T, B)
+    with _threads(2):
+        want, _ = _run(monkeypatch, "step", kind, t, lens, False, True)
+        got, path = _run(monkeypatch, "persistent", kind, t, lens, False, True)
+    assert path == "cpu.persistent"
+    # The step loop rounds each step's recurrent product to the storage type before the cell math,
+    # the persistent recurrence keeps it in float32: one rounding of the type (2^-8 bfloat16,
+    # 2^-11 float16) per step on values of order one, carried a few steps.
+    tol = {torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    for g, w in zip(got, want):
+        if w is not None:
+            torch.testing.assert_close(g.float(), w.float(), rtol=tol, atol=tol)
+
+
+def test_persistent_saved_activations_feed_the_backward(monkeypatch):
+    # the backward differentiates the saved activations, so a persistent forward's grads are the
+    # step loop's (the backward itself always runs the step loop)
+    kind, T, B, I, H = "lstm", 6, 3, 4, 37
+    t = _layer(kind, T, B, I, H, f64, seed=3)
+    lens = _lengths("mixed", T, B)
+    g = torch.Generator().manual_seed(1)
+    grads = None
+    results = []
+    for mode in ("persistent", "step"):
+        (y, h, c, ws), _ = _run(monkeypatch, mode, kind, t, lens, False, True)
+        if grads is None:
+            grads = [torch.randn(s, generator=g, dtype=f64) for s in (y.shape, h.shape, c.shape)]
+        args = (t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], None)
+        results.append(ops.lstm_backward(*grads, *args, y, ws, lens, False, True))
+        assert fastrnn._C.last_path("lstm_backward")["path"] == "cpu.step_loop"
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)  # float64 forwards agreeing to ~1e-14
+
+
+def test_persistent_layer_trains_like_torch_nn(monkeypatch):
+    # the module path end to end: forward on the persistent recurrence, backward through the ops
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(6, 37, num_layers=2, bidirectional=True).double()
+    fr = fastrnn.LSTM(6, 37, num_layers=2, bidirectional=True).double()
+    fr.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 6, dtype=f64)
+    y, (h, c) = fr(x)
+    assert fastrnn._C.last_path("lstm_forward")["path"] == "cpu.persistent"
+    y_ref, (h_ref, c_ref) = ref(x)
+    for a, b in [(y, y_ref), (h, h_ref), (c, c_ref)]:
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    y.sum().backward()
+    y_ref.sum().backward()
+    for p, q in zip(fr.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11)  # sums over T*B of the above
+
+
+# ---- dispatch (no timing: the rule is a function of the call's shape, dtype and threads)
+
+def _choice(cell="lstm", T=10, B=8, I=16, H=64, P=None, dtype=torch.float32, backward=False, threads=2):
+    return ops._cpu_recurrence(cell, T, B, I, H, H if P is None else P, dtype, backward, threads)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_forces_the_step_loop(monkeypatch, cell):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert _choice(cell, dtype=dtype) == "step"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_forces_every_forward_it_can_run(monkeypatch, cell):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for threads in (1, 2, 16):
+            assert _choice(cell, dtype=dtype, threads=threads) == "persistent"
+    assert _choice(cell, T=1, B=1) == "persistent"  # also where auto keeps the fused single step
+    assert _choice(cell, backward=True) == "step"  # no persistent backward yet
+
+
+def test_persistent_refuses_a_projection_with_the_reason(monkeypatch):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    with pytest.raises(NotImplementedError, match=r"FASTRNN_RECURRENCE=persistent.*LSTM T=10 B=8 H=64.*projection"):
+        _choice("lstm", P=16)
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(NotImplementedError, match="no projection"):
+        ops.lstm_forward(x, torch.zeros(2, 3), torch.zeros(2, 5), torch.randn(20, 4), torch.randn(20, 3), None, None,
+                         torch.randn(3, 5), None, False, False)
+
+
+
+def test_prefer_persistent_runs_it_where_it_can_and_the_step_loop_elsewhere(monkeypatch):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
+    assert _choice("lstm", B=1, threads=1) == "persistent"  # where auto would not
+    assert _choice("gru", dtype=torch.float64) == "persistent"
+    assert _choice("lstm", P=16) == "step"  # a projection: no NotImplementedError, the step loop
+    assert _choice("lstm", backward=True) == "step"
+    torch.manual_seed(0)
+    proj = fastrnn.LSTM(4, 6, proj_size=3)
+    x = torch.randn(5, 2, 4)
+    proj(x)
+    assert fastrnn._C.last_path("lstm_forward")["path"] == "cpu.step_loop"
+    fastrnn.GRU(4, 6)(x)
+    assert fastrnn._C.last_path("gru_forward")["path"] == "cpu.persistent"
+
+@pytest.mark.parametrize("value", [None, "", "auto"])
+def test_auto_follows_the_measured_rule(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("FASTRNN_RECURRENCE", raising=False)
+    else:
+        monkeypatch.setenv("FASTRNN_RECURRENCE", value)
+    # docs/DESIGN.md, "The persistent CPU recurrence": float32 forwards of 32 rows or more on two
+    # or more threads
+    for cell in ("lstm", "gru"):
+        assert _choice(cell, T=100, B=64, I=512, H=512) == "persistent"
+        assert _choice(cell, T=64, B=32, I=64, H=256) == "persistent"
+        assert _choice(cell, T=100, B=8, I=256, H=256) == "step"
+        assert _choice(cell, T=100, B=1, I=256, H=256) == "step"
+        assert _choice(cell, T=100, B=64, I=512, H=512, threads=1) == "step"
+        assert _choice(cell, T=100, B=64, I=512, H=16) == "step"  # one unit chunk: one thread
+        assert _choice(cell, T=100, B=64, I=512, H=512, backward=True) == "step"
+        assert _choice(cell, T=1, B=1, H=256) == "step"  # cell calls keep the fused single step
+        for dtype in (torch.float64, torch.bfloat16, torch.float16):
+            assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "step"
+    assert _choice("lstm", T=100, B=64, I=512, H=512, P=128) == "step"  # projection
+
+
+@pytest.mark.parametrize("bad", ["Step", "persistant", "1"])
+def test_unknown_value_is_a_value_error_on_the_cpu(monkeypatch, bad):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", bad)
+    with pytest.raises(ValueError, match=f"FASTRNN_RECURRENCE must be one of auto, step, persistent, prefer-persistent; got '{bad}'"):
+        _choice()
+    with pytest.raises(ValueError, match="FASTRNN_RECURRENCE must be one of"):
+        ops.gru_forward(torch.randn(2, 1, 3), torch.zeros(1, 4), torch.randn(12, 3), torch.randn(12, 4), None, None,
+                        None, False, False)
+
+
+def test_the_kernel_in_use_is_named():
+    assert ops._cpu_persistent_kernel() in ("avx512", "avx2", "baseline")
