@@ -419,6 +419,56 @@ def test_script_matches_eager(mode, device):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_trace_draws_masks_at_run_time(device):
+    """torch.jit.trace records the scripted stack (fastrnn._runner.traceable): the trace draws a
+    fresh mask per call, as eager does, rather than baking in the one seen while tracing."""
+    opts = dict(num_layers=2, bidirectional=True)
+    fast, _ = _build("LSTM", opts, device, 0.4)
+    fast.train()
+    x, hx, _ = _inputs("LSTM", opts, device)
+    traced = torch.jit.trace(fast, (x, hx), check_trace=False)
+    for seed in (2, 3):
+        torch.manual_seed(seed)
+        got = _flat(traced(x, hx))
+        want = _flat(_run_fast(fast, x, hx, None, seed))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fx_leaf_keeps_weight_drop(device):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = fastrnn.GRU(I, H, weight_drop=0.5, device=device, dtype=torch.float64)
+
+        def forward(self, x):
+            return self.rnn(x)[0].sum(-1)
+
+    net = Net().train()
+    gm = torch.fx.symbolic_trace(net)
+    assert [n.op for n in gm.graph.nodes].count("call_module") == 1
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device)
+    torch.manual_seed(1)
+    got = gm(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, net(x), rtol=0, atol=0)
+
+
+def test_packed_sequence_input_takes_the_same_masks(device):
+    opts = dict(num_layers=2, bidirectional=True, lengths=True)
+    fast, _ = _build("LSTM", opts, device, 0.5)
+    fast.train()
+    x, hx, lengths = _inputs("LSTM", opts, device)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    torch.manual_seed(4)
+    y, (h, c) = fast(packed, hx)
+    y_l, (h_l, c_l) = _run_fast(fast, x, hx, lengths, seed=4)
+    torch.testing.assert_close(pad_packed_sequence(y, total_length=T)[0], y_l, **TOL64)
+    torch.testing.assert_close(h, h_l, **TOL64)
+    torch.testing.assert_close(c, c_l, **TOL64)
+
+
 @pytest.mark.usefixtures("allow_rnn")
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_compile_fullgraph_training_matches_eager(mode, device):
