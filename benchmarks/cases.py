@@ -286,6 +286,65 @@ def varlen_time(cfg, cell, dname, device, plan):
     return rec
 
 
+# ---------------------------------------------------------------- weight drop
+
+
+class _WeightDrop(nn.Module):
+    """The parametrization AWD-LSTM users put on nn.LSTM's weight_hh_l0 today: a fresh DropConnect
+    mask (F.dropout: 0 or 1/(1-p)) each time the weight is read in training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, w):
+        return nn.functional.dropout(w, self.p, self.training)
+
+
+def wdrop_jobs(cfg: C.LayerConfig, dtypes, device, plan):
+    return [(f"wdrop {cfg.name} lstm fwdbwd {d}", lambda d=d: [wdrop_time(cfg, d, device, plan)]) for d in dtypes]
+
+
+def wdrop_time(cfg, dname, device, plan):
+    """fwd+bwd in training of fastrnn.LSTM(weight_drop=p) against nn.LSTM with weight drop as a
+    parametrization of weight_hh_l0 (what users run today) and against plain fastrnn.LSTM (the
+    option's overhead), all on the same weights."""
+    import torch.nn.utils.parametrize as parametrize
+
+    fr = _fastrnn()
+    dtype = DTYPES[dname]
+    PARAM, PLAIN = "torch.nn + parametrize", "fastrnn plain"
+    torch.manual_seed(0)
+    ref = nn.LSTM(cfg.I, cfg.H).to(device=device, dtype=dtype)
+    fast = fr.LSTM(cfg.I, cfg.H, weight_drop=C.WDROP_P).to(device=device, dtype=dtype)
+    plain = fr.LSTM(cfg.I, cfg.H).to(device=device, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    plain.load_state_dict(ref.state_dict())
+    parametrize.register_parametrization(ref, "weight_hh_l0", _WeightDrop(C.WDROP_P))
+    x, gy = _inputs(cfg, dtype, device, requires_grad=True)
+    mods = {FAST: fast, PARAM: ref, PLAIN: plain}
+    # eval: no mask anywhere, so all three compute the same; training: the mask changes the output
+    for m in mods.values():
+        m.eval()
+    with torch.no_grad():
+        ys = {n: m(x)[0] for n, m in mods.items()}
+        for m in mods.values():
+            m.train()
+        y_train = fast(x)[0]
+    check = {"max_abs_diff_y_eval_vs_param": _max_diff(ys[FAST], ys[PARAM]),
+             "max_abs_diff_y_eval_vs_plain": _max_diff(ys[FAST], ys[PLAIN]),
+             "mask_changes_y": _max_diff(y_train, ys[FAST]) > 0}
+    fns = {n: _fwdbwd(lambda inp, m=m: m(inp)[0], x, gy, list(m.parameters())) for n, m in mods.items()}
+    timings = compare(fns, device, plan, warm_rounds=1)
+    return _timed_record(f"wdrop/{cfg.name}/lstm/fwdbwd/{dname}", "wdrop", cfg.name, "lstm", "fwdbwd", dname,
+                         dict(cfg.shape(), p=C.WDROP_P), timings, [PARAM, PLAIN], check=check,
+                         impl_names={FAST: f"fastrnn.LSTM(weight_drop={C.WDROP_P})",
+                                     PARAM: "torch.nn.LSTM, weight_hh_l0 parametrized with F.dropout",
+                                     PLAIN: "fastrnn.LSTM"},
+                         note=cfg.note + "; training forward + backward of y (input requires grad), a fresh mask "
+                                         "each call on both weight-drop sides")
+
+
 # ---------------------------------------------------------------- char-LM training step
 
 

@@ -34,11 +34,15 @@ VARLEN_BASE = "fastrnns"
 VARLEN_MIN_FRAC = 0.3
 VARLEN_SEED = 1234
 
+# weight drop (DropConnect on W_hh), fwd+bwd: issue 19's CPU shape, AWD-LSTM's rate.
+WDROP = LayerConfig("wdrop", T=100, B=32, I=256, H=256, note="weight_drop=0.5 on weight_hh_l0")
+WDROP_P = 0.5
+
 # Char-LM training step and generation (Karpathy's char-rnn sizes).
 CHARLM = {"B": 50, "T": 100, "emb": 512, "H": 512, "layers": 2, "clip": 5.0, "lr": 2e-3}
 GENERATE = {"chars": 200, "emb": 512, "H": 512, "layers": 2, "temperature": 1.0}
 
-OTHER_CONFIGS = ("varlen", "train", "generate")
+OTHER_CONFIGS = ("varlen", "wdrop", "train", "generate")
 ALL_CONFIGS = tuple(LAYER_CONFIGS) + OTHER_CONFIGS
 
 QUICK_T = 10  # train step under --quick

@@ -65,6 +65,8 @@ def build_jobs(args, plan):
         base = C.LAYER_CONFIGS[C.VARLEN_BASE]
         jobs += cases.varlen_jobs(C.quick(base) if args.quick else base, [c for c in args.cells if c == "lstm"] or
                                   args.cells, args.dtype, args.device, plan)
+    if "wdrop" in args.configs:
+        jobs += cases.wdrop_jobs(C.quick(C.WDROP) if args.quick else C.WDROP, args.dtype, args.device, plan)
     if "train" in args.configs:
         jobs += cases.train_jobs(args.dtype, args.device, plan, args.quick, args.corpus)
     if "generate" in args.configs:

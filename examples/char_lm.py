@@ -43,9 +43,11 @@ MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, ba
 
 # Arguments that define the model and the training trajectory: a resumed run takes them from the
 # checkpoint so that it continues exactly where it stopped.
-RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "seq_len", "batch_size", "lr",
+RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "seq_len", "batch_size", "lr",
                     "clip", "amp", "seed")
-MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout")
+MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop")
+# arguments newer than some checkpoints: their value in a checkpoint that predates them
+ARGS_ADDED_LATER = {"weight_drop": 0.0}
 WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figure
 
 
@@ -71,7 +73,12 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
-    return CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend)
+    return CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend,
+                  weight_drop=args.weight_drop)
+
+
+def _ckpt_arg(ckpt, k: str):
+    return ckpt["args"][k] if k in ckpt["args"] else ARGS_ADDED_LATER[k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class Trainer:
                 raise ValueError("--resume: the text differs from the one the checkpoint was trained on")
             args = copy.copy(args)
             for k in RESUME_FROM_CKPT:
-                setattr(args, k, ckpt["args"][k])
+                setattr(args, k, _ckpt_arg(ckpt, k))
             vocab = ckpt["vocab"]
         else:
             vocab = build_vocab(text)
@@ -390,7 +397,7 @@ def generate(model: CharLM, vocab: List[str], prefix: Optional[str] = None, leng
 
 def load_for_sampling(path: str, backend: str = "fastrnn", device=None) -> Tuple[CharLM, List[str]]:
     ckpt = load_checkpoint(path)
-    args = argparse.Namespace(**{k: ckpt["args"][k] for k in MODEL_ARGS})
+    args = argparse.Namespace(**{k: _ckpt_arg(ckpt, k) for k in MODEL_ARGS})
     model = make_model(args, len(ckpt["vocab"]), backend)
     model.load_state_dict(ckpt["model"])
     return model.to(pick_device(device)), ckpt["vocab"]
@@ -433,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="autocast precision (fp16 is for CUDA: torch.nn's CPU LSTM cannot run it under autocast)")
     a("--seed", type=int, default=1234, help="seed for initial weights, dropout and sampling")
     a("--dropout", type=float, default=0.1, help="dropout on embeddings, between layers and before the head")
+    a("--weight-drop", type=float, default=0.0,
+      help="fastrnn only: DropConnect rate on the recurrent weights (weight_hh) in training, AWD-LSTM's weight "
+           "drop: one mask per layer and forward call (0: off)")
     a("--ckpt", default=None, help="checkpoint file to write while training / read for --resume and --sample")
     a("--resume", action="store_true", help="continue training from --ckpt exactly where it stopped")
     a("--sample", action="store_true", help="generate text from --ckpt instead of training")
@@ -451,6 +461,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.resume and (args.main or args.compare or args.sample):
         parser.error("--resume continues one training run; it does not combine with --main, --compare or --sample")
+    if not 0 <= args.weight_drop <= 1:
+        parser.error(f"--weight-drop must be in [0, 1], got {args.weight_drop}")
+    if args.weight_drop and (args.rnn != "fastrnn" or args.main or args.compare):
+        parser.error("--weight-drop is a fastrnn option: torch.nn's layers have none, so it does not combine with "
+                     "--rnn torch, --compare or --main")
     return args
 
 

@@ -53,18 +53,22 @@ def encode(text: str, vocab: List[str]) -> torch.Tensor:
 class CharLM(nn.Module):
     """embedding -> dropout -> LSTM/GRU stack (dropout between layers) -> dropout -> linear over
     the characters, time-major. `rnn` picks the recurrent layers: "fastrnn" or "torch" (the
-    parameter names and initialisation are the same, so state_dicts load across).
+    parameter names and initialisation are the same, so state_dicts load across); weight_drop
+    (fastrnn only) is the layers' DropConnect rate on weight_hh.
 
     forward(x [T, B] int64, state=None) -> (logits [T, B, vocab_size], state): the state is the
     recurrent layer's (h_n, or (h_n, c_n) for an LSTM), each [layers, B, hidden].
     """
 
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, cell: str = "lstm",
-                 dropout: float = 0.0, rnn: str = "fastrnn"):
+                 dropout: float = 0.0, rnn: str = "fastrnn", weight_drop: float = 0.0):
         super().__init__()
+        if weight_drop and rnn != "fastrnn":
+            raise ValueError(f"weight_drop is a fastrnn option; rnn={rnn!r} has none")
+        extra = {"weight_drop": weight_drop} if weight_drop else {}  # torch.nn's layers take no such argument
         self.embed = nn.Embedding(vocab_size, embed)
         self.drop = nn.Dropout(dropout)
-        self.rnn = rnn_class(cell, rnn)(embed, hidden, layers, dropout=dropout if layers > 1 else 0.0)
+        self.rnn = rnn_class(cell, rnn)(embed, hidden, layers, dropout=dropout if layers > 1 else 0.0, **extra)
         self.head = nn.Linear(hidden, vocab_size)
 
     def forward(self, x, state=None):

@@ -98,14 +98,23 @@ def gru_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: O
 
 def run_stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], flat_weights: List[Tensor],
               slots: List[List[int]], lstm: bool, num_directions: int, lengths: Optional[Tensor], dropout: float,
-              training: bool) -> Tuple[Tensor, List[Tensor]]:
+              training: bool, weight_drop: float = 0.0) -> Tuple[Tensor, List[Tensor]]:
     """All layers and directions over x [T, B, I]. flat_weights: the module's weights in
     ``_flat_weights_names`` order and slots its `weight_slots` (a trace cannot pass the grouped
     LayerWeights, which hold None, to a scripted function: they are grouped here); h0 [L*D, B, P]
-    and c0 [L*D, B, H] or None (zeros); lengths int64 [B] (checked) or None. Returns
-    (y [T, B, D*P], [h_n] or, for the LSTM, [h_n, c_n]) (a list: a trace cannot record a None
-    output)."""
+    and c0 [L*D, B, H] or None (zeros); lengths int64 [B] (checked) or None; weight_drop the
+    DropConnect rate on every weight_hh in training (0: off). Returns (y [T, B, D*P], [h_n] or,
+    for the LSTM, [h_n, c_n]) (a list: a trace cannot record a None output)."""
     weights = layer_weights(flat_weights, slots)  # layer by layer, forward direction first
+    if weight_drop > 0 and training:
+        # weight drop: one mask per layer and direction over W_hh, drawn here, all before the
+        # first layer runs, in that order, from the device's generator (no host sync); the op
+        # gets the masked copy as its w_hh, so every step and batch entry sees the same mask and
+        # autograd takes the gradient through the mask to the parameter. F.dropout scales by
+        # 1 / (1 - p) and gives zeros at p = 1.
+        for k in range(len(weights)):
+            w = weights[k]
+            weights[k] = (w[0], F.dropout(w[1], weight_drop, True), w[2], w[3], w[4])
     h_out: List[Tensor] = []
     c_out: List[Tensor] = []
     for layer in range(len(weights) // num_directions):

@@ -115,7 +115,9 @@ def convert(model: nn.Module, inplace: bool = True) -> nn.Module:
 
 
 def to_torch(model: nn.Module, inplace: bool = True) -> nn.Module:
-    """The reverse of `convert`: fastrnn modules back to torch.nn's, sharing their parameters."""
+    """The reverse of `convert`: fastrnn modules back to torch.nn's, sharing their parameters.
+    fastrnn's training-only options are dropped: a layer with ``weight_drop`` becomes the plain
+    nn.LSTM / nn.GRU, whose eval results are the same (weight drop masks only in training)."""
     if not inplace:
         model = copy.deepcopy(model)
     return _swap_tree(model, _TO_TORCH, check_support=False)

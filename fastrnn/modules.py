@@ -51,7 +51,7 @@ class _RNNBase(nn.RNNBase):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, weight_drop: float = 0.0) -> None:
         # nn.RNNBase.__init__ is not run: it builds the parameters with checks and messages of
         # its own; this builds the same parameters, in the same order, with the same init
         nn.Module.__init__(self)
@@ -60,6 +60,10 @@ class _RNNBase(nn.RNNBase):
                 or not 0 <= dropout <= 1):
             raise ValueError("dropout should be a number in range [0, 1] representing the probability of "
                              f"an element being zeroed, got {dropout!r}")
+        if (not isinstance(weight_drop, numbers.Number) or isinstance(weight_drop, bool)
+                or not 0 <= weight_drop <= 1):  # fastrnn's option, worded as torch.nn words dropout
+            raise ValueError("weight_drop should be a number in range [0, 1] representing the probability of "
+                             f"an element being zeroed, got {weight_drop!r}")
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
@@ -91,6 +95,7 @@ class _RNNBase(nn.RNNBase):
         self.dropout = float(dropout)
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
+        self.weight_drop = float(weight_drop)
 
         factory = {"device": device, "dtype": dtype}
         gate_size = (4 if mode == "LSTM" else 3) * hidden_size
@@ -121,13 +126,20 @@ class _RNNBase(nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (kept for torch.nn compatibility)."""
 
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + f", weight_drop={self.weight_drop}" if self.weight_drop > 0 else s
+
     def __setstate__(self, state) -> None:
         # modules pickled before the layers subclassed nn.RNNBase (fastrnn 0.1.0 in development)
-        # lack the _flat_weights list; all pickled before _set_layout lack what it sets
+        # lack the _flat_weights list; all pickled before _set_layout lack what it sets, and all
+        # pickled before weight_drop existed lack it (off)
         if "_flat_weights" not in state:
             state = dict(state)
             state["_flat_weights"] = [state["_parameters"].get(n) for n in state["_flat_weights_names"]]
         super().__setstate__(state)
+        if "weight_drop" not in self.__dict__:
+            self.weight_drop = 0.0
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -182,7 +194,7 @@ class _RNNBase(nn.RNNBase):
             x, h0, c0 = _inputs.cast(x, ac_dtype), _inputs.cast(h0, ac_dtype), _inputs.cast(c0, ac_dtype)
             weights = [_inputs.cast(w, ac_dtype) for w in weights]
         y, states = traceable(run_stack)(x, h0, c0, weights, self._weight_slots, lstm, 2 if self.bidirectional else 1,
-                                         lens, self.dropout, self.training)
+                                         lens, self.dropout, self.training, self.weight_drop)
         h_n, c_n = states[0], (states[1] if lstm else None)
         if not packed:
             return _inputs.layer_outputs(y, h_n, c_n, is_batched, batch_first)
@@ -202,7 +214,8 @@ class _RNNBase(nn.RNNBase):
         if lengths is not None:
             lengths = _inputs.check_lengths(lengths, x.shape[1], x.device)
         y, states = run_stack(x, h0, c0, self._flat_weights, self._weight_slots, self.mode == "LSTM",
-                              2 if self.bidirectional else 1, lengths, self.dropout, self.training)
+                              2 if self.bidirectional else 1, lengths, self.dropout, self.training,
+                              self.weight_drop)
         return _inputs.layer_outputs(y, states[0], states[1] if len(states) > 1 else None, is_batched,
                                      self.batch_first)
 
@@ -220,6 +233,11 @@ _RNN_ARGS_DOC = """
         bidirectional: run every layer in both directions and concatenate them (D = 2, else
             1). Default False.{extra}
         device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+        weight_drop: (fastrnn only, keyword-only) DropConnect on the recurrent weights (AWD-LSTM's
+            weight drop): in training mode every forward call zeroes each element of every
+            ``weight_hh_l{{k}}`` with this probability and scales the rest by 1 / (1 - p), one
+            mask per layer and direction shared by all steps and batch entries; gradients reach
+            ``weight_hh`` through the mask. Eval uses the weights as they are. Default 0 (off).
 
     Parameters, torch.nn's names, shapes, order and initialisation U(-1/sqrt(H), 1/sqrt(H)),
     so ``state_dict`` loads both ways; G = {gates}:
@@ -287,10 +305,10 @@ class LSTM(_RNNBase, nn.LSTM):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTM's checks."""
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype)
+                         bidirectional, proj_size, device, dtype, weight_drop)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -330,14 +348,14 @@ class GRU(_RNNBase, nn.GRU):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, **kwargs) -> None:
+                 device=None, dtype=None, *, weight_drop: float = 0.0, **kwargs) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRU's checks."""
         if "proj_size" in kwargs:  # torch.nn.GRU's error, for the argument LSTM has
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+                         bidirectional, 0, device, dtype, weight_drop)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

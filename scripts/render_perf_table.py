@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks import report  # noqa: E402  (pure Python: json/os, no torch)
+from benchmarks.configs import LAYER_CONFIGS  # noqa: E402  (dataclasses only)
 
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 
@@ -30,6 +31,9 @@ def newest(directory: str, device=None) -> str:
             with open(path) as f:
                 meta = json.load(f).get("meta", {})
         except (OSError, ValueError, AttributeError):
+            continue
+        # the table is the layer suite's: a kept run of option cases only (--configs wdrop) is not it
+        if not set(meta.get("configs", LAYER_CONFIGS)) & set(LAYER_CONFIGS):
             continue
         if "date" in meta and (device is None or meta.get("device") == device):
             found.append((meta["date"], path))

@@ -62,6 +62,7 @@ def _expected_names(meta):
                     names |= {f"layer/{cfg}/{cell}/{mode}/{d}" for mode in ("fwd", "fwdtrain", "fwdbwd")}
                     names.add(f"memory/{cfg}/{cell}/saved/{d}")
         other = {"varlen": f"varlen/{C.VARLEN_BASE}/lstm/fwdbwd/{d}", "train": f"train/charlm/lstm/step/{d}",
+                 "wdrop": f"wdrop/{C.WDROP.name}/lstm/fwdbwd/{d}",
                  "generate": f"generate/charlm/lstm/char/{d}"}
         names |= {name for cfg, name in other.items() if cfg in meta["configs"]}
     return names
@@ -101,6 +102,10 @@ def test_both_sides_compute_the_same(quick_run):
             s = r["shape"]
             assert round(C.VARLEN_MIN_FRAC * s["T"]) <= s["lengths_min"] <= s["lengths_max"] <= s["T"]
             assert s["lengths_min"] < s["T"]  # really variable
+        elif r["group"] == "wdrop":
+            assert r["check"]["max_abs_diff_y_eval_vs_param"] < 1e-4, r["name"]
+            assert r["check"]["max_abs_diff_y_eval_vs_plain"] < 1e-4, r["name"]
+            assert r["check"]["mask_changes_y"], r["name"]
         elif r["group"] == "memory":
             s = r["shape"]
             for impl in r["impls"].values():  # the output y alone is held until backward
