@@ -494,19 +494,14 @@ const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
   return nullptr;
 }
 
-// auto: where the measurements (docs/DESIGN.md, "The persistent CPU recurrence") found the
-// persistent recurrence faster than the step loop.
-// Measured (fp32, 2 threads, interleaved with the step loop, on a shared 2-core AVX-512 Xeon
-// under heavy load from other jobs; docs/DESIGN.md has the numbers): at B = 32 and 64 (H = 256,
-// 512) the persistent recurrence was faster in the medians of every run, LSTM and GRU, with
-// both the clone build (AVX-512 kernel) and an AVX2-only build; at B = 1 and 8 it was faster
-// with the AVX-512 kernel but slower with the AVX2 one, so those stay on the step loop. On one
-// thread MKL's GEMM beat the micro-kernel (B >= 8). Not measured (so the step loop): float64,
-// half types, B between 8 and 32. Cell calls (T = 1) keep the fused single step.
-bool persistent_preferred(const CpuRecurrenceQuery& q) {
-  constexpr int64_t kMinRows = 32;
-  return q.dtype == at::kFloat && q.threads >= 2 && q.d.T >= 2 && q.d.B >= kMinRows;
-}
+// auto: where measurements found the persistent recurrence faster than the step loop. Nowhere
+// yet: on a quiet 2-core AVX-512 Xeon (the benchmark suite, fp32, 2 threads, interleaved with the
+// step loop; docs/DESIGN.md, "The persistent CPU recurrence") it was 5-15% slower at every B >= 32
+// config (fastrnns, charrnn: its micro-kernel reaches ~90% of MKL's GEMM rate) and even at B = 8.
+// The earlier wins were measured under heavy load, where one barrier per step suffers less from a
+// descheduled thread than the step loop's fork/joins. Kept as the one place the rule goes once a
+// faster micro-kernel, or an AMD EPYC (whose MKL small-M GEMM is the slow one), says otherwise.
+bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
 
 }  // namespace
 
