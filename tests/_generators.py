@@ -48,3 +48,19 @@ def make_lengths(spec, T, B):
             lens[2] = T
         return torch.tensor(lens, dtype=torch.int64)
     return torch.tensor(spec, dtype=torch.int64)
+
+
+def layer_tensors(kind, T, B, I, H, dtype, device="cpu", seed=0):
+    """One layer's operands (x, h0, c0 or None, w_ih, w_hh, b_ih, b_hh) for the persistent-kernel
+    tests, drawn in float64 from a seeded generator and cast: entries ~N(0, 0.25) and W_hh scaled
+    by 1/sqrt(H), so pre-activations are of order one whatever H is."""
+    g = torch.Generator().manual_seed(seed)
+    G = 4 if kind == "lstm" else 3
+
+    def r(*shape, scale=0.5):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+    t = {"x": r(T, B, I), "h0": r(B, H), "w_ih": r(G * H, I), "w_hh": r(G * H, H, scale=H ** -0.5),
+         "b_ih": r(G * H), "b_hh": r(G * H)}
+    t["c0"] = r(B, H) if kind == "lstm" else None
+    return t

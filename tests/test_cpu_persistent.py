@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fastrnn
+from _generators import layer_tensors
 from fastrnn import reference as R
 
 ops = torch.ops.fastrnn
@@ -23,20 +24,6 @@ def _threads(n):
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _layer(kind, T, B, I, H, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G = 4 if kind == "lstm" else 3
-
-    def r(*shape, scale=0.5):
-        return (torch.randn(*shape, generator=g, dtype=f64) * scale).to(dtype)
-
-    # W_hh scaled by 1/sqrt(H): pre-activations of order one whatever H is
-    t = {"x": r(T, B, I), "h0": r(B, H), "w_ih": r(G * H, I), "w_hh": r(G * H, H, scale=H ** -0.5),
-         "b_ih": r(G * H), "b_hh": r(G * H)}
-    t["c0"] = r(B, H) if kind == "lstm" else None
-    return t
 
 
 def _lengths(spec, T, B):
@@ -82,7 +69,7 @@ IDS = [f"{c[0]}-T{c[1]}-B{c[2]}-H{c[4]}-t{c[5]}-{c[6] or 'full'}-{'rev' if c[7] 
 @pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [f64, torch.float32])
 def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype):
-    t = _layer(kind, T, B, I, H, dtype)
+    t = layer_tensors(kind, T, B, I, H, dtype)
     lens = _lengths(lengths, T, B)
     with _threads(threads):
         want, want_path = _run(monkeypatch, "step", kind, t, lens, reverse, save)
@@ -102,7 +89,7 @@ def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads
 
 @pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES[1:3] + CASES[6:9], ids=IDS[1:3] + IDS[6:9])
 def test_persistent_matches_the_reference(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save):
-    t = _layer(kind, T, B, I, H, f64, seed=1)
+    t = layer_tensors(kind, T, B, I, H, f64, seed=1)
     lens = _lengths(lengths, T, B)
     with _threads(threads):
         (y, h, c, _), path = _run(monkeypatch, "persistent", kind, t, lens, reverse, save)
@@ -123,7 +110,7 @@ def test_persistent_matches_the_reference(monkeypatch, kind, T, B, I, H, threads
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_persistent_half_types_match_the_step_loop(monkeypatch, kind, dtype):
     T, B, I, H = 6, 5, 4, 37
-    t = _layer(kind, T, B, I, H, dtype, seed=2)
+    t = layer_tensors(kind, T, B, I, H, dtype, seed=2)
     lens = _lengths("mixed", T, B)
     with _threads(2):
         want, _ = _run(monkeypatch, "step", kind, t, lens, False, True)
@@ -142,7 +129,7 @@ def test_persistent_saved_activations_feed_the_backward(monkeypatch):
     # the backward differentiates the saved activations, so a persistent forward's grads are the
     # step loop's (the backward itself always runs the step loop)
     kind, T, B, I, H = "lstm", 6, 3, 4, 37
-    t = _layer(kind, T, B, I, H, f64, seed=3)
+    t = layer_tensors(kind, T, B, I, H, f64, seed=3)
     lens = _lengths("mixed", T, B)
     g = torch.Generator().manual_seed(1)
     grads = None
@@ -208,7 +195,6 @@ def test_persistent_refuses_a_projection_with_the_reason(monkeypatch):
     with pytest.raises(NotImplementedError, match="no projection"):
         ops.lstm_forward(x, torch.zeros(2, 3), torch.zeros(2, 5), torch.randn(20, 4), torch.randn(20, 3), None, None,
                          torch.randn(3, 5), None, False, False)
-
 
 
 def test_prefer_persistent_runs_it_where_it_can_and_the_step_loop_elsewhere(monkeypatch):

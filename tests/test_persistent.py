@@ -7,24 +7,10 @@ import torch
 
 import fastrnn
 from fastrnn import functional as F
-from _generators import make_lengths
+from _generators import layer_tensors, make_lengths
 
 ops = torch.ops.fastrnn
 f64 = torch.float64
-
-
-def _layer(kind, T, B, I, H, dtype, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G = 4 if kind == "lstm" else 3
-
-    def r(*shape, scale=0.5):
-        return (torch.randn(*shape, generator=g, dtype=f64) * scale).to(device=device, dtype=dtype)
-
-    # W_hh scaled by 1/sqrt(H): pre-activations of order one whatever H is
-    t = {"x": r(T, B, I), "h0": r(B, H), "w_ih": r(G * H, I), "w_hh": r(G * H, H, scale=H ** -0.5),
-         "b_ih": r(G * H), "b_hh": r(G * H)}
-    t["c0"] = r(B, H) if kind == "lstm" else None
-    return t
 
 
 def _step_loop(kind, t, lengths, reverse, save=True):
@@ -58,7 +44,7 @@ CASES = [
 @pytest.mark.parametrize("kind,T,B,I,H,sms,threads,lengths,reverse,save", CASES)
 def test_emulated_persistent_forward_matches_the_step_loop(kind, T, B, I, H, sms, threads, lengths, reverse, save,
                                                            blockwise):
-    t = _layer(kind, T, B, I, H, f64)
+    t = layer_tensors(kind, T, B, I, H, f64)
     lens = make_lengths(lengths, T, B)
     want = _step_loop(kind, t, lens, reverse, save)
     got = _emulated(kind, t, lens, reverse, save, sms, threads, blockwise)
@@ -73,7 +59,7 @@ def test_emulated_persistent_forward_matches_the_step_loop(kind, T, B, I, H, sms
 def test_emulated_saved_activations_feed_the_step_loop_backward():
     # the persistent forward saves the step loop's layout, so the step-loop backward serves it
     kind, T, B, I, H = "lstm", 6, 3, 4, 5
-    t = _layer(kind, T, B, I, H, f64, seed=3)
+    t = layer_tensors(kind, T, B, I, H, f64, seed=3)
     lens = make_lengths("mixed", T, B)
     y, h, c, ws = _emulated(kind, t, lens, False, True, 2, 4, True)
     g = torch.Generator().manual_seed(1)
@@ -87,7 +73,7 @@ def test_emulated_saved_activations_feed_the_step_loop_backward():
 
 
 def test_emulation_rejects_a_bad_partition():
-    t = _layer("gru", 2, 1, 2, 3, f64)
+    t = layer_tensors("gru", 2, 1, 2, 3, f64)
     with pytest.raises(ValueError, match="no multiprocessors"):
         _emulated("gru", t, None, False, True, 0, 4, False)
 
@@ -103,7 +89,7 @@ def test_persistent_kernel_matches_the_step_loop(monkeypatch, cuda_device, kind,
     # H = 300 over the device's SMs: several units per block on a small GPU, one on a large one;
     # odd T leaves h_n in the second state buffer
     B, I, H = 6, 16, 300
-    t = _layer(kind, T, B, I, H, dtype, device=cuda_device, seed=5)
+    t = layer_tensors(kind, T, B, I, H, dtype, device=cuda_device, seed=5)
     lens = make_lengths(lengths, T, B)
     if lens is not None and on_gpu:  # the masked schedule: rows in batch order
         lens = lens.to(cuda_device)
@@ -126,7 +112,7 @@ def test_scalar_kernel_takes_what_the_tensor_core_kernel_cannot(monkeypatch, cud
     # memory) cannot all be resident on one H100/H200 (132 SMs); the scalar kernel's 8 units a
     # block can, so `persistent` runs it here (on a GPU with >= 256 SMs the tensor-core kernel)
     T, B, I, H = 3, 16, 8, 1024
-    t = _layer(kind, T, B, I, H, torch.float32, device=cuda_device, seed=6)
+    t = layer_tensors(kind, T, B, I, H, torch.float32, device=cuda_device, seed=6)
     lens = _lengths("mixed", T, B)
     monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
     want = _step_loop(kind, t, lens, False)

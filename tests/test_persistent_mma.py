@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fastrnn
+from _generators import layer_tensors
 
 ops = torch.ops.fastrnn
 f64 = torch.float64
@@ -70,19 +71,6 @@ def test_unknown_fragment_is_refused():
 # ---------------------------------------------------------------------------------------------
 # The emulated forward against the step loop
 
-def _layer(kind, T, B, I, H, dtype, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G = 4 if kind == "lstm" else 3
-
-    def r(*shape, scale=0.5):
-        return (torch.randn(*shape, generator=g, dtype=f64) * scale).to(device=device, dtype=dtype)
-
-    # W_hh scaled by 1/sqrt(H): pre-activations of order one whatever H is
-    t = {"x": r(T, B, I), "h0": r(B, H), "w_ih": r(G * H, I), "w_hh": r(G * H, H, scale=H ** -0.5),
-         "b_ih": r(G * H), "b_hh": r(G * H)}
-    t["c0"] = r(B, H) if kind == "lstm" else None
-    return t
-
 
 def _lengths(spec, T, B):
     if spec is None:
@@ -132,7 +120,7 @@ CASES = [
 @pytest.mark.parametrize("kind,T,B,H,lengths,reverse,save", CASES)
 def test_emulated_mma_forward_matches_the_step_loop_in_fp64(kind, T, B, H, lengths, reverse, save):
     # fp64 multiplies exactly: what remains is summation order, ~K * 2^-53 relative
-    t = _layer(kind, T, B, 5, H, f64)
+    t = layer_tensors(kind, T, B, 5, H, f64)
     lens = _lengths(lengths, T, B)
     got = _emulated(kind, t, lens, reverse, save)
     assert fastrnn._C.last_path(f"{kind}_forward")["path"] == "cpu.persistent_mma_emulation"
@@ -143,7 +131,7 @@ def test_emulated_mma_forward_matches_the_step_loop_in_fp64(kind, T, B, H, lengt
 def test_every_cta_order_gives_the_same_bits(kind):
     # Each CTA's arithmetic does not depend on when it runs, only on what it reads; the protocol
     # makes that h_{s-1} in every order.
-    t = _layer(kind, 5, 3, 4, 41, torch.float32, seed=2)
+    t = layer_tensors(kind, 5, 3, 4, 41, torch.float32, seed=2)
     lens = _lengths("mixed", 5, 3)
     base = _emulated(kind, t, lens, False, order="lockstep")
     for order, seed in [("random", 1), ("random", 7), ("ahead", 3), ("ahead", 11)]:
@@ -154,13 +142,13 @@ def test_every_cta_order_gives_the_same_bits(kind):
 def test_a_weakened_wait_is_caught():
     # waiting for one publication fewer lets the CTA racing ahead read a state element the last
     # CTA has not written yet
-    t = _layer("lstm", 4, 3, 4, 41, f64, seed=4)
+    t = layer_tensors("lstm", 4, 3, 4, 41, f64, seed=4)
     with pytest.raises(RuntimeError, match=r"CTA \d+ read h\[.*\] of step -?\d+ at iteration 1 \(it needs step 0\)"):
         _emulated("lstm", t, None, False, order="ahead", seed=5, wait_slack=1)
 
 
 def test_a_wait_for_too_much_deadlocks():
-    t = _layer("gru", 3, 2, 4, 17, f64, seed=4)
+    t = layer_tensors("gru", 3, 2, 4, 17, f64, seed=4)
     with pytest.raises(RuntimeError, match="deadlock"):
         _emulated("gru", t, None, False, wait_slack=-1)
 
@@ -182,7 +170,7 @@ U = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_emulated_reduced_precision_within_the_derived_tolerance(kind, dtype, split):
     T, B, H = 5, 3, 61
-    t = _layer(kind, T, B, 6, H, dtype, seed=9)
+    t = layer_tensors(kind, T, B, 6, H, dtype, seed=9)
     lens = _lengths("mixed", T, B)
     got = _emulated(kind, t, lens, True, split=split)
     ref = _step_loop(kind, {k: (v.to(f64) if v is not None else None) for k, v in t.items()}, lens, True)
@@ -196,7 +184,7 @@ def test_emulated_reduced_precision_within_the_derived_tolerance(kind, dtype, sp
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_3xtf32_is_much_closer_than_plain_tf32(kind):
     # the split really runs: dropping it costs ~2^-11 relative per product against ~2^-21
-    t = _layer(kind, 5, 8, 6, 64, torch.float32, seed=12)
+    t = layer_tensors(kind, 5, 8, 6, 64, torch.float32, seed=12)
     ref = _step_loop(kind, {k: (v.to(f64) if v is not None else None) for k, v in t.items()}, None, False)
     err = {}
     for split in (True, False):
@@ -256,7 +244,7 @@ def test_tensor_core_shared_memory_limit(monkeypatch):
 def test_persistent_mma_kernel_matches_the_emulation_and_step_loop(monkeypatch, cuda_device, kind, dtype, B, T,
                                                                    lengths, reverse, on_gpu):
     H = 301
-    t = _layer(kind, T, B, 16, H, dtype, device=cuda_device, seed=5)
+    t = layer_tensors(kind, T, B, 16, H, dtype, device=cuda_device, seed=5)
     lens = _lengths(lengths, T, B)
     if lens is not None and on_gpu:
         lens = lens.to(cuda_device)
