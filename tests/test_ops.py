@@ -340,7 +340,10 @@ def test_cells_match_nn(device, kind, bias, with_state):
 @pytest.mark.parametrize("bias", ["both", "ih", "hh", "none"])
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "nograd"])
 @pytest.mark.usefixtures("exact_fp32")  # float32 vs torch.nn: no TF32 in cuDNN (tests/_precision.py)
-def test_single_step_fp32_matches_nn(device, kind, B, I, H, bias, grad):
+def test_single_step_fp32_matches_nn(device, kind, B, I, H, bias, grad, monkeypatch):
+    # the step-loop side's choice between the fused single step and the GEMM path is what this
+    # tests (the CPU path asserted below), whichever recurrence FASTRNN_RECURRENCE prefers outside
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
     torch.manual_seed(7 * B + I + H)
     cell = (nn.LSTMCell if kind == "lstm" else nn.GRUCell)(I, H).to(device)
     w_ih, w_hh = cell.weight_ih, cell.weight_hh
