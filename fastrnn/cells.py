@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from . import _inputs
+from . import _cells, _inputs
 from ._runner import fx_leaf, gru_cell, lstm_cell, traceable
 
 __all__ = ["LSTMCell", "GRUCell"]
@@ -130,13 +130,13 @@ _STEP_DOC = """One step.
 
 
 class LSTMCell(_CellBase, nn.LSTMCell):
-    __doc__ = _CELL_DOC.format(kind="LSTM", gates="i, f, g, o", states="hidden and cell state", G=4)
+    __doc__ = _CELL_DOC.format(kind="LSTM", gates="i, f, g, o", states="hidden and cell state", G=_cells.LSTM.gates)
 
     _name = "LSTMCell"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTMCell's checks."""
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+        super().__init__(input_size, hidden_size, bias, _cells.LSTM.gates, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if torch.jit.is_scripting():
@@ -160,13 +160,13 @@ class LSTMCell(_CellBase, nn.LSTMCell):
 
 
 class GRUCell(_CellBase, nn.GRUCell):
-    __doc__ = _CELL_DOC.format(kind="GRU", gates="r, z, n", states="hidden state", G=3)
+    __doc__ = _CELL_DOC.format(kind="GRU", gates="r, z, n", states="hidden state", G=_cells.GRU.gates)
 
     _name = "GRUCell"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRUCell's checks."""
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+        super().__init__(input_size, hidden_size, bias, _cells.GRU.gates, device, dtype)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if torch.jit.is_scripting():

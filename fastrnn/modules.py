@@ -30,7 +30,7 @@ import torch.fx
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _inputs
+from . import _cells, _inputs
 from ._inputs import Lengths
 from ._runner import fx_leaf, run_stack, traceable, weight_slots
 # the cells live in cells.py and are fastrnn.modules' classes too (their __module__: pickles)
@@ -98,7 +98,7 @@ class _RNNBase(nn.RNNBase):
         self.weight_drop = float(weight_drop)
 
         factory = {"device": device, "dtype": dtype}
-        gate_size = (4 if mode == "LSTM" else 3) * hidden_size
+        gate_size = _cells.CELLS[mode.lower()].gates * hidden_size
         real_hidden = proj_size if proj_size > 0 else hidden_size
         num_directions = 2 if bidirectional else 1
         self._flat_weights_names: List[str] = []
