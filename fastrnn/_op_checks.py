@@ -91,7 +91,22 @@ def check_lengths(op, lengths, x, B):
                  lambda: f"{op}: expected lengths on the CPU or on the device of x ({x.device}), got {lengths.device}")
 
 
-def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
+def check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask):
+    """layer_plan.h Regularisers: zoneout keep weights [T, B, P] / [T, B, H] or 0-dim, the
+    recurrent-dropout mask [B, P]."""
+    for name, z, want in (("zoneout_h", zoneout_h, (T, B, P)), ("zoneout_c", zoneout_c, (T, B, H))):
+        if z is not None:
+            torch._check(z.dim() == 0 or _has_shape(z, want),
+                         lambda: f"{op}: expected {name} of shape {_sizes(want)} or [] (one keep weight for every "
+                                 f"position), got {_sizes(z.shape)}")
+            check_same(op, name, z, x)
+    if rec_mask is not None:
+        check_shape(op, "rec_mask", rec_mask, (B, P))
+        check_same(op, "rec_mask", rec_mask, x)
+
+
+def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, zoneout_h=None, zoneout_c=None,
+                  rec_mask=None):
     """The ForwardPlan constructor's checks. Returns (T, B, I, H, P)."""
     op = cell.forward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -99,10 +114,12 @@ def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
     if c0 is not None:
         check_state(op, "c0", c0, x, B, H)
     check_lengths(op, lengths, x, B)
+    check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask)
     return T, B, I, H, P
 
 
-def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths):
+def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, zoneout_h=None, zoneout_c=None,
+                   rec_mask=None):
     """The BackwardPlan constructor's checks. Returns (T, B, I, H, P)."""
     op = cell.backward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, None, None, w_hr)
@@ -121,4 +138,5 @@ def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, len
     check_shape(op, "ws", ws, (T, B, cell.saved_width(H, w_hr is not None)))
     check_same(op, "ws", ws, x)
     check_lengths(op, lengths, x, B)
+    check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask)
     return T, B, I, H, P

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ._cells import GRU, LSTM
 from ._op_checks import check_backward, check_forward
-from .reference import gru_reference, lstm_reference
+from .reference import gru_reference, gru_zoneout_reference, lstm_reference, lstm_zoneout_reference
 
 _lib = torch.ops.fastrnn
 
@@ -20,15 +20,18 @@ _lib = torch.ops.fastrnn
 
 
 @torch.library.register_fake("fastrnn::lstm_forward")
-def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
-    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h=None,
+                       zoneout_c=None, rec_mask=None):
+    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, zoneout_h, zoneout_c,
+                                  rec_mask)
     ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
-def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
-    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths)
+def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h=None, rec_mask=None):
+    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, zoneout_h, None,
+                                  rec_mask)
     ws = x.new_empty((T, B, GRU.saved_width(H))) if save else x.new_empty((0,))
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
@@ -45,15 +48,19 @@ def _fresh(t):
 
 
 @torch.library.register_fake("fastrnn::lstm_backward")
-def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
-    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths)[3]
+def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias,
+                        zoneout_h=None, zoneout_c=None, rec_mask=None):
+    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c,
+                       rec_mask)[3]
     dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
     return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias), dw_hr)
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
-def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
-    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths)[3]
+def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias, zoneout_h=None,
+                       rec_mask=None):
+    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, zoneout_h, None,
+                       rec_mask)[3]
     return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias))
 
 
@@ -75,51 +82,57 @@ def _keep_grads_undefined(ctx, ws):
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h, zoneout_c, rec_mask = inputs
     y, _, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths)
+    # the masks too: the backward sees exactly the forward's
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c, rec_mask)
     ctx.reverse = reverse
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c, rec_mask = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated in turn
 
         def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-            return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr)
+            if zoneout_h is None and zoneout_c is None and rec_mask is None:
+                return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr)
+            return lstm_zoneout_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr, zoneout_h,
+                                          zoneout_c, rec_mask)
 
         return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
-        lengths, ctx.reverse, has_ih or has_hh)
+        lengths, ctx.reverse, has_ih or has_hh, zoneout_h, zoneout_c, rec_mask)
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            dw_hr if w_hr is not None else None, None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None, None, None, None)
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h, rec_mask = inputs
     y, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, zoneout_h, rec_mask)  # see _lstm_setup
     ctx.reverse = reverse
 
 
 def _gru_backward(ctx, dy, dh_n, _dws):
-    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths = ctx.saved_tensors
+    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, zoneout_h, rec_mask = ctx.saved_tensors
     if torch.is_grad_enabled():  # see _lstm_backward
 
         def layer(x, h0, w_ih, w_hh, b_ih, b_hh):
-            return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
+            if zoneout_h is None and rec_mask is None:
+                return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
+            return gru_zoneout_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, zoneout_h, rec_mask)
 
         return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh), (dy, dh_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
-        has_ih or has_hh)
+        has_ih or has_hh, zoneout_h, rec_mask)
     return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            None, None, None)
+            None, None, None, None, None)
 
 
 def _recorded_backward(ctx, layer, inputs, grads):

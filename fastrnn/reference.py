@@ -22,7 +22,8 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference"]
+__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
+           "lstm_zoneout_reference", "gru_zoneout_reference"]
 
 
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -115,4 +116,77 @@ def gru_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
         return (gru_cell_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh),)
 
     y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
+    return y, h_n
+
+
+# --------------------------------------------------------------------------------------------
+# Zoneout and recurrent dropout (docs/DESIGN.md, "Options beyond torch.nn"), with the masks given:
+# zoneout_h [T, B, P] / zoneout_c [T, B, H] keep weights z by time index t (the weight applied
+# when the state at time t is made), or a 0-dim tensor (one weight for every position), or None;
+# rec_mask [B, P] multiplies h_{t-1} where it enters W_hh, or None. The cell computes its own new
+# state s~_t from the zoned s_{t-1}, then s_t = z s_{t-1} + (1 - z) s~_t; y_t = h_t.
+
+
+def _with_keep_weights(x: Tensor, masks) -> Tuple[Tensor, list]:
+    """x [T, B, I] with each mask ([T, B, W], 0-dim, or None) appended along the features, so
+    that _run's reversal within lengths moves them with the time index; and their widths."""
+    parts, widths = [x], []
+    for m, width in masks:
+        if m is not None:
+            parts.append(m.expand(x.shape[0], x.shape[1], width) if m.dim() == 0 else m)
+        widths.append(width if m is not None else 0)
+    return torch.cat(parts, dim=2), widths
+
+
+def _blend(keep: Tensor, prev: Tensor, fresh: Tensor) -> Tensor:
+    return keep * prev + (1 - keep) * fresh
+
+
+def lstm_zoneout_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                           b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+                           lengths: Optional[Union[Tensor, Sequence[int]]] = None, reverse: bool = False,
+                           w_hr: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
+                           zoneout_c: Optional[Tensor] = None,
+                           rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer, one direction, with zoneout on h (after the projection) and c and
+    recurrent dropout. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    I, P, H = x.shape[2], h0.shape[1], c0.shape[1]
+    xz, (wh, wc) = _with_keep_weights(x, [(zoneout_h, P), (zoneout_c, H)])
+
+    def step(xt, states):
+        h, c = states
+        xt, zh, zc = xt.split([I, wh, wc], dim=1)
+        h_new, c_new = lstm_cell_reference(xt, h if rec_mask is None else h * rec_mask, c, w_ih, w_hh, b_ih, b_hh,
+                                           w_hr)
+        if zoneout_c is not None:
+            c_new = _blend(zc, c, c_new)
+        if zoneout_h is not None:
+            h_new = _blend(zh, h, h_new)
+        return h_new, c_new
+
+    y, (h_n, c_n) = _run(step, xz, (h0, c0), lengths, reverse)
+    return y, h_n, c_n
+
+
+def gru_zoneout_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+                          b_hh: Optional[Tensor] = None, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
+                          reverse: bool = False, zoneout_h: Optional[Tensor] = None,
+                          rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One GRU layer, one direction, with zoneout on h and recurrent dropout (which masks h only
+    in W_hh h: z * h uses the state itself). Returns (y [T, B, H], h_n [B, H])."""
+    I, H = x.shape[2], h0.shape[1]
+    xz, (wh,) = _with_keep_weights(x, [(zoneout_h, H)])
+
+    def step(xt, states):
+        (h,) = states
+        xt, zh = xt.split([I, wh], dim=1)
+        xr, xz_, xn = _linear(xt, w_ih, b_ih).chunk(3, dim=1)
+        hr, hz, hn = _linear(h if rec_mask is None else h * rec_mask, w_hh, b_hh).chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz_ + hz)
+        n = torch.tanh(xn + r * hn)
+        h_new = (1 - z) * n + z * h
+        return (h_new if zoneout_h is None else _blend(zh, h, h_new),)
+
+    y, (h_n,) = _run(step, xz, (h0,), lengths, reverse)
     return y, h_n

@@ -491,7 +491,7 @@ using Mode = RecurrenceMode;
 // Why the persistent recurrence cannot run this call (nullptr when it can).
 const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
   if (q.projected) return "it has no projection (proj_size) yet";
-  return nullptr;
+  return q.unsupported_option;
 }
 
 // auto: where measurements found the persistent recurrence faster than the step loop. Nowhere
@@ -506,7 +506,7 @@ bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
 }  // namespace
 
 CpuRecurrenceQuery cpu_recurrence_query(const LayerPlan& p, bool backward) {
-  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H)};
+  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H), p.reg.unsupported()};
 }
 
 CpuRecurrence choose_cpu_recurrence(const CpuRecurrenceQuery& q) {

@@ -86,6 +86,13 @@ struct LstmActivations {
 };
 
 // pre_*: the gate pre-activations x W_ih^T + h W_hh^T + biases of one unit.
+// The new cell state from the gate activations: c' = f c + i g (the backward recomputes it under
+// zoneout, where the saved state is the zoned one).
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE V lstm_new_cell(V i, V f, V g, V c_prev) {
+  return f * c_prev + i * g;
+}
+
 template <typename V>
 C10_HOST_DEVICE FASTRNN_INLINE LstmActivations<V> lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev) {
   using L = Lanes<V>;
@@ -94,7 +101,7 @@ C10_HOST_DEVICE FASTRNN_INLINE LstmActivations<V> lstm_cell_forward(V pre_i, V p
   a.f = sigmoid_v(pre_f);
   a.g = L::tanh(pre_g);
   a.o = sigmoid_v(pre_o);
-  a.c = a.f * c_prev + a.i * a.g;
+  a.c = lstm_new_cell(a.i, a.f, a.g, c_prev);
   a.h = a.o * L::tanh(a.c);
   return a;
 }
@@ -161,6 +168,28 @@ C10_HOST_DEVICE FASTRNN_INLINE GruGateGrads<V> gru_cell_backward(V dh, V r, V z,
   d.dn_h = d.dn * r;
   d.dh_direct = dh * z;
   return d;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zoneout (Krueger et al. 2016), on any state after the cell: s_t = z s_{t-1} + (1 - z) s~_t with
+// z the keep weight (a 0/1 draw in training, the rate p in eval); docs/DESIGN.md, "Options beyond
+// torch.nn".
+
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE V zoneout_blend(V keep, V prev, V fresh) {
+  return keep * prev + (V(1) - keep) * fresh;
+}
+
+template <typename V>
+struct ZoneoutGrads {
+  V fresh;  // grad of the cell's own new state s~_t: (1 - z) ds
+  V prev;   // the direct part of the grad of s_{t-1}: z ds
+};
+
+// ds: the complete grad of the zoned state s_t.
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE ZoneoutGrads<V> zoneout_backward(V keep, V ds) {
+  return {(V(1) - keep) * ds, keep * ds};
 }
 
 }  // namespace fastrnn

@@ -150,6 +150,54 @@ struct Schedule {
   }
 };
 
+// Zoneout and recurrent dropout (docs/DESIGN.md, "Options beyond torch.nn"): the masks of one
+// layer call, drawn by the caller. The backward op receives the forward's.
+struct Regularisers {
+  Tensor zoneout_h;  // [T, B, P] keep weights of h in time order, or 0-dim: one keep weight for
+                     // every position (eval: the rate); undefined: off
+  Tensor zoneout_c;  // [T, B, H] the same for c (LSTM), or 0-dim, or undefined
+  Tensor rec_mask;   // [B, P] batch order: recurrent dropout's mask on h_{t-1} where it enters
+                     // W_hh (values 0 or 1/(1-p)); undefined: off
+  Tensor rec_rows;   // [B, P] the same by row
+
+  // Checks them against x [T, B, ...] (dtype, device, shapes).
+  Regularisers(const char* op, const Dims& d, const Tensor& x, const OptTensor& zh, const OptTensor& zc,
+               const OptTensor& rec, const Schedule& sched) {
+    zoneout_h = keep_weights(op, "zoneout_h", zh, x, {d.T, d.B, d.P});
+    zoneout_c = keep_weights(op, "zoneout_c", zc, x, {d.T, d.B, d.H});
+    if (rec.has_value()) {
+      detail::check_shape(op, "rec_mask", *rec, {d.B, d.P});
+      detail::check_same(op, "rec_mask", *rec, x);
+      rec_mask = rec->contiguous();
+      rec_rows = sched.to_rows(rec_mask);
+    }
+  }
+  Regularisers() = default;
+
+  // Why a kernel without these options cannot run the call (a string literal), or nullptr.
+  const char* unsupported() const {
+    if (zoneout_h.defined()) return "it does not run zoneout yet";
+    if (zoneout_c.defined()) return "it does not run zoneout_cell yet";
+    if (rec_mask.defined()) return "it does not run recurrent_dropout yet";
+    return nullptr;
+  }
+
+  template <typename T>
+  static KeepWeights<T> keep(const Tensor& z) {
+    return {z.defined() ? z.const_data_ptr<T>() : nullptr, z.defined() && z.dim() == 0};
+  }
+
+ private:
+  static Tensor keep_weights(const char* op, const char* name, const OptTensor& z, const Tensor& x,
+                             at::IntArrayRef want) {
+    if (!z.has_value()) return Tensor();
+    TORCH_CHECK(z->dim() == 0 || z->sizes() == want, op, ": expected ", name, " of shape ", want,
+                " or [] (one keep weight for every position), got ", z->sizes());
+    detail::check_same(op, name, *z, x);
+    return z->contiguous();
+  }
+};
+
 // What every plan has: the checked sizes, the schedule and the contiguous weights.
 struct LayerPlan {
   const CellInfo& cell;  // the cell's table (cell_traits.h)
@@ -163,6 +211,7 @@ struct LayerPlan {
   Tensor w_ih;            // [G*H, I]  contiguous
   Tensor w_hh;            // [G*H, P]  contiguous
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
+  Regularisers reg;       // zoneout, recurrent dropout (regularise)
 
   LayerPlan(const CellInfo& cell, const char* op, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
@@ -174,6 +223,11 @@ struct LayerPlan {
   void schedule(const OptTensor& lengths_) {
     lengths = check_lengths(op, lengths_, x, d);
     sched = Schedule(lengths, d, x);
+  }
+
+  // After schedule (rec_rows is by row). zc: LSTM only.
+  void regularise(const OptTensor& zh, const OptTensor& zc, const OptTensor& rec) {
+    reg = Regularisers(op, d, x, zh, zc, rec, sched);
   }
 
   bool masked() const { return lengths.device.defined(); }
@@ -207,11 +261,13 @@ struct ForwardPlan : LayerPlan {
 
   ForwardPlan(const CellInfo& cell, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
               const Tensor& w_hh, const OptTensor& b_ih_, const OptTensor& b_hh_, const OptTensor& w_hr,
-              const OptTensor& lengths, bool reverse, bool save)
+              const OptTensor& lengths, bool reverse, bool save, const OptTensor& zoneout_h = std::nullopt,
+              const OptTensor& zoneout_c = std::nullopt, const OptTensor& rec_mask = std::nullopt)
       : LayerPlan(cell, cell.forward_op, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
     if (c0.has_value()) detail::check_state(op, "c0", *c0, x, d.B, d.H);
     schedule(lengths);
+    regularise(zoneout_h, zoneout_c, rec_mask);
     saved_width = cell.saved_width(d.H, projected());
     h0 = h0_.contiguous();
     b_ih = detail::contiguous_or_undefined(b_ih_);
@@ -293,7 +349,8 @@ struct BackwardPlan : LayerPlan {
   BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
                const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
-               bool has_bias)
+               bool has_bias, const OptTensor& zoneout_h = std::nullopt, const OptTensor& zoneout_c = std::nullopt,
+               const OptTensor& rec_mask = std::nullopt)
       : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse),
         has_bias(has_bias) {
     using detail::check_shape;
@@ -310,6 +367,7 @@ struct BackwardPlan : LayerPlan {
     check_shape(op, "ws", saved_, {d.T, d.B, cell.saved_width(d.H, projected())});
     detail::check_same(op, "ws", saved_, x);
     schedule(lengths);
+    regularise(zoneout_h, zoneout_c, rec_mask);
     dgates_width = cell.grad_width(d.H);
     dy = dy_.contiguous();
     dh_n = dh_n_.contiguous();
@@ -337,20 +395,24 @@ struct BackwardPlan : LayerPlan {
     if (has_bias) bias_sums.add_(dg2d.sum(0));
     // For dW_hh: the grads of the steps of the range that are not an entry's first, next to
     // the h_prev they multiply — the neighbouring output in time (padded neighbours are zero
-    // and meet zero grads).
+    // and meet zero grads); with recurrent dropout the product's input was rec_mask * h_prev.
     const int64_t first = reverse ? t0 : std::max<int64_t>(t0, 1), end = reverse ? std::min(t0 + n, d.T - 1) : t0 + n;
     const int64_t m = end - first;
     if (m <= 0) return;
     const Tensor dgp = dg.narrow(0, first - t0, m).reshape({m * d.B, dgates_width});
-    const Tensor h_prev = y.narrow(0, reverse ? first + 1 : first - 1, m).reshape({m * d.B, d.P});
+    Tensor h_prev = y.narrow(0, reverse ? first + 1 : first - 1, m);
+    h_prev = (reg.rec_mask.defined() ? h_prev * reg.rec_mask : h_prev).reshape({m * d.B, d.P});
     for_each_hidden_block([&](int64_t col, int64_t row, int64_t len) {
       dw_hh.narrow(0, row, len).addmm_(dgp.narrow(1, col, len).t(), h_prev);
     });
   }
 
-  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0:
-  // dgates_step [B, G*H] by row holds its hidden-side grads in dW_hh's row order.
-  void fold_first_step(const Tensor& dgates_step) const { dw_hh.addmm_(dgates_step.t(), sched.to_rows(h0)); }
+  // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0 (times
+  // rec_mask with recurrent dropout): dgates_step [B, G*H] by row holds its hidden-side grads in
+  // dW_hh's row order.
+  void fold_first_step(const Tensor& dgates_step) const {
+    dw_hh.addmm_(dgates_step.t(), sched.to_rows(reg.rec_mask.defined() ? h0 * reg.rec_mask : h0));
+  }
 
   // dW_hr = sum over steps of dp^T o tanh(c), from dp [T, B, P] (the full grads of the
   // projected states) and the saved o * tanh(c).

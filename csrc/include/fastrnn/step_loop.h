@@ -68,6 +68,7 @@ void fill_forward_step(ForwardPlan& p, ForwardStep<T>& a, const Tensor& xproj, c
   a.h = p.h.mutable_data_ptr<T>();
   a.y = p.y.mutable_data_ptr<T>();
   a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
+  a.zoneout_h = Regularisers::keep<T>(p.reg.zoneout_h);
 }
 
 // hfull [B, H] by row with a projection, else undefined.
@@ -77,6 +78,7 @@ LstmForwardStep<T> lstm_forward_step(ForwardPlan& p, const Tensor& xproj, const 
   fill_forward_step<T>(p, a, xproj, hproj);
   a.c = p.c.mutable_data_ptr<T>();
   a.hfull = hfull.defined() ? hfull.mutable_data_ptr<T>() : nullptr;
+  a.zoneout_c = Regularisers::keep<T>(p.reg.zoneout_c);
   return a;
 }
 
@@ -92,6 +94,33 @@ GruForwardStep<T> gru_forward_step(ForwardPlan& p, const Tensor& xproj, const Te
 template <class Kernels>
 struct StepLoop {
   static constexpr const char* kPathName = Kernels::kStepLoopPath;
+  using Gemm = typename Kernels::Gemm;
+
+  // Recurrent dropout: the recurrent GEMM of iteration s reads rec_mask * h_{s-1} (the first n
+  // rows of hm [B, P], made here) instead of h; the state itself stays unmasked.
+  static const Tensor& recurrent_input(const LayerPlan& p, const Tensor& h, Tensor& hm, int64_t n) {
+    if (!p.reg.rec_rows.defined()) return h;
+    if (!hm.defined()) hm = at::empty_like(h);
+    Tensor out = hm.narrow(0, 0, n);
+    at::mul_out(out, h.narrow(0, 0, n), p.reg.rec_rows.narrow(0, 0, n));
+    return hm;
+  }
+
+  // dh[:n] = (accumulate ? dh[:n] : 0) + rec_mask * (dgates_step[:n] W_hh): the recurrent
+  // product's grad reaches h_{s-1} through recurrent dropout's mask (tmp: a [B, P] buffer).
+  static void hidden_grad(const BackwardPlan& p, const Gemm& gemm, const Tensor& dgates_step, int64_t n,
+                          bool accumulate, Tensor& tmp) {
+    if (!p.reg.rec_rows.defined()) return gemm(p.dh, dgates_step, n, accumulate);
+    if (!tmp.defined()) tmp = at::empty_like(p.dh);
+    gemm(tmp, dgates_step, n, false);
+    Tensor out = p.dh.narrow(0, 0, n);
+    const Tensor prod = tmp.narrow(0, 0, n), m = p.reg.rec_rows.narrow(0, 0, n);
+    if (accumulate) {
+      out.addcmul_(prod, m);
+    } else {
+      at::mul_out(out, prod, m);
+    }
+  }
 
   static void lstm_forward(ForwardPlan& p) {
     const Dims& d = p.d;
@@ -114,10 +143,13 @@ struct StepLoop {
         pc.hnew = hnew.const_data_ptr<scalar_t>();
         pc.h = a.h;
         pc.y = a.y;
+        pc.zoneout_h = a.zoneout_h;
+        a.zoneout_h = {};  // the commit zones the projected state
       }
+      Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
-        gemm_hh(hproj, p.h, n, false);
+        gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
         a.s = s;
         a.rows = n;
         Kernels::template run<LstmForwardPoint>(a);
@@ -141,9 +173,10 @@ struct StepLoop {
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
       auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
+      Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
-        gemm_hh(hproj, p.h, n, false);
+        gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
         a.s = s;
         a.rows = n;
         Kernels::template run<GruForwardPoint>(a);
@@ -178,11 +211,13 @@ struct StepLoop {
       a.dc_n = p.dc_n.const_data_ptr<scalar_t>();
       a.saved = p.saved.const_data_ptr<scalar_t>();
       a.c0 = p.c0.const_data_ptr<scalar_t>();
-      a.dh = p.dh.const_data_ptr<scalar_t>();
+      a.dh = p.dh.mutable_data_ptr<scalar_t>();
       a.dh_full = p.projected() ? dh_full.const_data_ptr<scalar_t>() : nullptr;
       a.dc = p.dc.mutable_data_ptr<scalar_t>();
       a.dgates = dgates.mutable_data_ptr<scalar_t>();
       a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
+      a.zoneout_c = Regularisers::keep<scalar_t>(p.reg.zoneout_c);
+      if (!p.projected()) a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       LstmProjBackwardStep<scalar_t> pb{};
       if (p.projected()) {
         p.fill_common(pb, d.P);
@@ -191,7 +226,11 @@ struct StepLoop {
         pb.dh = a.dh;
         pb.dp = dp.mutable_data_ptr<scalar_t>();
         pb.dp_step = dp_step.mutable_data_ptr<scalar_t>();
+        pb.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       }
+      // With zoneout on h the points leave its direct part z_h dh_s in dh, which the GEMM adds to.
+      const bool direct = p.reg.zoneout_h.defined();
+      Tensor tmp;
       for (int64_t s = d.T - 1; s >= 0; --s) {
         const int64_t n = p.sched.rows(s, d.B);
         chunks.enter(s, a, dgates);
@@ -204,7 +243,7 @@ struct StepLoop {
         a.s = s;
         a.rows = n;
         Kernels::template run<LstmBackwardPoint>(a);
-        gemm_hh(p.dh, dgates_step, n, false);
+        hidden_grad(p, gemm_hh, dgates_step, n, direct, tmp);
         if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
       }
     });
@@ -232,14 +271,16 @@ struct StepLoop {
       a.dh = p.dh.mutable_data_ptr<scalar_t>();
       a.dgates = dgates.mutable_data_ptr<scalar_t>();
       a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
+      a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
+      Tensor tmp;
       for (int64_t s = d.T - 1; s >= 0; --s) {
         const int64_t n = p.sched.rows(s, d.B);
         chunks.enter(s, a, dgates);
         a.s = s;
         a.rows = n;
         Kernels::template run<GruBackwardPoint>(a);
-        // dh_{s-1} = z * dh_s + [dr, dz, dn*r] W_hh
-        gemm_hh(p.dh, dgates_step, n, true);
+        // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh)
+        hidden_grad(p, gemm_hh, dgates_step, n, true, tmp);
         if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
       }
     });

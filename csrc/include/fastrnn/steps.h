@@ -82,6 +82,21 @@ C10_HOST_DEVICE FASTRNN_INLINE bool locate(const StepCommon& a, int64_t r, int64
   return true;
 }
 
+// Zoneout keep weights of one state (docs/DESIGN.md, "Options beyond torch.nn"): a [T, B, width]
+// tensor in time order, the weight applied when the state at time t is made (training: 0 or 1
+// per step and element), or one value for every position (eval: the rate p).
+template <typename T>
+struct KeepWeights {
+  const T* p;     // nullptr: zoneout off
+  bool constant;  // p points at one value
+  C10_HOST_DEVICE FASTRNN_INLINE bool on() const { return p != nullptr; }
+  // The weights of units j.. of position tb (t * B + b) of a state `width` wide.
+  template <typename V>
+  C10_HOST_DEVICE FASTRNN_INLINE V load(int64_t tb, int64_t width, int64_t j) const {
+    return constant ? V(static_cast<at::opmath_type<T>>(*p)) : Lanes<V>::load(p + tb * width + j);
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // LSTM
 
@@ -100,6 +115,8 @@ struct ForwardStep : StepCommon {  // units = H
                               //            with projection)
   scalar_t* saved;            // [T, B, W]  saved activations (docs/DESIGN.md, "Workspace");
                               //            nullptr: save nothing
+  KeepWeights<scalar_t> zoneout_h;  // [T, B, H] on h (not used by an LSTM step with projection:
+                                    //            lstm_proj_commit zones the projected state)
 };
 
 // xproj = x W_ih^T + b_ih + b_hh; saved: i, f, g, o, c (and o * tanh(c) with projection).
@@ -108,6 +125,7 @@ struct LstmForwardStep : ForwardStep<scalar_t> {
   scalar_t* c;                // [B, H]     running cell state by row, updated in place
   scalar_t* hfull;            // [B, H]     by row, with projection: o * tanh(c), the input of the
                               //            projection GEMM; nullptr without projection
+  KeepWeights<scalar_t> zoneout_c;  // [T, B, H] on c
 };
 
 struct LstmForwardPoint {
@@ -120,16 +138,20 @@ struct LstmForwardPoint {
     using C = LstmCell;
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
-    const auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + L::load(hp + C::kI * H),
-                                        L::load(xp + C::kF * H) + L::load(hp + C::kF * H),
-                                        L::load(xp + C::kG * H) + L::load(hp + C::kG * H),
-                                        L::load(xp + C::kO * H) + L::load(hp + C::kO * H), L::load(a.c + k));
+    const V c_prev = L::load(a.c + k);
+    auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + L::load(hp + C::kI * H),
+                                  L::load(xp + C::kF * H) + L::load(hp + C::kF * H),
+                                  L::load(xp + C::kG * H) + L::load(hp + C::kG * H),
+                                  L::load(xp + C::kO * H) + L::load(hp + C::kO * H), c_prev);
+    // Zoneout on c: the state (and the saved c) is the zoned one; v.h stays o * tanh(c~).
+    if (a.zoneout_c.on()) v.c = zoneout_blend(a.zoneout_c.template load<V>(tb, H, j), c_prev, v.c);
     L::store(a.c + k, v.c);
     if (a.hfull != nullptr) {
       L::store(a.hfull + k, v.h);
     } else {
-      L::store(a.h + k, v.h);
-      L::store(a.y + tb * H + j, v.h);
+      const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), L::load(a.h + k), v.h) : v.h;
+      L::store(a.h + k, h);
+      L::store(a.y + tb * H + j, h);
     }
     if (a.saved != nullptr) {
       const bool projected = a.hfull != nullptr;
@@ -146,7 +168,9 @@ struct LstmBackwardStep : StepCommon {  // units = H
   const scalar_t* dc_n;       // [B, H]     grad of the final cell state
   const scalar_t* saved;      // [T, B, W]  what the forward saved (LstmCell::saved_width)
   const scalar_t* c0;         // [B, H]     initial cell state
-  const scalar_t* dh;         // [B, H]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
+  scalar_t* dh;               // [B, H]     by row; in: dL/dh_s through the recurrence (iteration s+1's
+                              //            GEMM); out, with zoneout on h and no projection: the direct
+                              //            part z_h dL/dh_s of dL/dh_{s-1} (the GEMM then adds to it)
   const scalar_t* dh_full;    // [B, H]     by row, with projection: the complete dL/d(o * tanh(c))
                               //            of this iteration (dy, dh_n, dh then unused); else nullptr
   scalar_t* dc;               // [B, H]     by row; in: dL/dc_s from iteration s+1; out: dL/dc_{s-1}
@@ -155,6 +179,10 @@ struct LstmBackwardStep : StepCommon {  // units = H
   int64_t dgates_t0;
   scalar_t* dgates_step;      // [B, 4H]    by row: the same for this iteration, zero for finished
                               //            entries; the next GEMM computes dh_{s-1} from it
+  KeepWeights<scalar_t> zoneout_h;  // [T, B, H] the forward's, without projection (with one the
+                                    //            projection's backward step takes it)
+  KeepWeights<scalar_t> zoneout_c;  // [T, B, H] the forward's; the saved c is then the zoned state
+                                    //            and the cell's own c~ is recomputed from i, f, g
 };
 
 struct LstmBackwardPoint {
@@ -170,16 +198,28 @@ struct LstmBackwardPoint {
       return;
     }
     // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
-    const V dh = a.dh_full != nullptr ? L::load(a.dh_full + p.k)
-                                      : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
-    const V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
+    V dh = a.dh_full != nullptr ? L::load(a.dh_full + p.k)
+                                : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
     const int64_t width = C::saved_width(H, a.dh_full != nullptr);
     const T* w = a.saved + p.tb * width + j;
     const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
                               : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
-    const auto d = lstm_cell_backward<V>(dh, dc, L::load(w + C::kI * H), L::load(w + C::kF * H), L::load(w + C::kG * H),
-                                         L::load(w + C::kO * H), L::load(w + C::kC * H), c_prev);
-    L::store(a.dc + p.k, d.dc_prev);
+    const V i = L::load(w + C::kI * H), f = L::load(w + C::kF * H), g = L::load(w + C::kG * H);
+    V c = L::load(w + C::kC * H), dc_direct(0);
+    if (a.zoneout_c.on()) {
+      c = lstm_new_cell(i, f, g, c_prev);  // the saved c is the zoned state; the cell's own is c~
+      const auto z = zoneout_backward(a.zoneout_c.template load<V>(p.tb, H, j), dc);
+      dc = z.fresh;
+      dc_direct = z.prev;
+    }
+    if (a.zoneout_h.on() && a.dh_full == nullptr) {
+      const auto z = zoneout_backward(a.zoneout_h.template load<V>(p.tb, H, j), dh);
+      dh = z.fresh;
+      L::store(a.dh + p.k, z.prev);
+    }
+    const auto d = lstm_cell_backward<V>(dh, dc, i, f, g, L::load(w + C::kO * H), c, c_prev);
+    L::store(a.dc + p.k, a.zoneout_c.on() ? d.dc_prev + dc_direct : d.dc_prev);
     T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
     static_assert(C::kI == 0 && C::kF == 1 && C::kG == 2 && C::kO == 3, "grads[] lists the gates in block order");
     const V grads[C::kGates] = {d.di, d.df, d.dg, d.d_o};
@@ -198,6 +238,7 @@ struct LstmProjCommitStep : StepCommon {  // units = P
   const scalar_t* hnew;       // [rows, P]  projected hidden state of this iteration
   scalar_t* h;                // [B, P]     running hidden state by row, updated in place
   scalar_t* y;                // [T, B, P]  outputs, time order
+  KeepWeights<scalar_t> zoneout_h;  // [T, B, P] on the projected state
 };
 
 struct LstmProjCommitPoint {
@@ -206,7 +247,9 @@ struct LstmProjCommitPoint {
     using L = Lanes<V>;
     Position at;
     if (!locate(a, r, p, at)) return;
-    const V h = L::load(a.hnew + at.k);
+    const V fresh = L::load(a.hnew + at.k);
+    const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(at.tb, a.units, p), L::load(a.h + at.k), fresh)
+                                 : fresh;
     L::store(a.h + at.k, h);
     L::store(a.y + at.tb * a.units + p, h);
   }
@@ -220,9 +263,13 @@ struct LstmProjBackwardStep : StepCommon {  // units = P
   using scalar_type = scalar_t;
   const scalar_t* dy;         // [T, B, P]  grad of outputs, time order
   const scalar_t* dh_n;       // [B, P]     grad of the final hidden state
-  const scalar_t* dh;         // [B, P]     by row: dL/dh_s through the recurrence (iteration s+1's GEMM)
-  scalar_t* dp;               // [T, B, P]  dL/dh_s in full, time order
+  scalar_t* dh;               // [B, P]     by row; in: dL/dh_s through the recurrence (iteration s+1's
+                              //            GEMM); out, with zoneout: the direct part z_h dL/dh_s of
+                              //            dL/dh_{s-1} (the GEMM then adds to it)
+  scalar_t* dp;               // [T, B, P]  the grad of the projection's output, time order: dL/dh_s in
+                              //            full, times (1 - z_h) with zoneout
   scalar_t* dp_step;          // [B, P]     by row: the same for this iteration, zero for finished entries
+  KeepWeights<scalar_t> zoneout_h;  // [T, B, P] the forward's
 };
 
 struct LstmProjBackwardPoint {
@@ -235,7 +282,12 @@ struct LstmProjBackwardPoint {
       L::store(a.dp_step + r * P + p, V(0));
       return;
     }
-    const V d = (at.last ? L::load(a.dh_n + at.kb) : L::load(a.dh + at.k)) + L::load(a.dy + at.tb * P + p);
+    V d = (at.last ? L::load(a.dh_n + at.kb) : L::load(a.dh + at.k)) + L::load(a.dy + at.tb * P + p);
+    if (a.zoneout_h.on()) {
+      const auto z = zoneout_backward(a.zoneout_h.template load<V>(at.tb, P, p), d);
+      d = z.fresh;
+      L::store(a.dh + at.k, z.prev);
+    }
     L::store(a.dp + at.tb * P + p, d);
     L::store(a.dp_step + at.k, d);
   }
@@ -261,11 +313,13 @@ struct GruForwardPoint {
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
     const V hn = a.b_hn != nullptr ? L::load(hp + C::kN * H) + L::load(a.b_hn + j) : L::load(hp + C::kN * H);
+    const V h_prev = L::load(a.h + k);
     const auto v = gru_cell_forward<V>(L::load(xp + C::kR * H) + L::load(hp + C::kR * H),
                                        L::load(xp + C::kZ * H) + L::load(hp + C::kZ * H), L::load(xp + C::kN * H), hn,
-                                       L::load(a.h + k));
-    L::store(a.h + k, v.h);
-    L::store(a.y + tb * H + j, v.h);
+                                       h_prev);
+    const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), h_prev, v.h) : v.h;
+    L::store(a.h + k, h);
+    L::store(a.y + tb * H + j, h);
     if (a.saved != nullptr) C::store_saved(a.saved + tb * C::saved_width(H) + j, H, v);
   }
 };
@@ -286,6 +340,7 @@ struct GruBackwardStep : StepCommon {  // units = H
   scalar_t* dgates_step;      // [B, 3H]    by row: hidden-side dr, dz, dn * r of this iteration,
                               //            zero for finished entries; the next GEMM adds it times
                               //            W_hh to dh
+  KeepWeights<scalar_t> zoneout_h;  // [T, B, H] the forward's
 };
 
 struct GruBackwardPoint {
@@ -300,12 +355,18 @@ struct GruBackwardPoint {
       for (int q = 0; q < C::kGates; ++q) L::store(dstep + q * H, V(0));
       return;
     }
-    const V dh = (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    V dh = (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    V dh_zoned(0);  // zoneout's direct part of dL/dh_{s-1}
+    if (a.zoneout_h.on()) {
+      const auto z = zoneout_backward(a.zoneout_h.template load<V>(p.tb, H, j), dh);
+      dh = z.fresh;
+      dh_zoned = z.prev;
+    }
     const T* w = a.saved + p.tb * C::saved_width(H) + j;
     const V h_prev = a.s == 0 ? L::load(a.h0 + p.kb) : L::load(a.y + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * H + j);
     const auto d = gru_cell_backward<V>(dh, L::load(w + C::kR * H), L::load(w + C::kZ * H), L::load(w + C::kN * H),
                                         L::load(w + C::kHn * H), h_prev);
-    L::store(a.dh + p.k, d.dh_direct);
+    L::store(a.dh + p.k, a.zoneout_h.on() ? d.dh_direct + dh_zoned : d.dh_direct);
     T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
     L::store(dt + C::kR * H, d.dr);
     L::store(dt + C::kZ * H, d.dz);
