@@ -84,6 +84,14 @@ def lengths_tensor(lengths: Lengths, T: int, B: int, device: torch.device) -> Op
 # shared checks
 
 
+def check_rate(name: str, value) -> None:
+    """A rate option of fastrnn's (weight_drop, zoneout, ...): a number in [0, 1], else ValueError
+    worded as torch.nn words its check of ``dropout``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} should be a number in range [0, 1] representing the probability of "
+                         f"an element being zeroed, got {value!r}")
+
+
 def _fmt(shape: List[int]) -> str:
     """A shape as a Python tuple prints, "(2, 3, 5)" or "(3,)": torch.nn's "expected" form."""
     if len(shape) == 1:

@@ -31,8 +31,9 @@ class _CellBase(nn.RNNCellBase):
     _name = ""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None,
-                 dtype=None) -> None:
+                 dtype=None, zoneout: float = 0.0) -> None:
         nn.Module.__init__(self)
+        _inputs.check_rate("zoneout", zoneout)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
@@ -42,6 +43,7 @@ class _CellBase(nn.RNNCellBase):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
+        self.zoneout = float(zoneout)
         self.weight_ih = nn.Parameter(torch.empty((gates * hidden_size, input_size), **factory))
         self.weight_hh = nn.Parameter(torch.empty((gates * hidden_size, hidden_size), **factory))
         if bias:
@@ -56,6 +58,15 @@ class _CellBase(nn.RNNCellBase):
         """hx as the list of initial states (None: zeros), or TypeError naming what it must be."""
         raise NotImplementedError
 
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s + f", zoneout={self.zoneout}" if self.zoneout > 0 else s
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        if "zoneout" not in self.__dict__:  # pickled before the option existed: off
+            self.zoneout = 0.0
+
     def _eager(self, input, hx, step):
         """One eager step: step(x [B, I], *states ([B, H] or None), w_ih, w_hh, b_ih, b_hh) ->
         output(s), run on the checked, batched, autocast inputs; returns the output(s) as the
@@ -69,14 +80,15 @@ class _CellBase(nn.RNNCellBase):
                 and not torch._C._is_any_autocast_enabled() and torch._C._get_tracing_state() is None):
             states = self._states(hx)
             try:
-                return step(input, *states, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+                return step(input, *states, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], self.zoneout,
+                            self.training)
             except (RuntimeError, TypeError):
                 self._checked(input, states)  # raises torch.nn's error for what the op refused
                 raise
         if isinstance(input, torch.fx.Proxy):
             return fx_leaf(self, (input, hx))
         x, states, weights, is_batched = self._checked(input, self._states(hx))
-        out = traceable(step)(x, *states, *weights)
+        out = traceable(step)(x, *states, *weights, self.zoneout, self.training)
         if is_batched:
             return out
         return out.squeeze(0) if isinstance(out, Tensor) else tuple(o.squeeze(0) for o in out)
@@ -109,6 +121,9 @@ _CELL_DOC = """One {kind} step over fastrnn's fused kernels, a drop-in for (and 
         hidden_size: features of the {states} (H).
         bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
         device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+        zoneout: (fastrnn only, keyword-only) zoneout on the new hidden state: in training each
+            element of h' keeps the previous h with this probability (a fresh draw every call),
+            in eval h' = p h + (1 - p) h~ (the expectation). Default 0 (off).
 
     Parameters (torch.nn's names, shapes and initialisation, U(-1/sqrt(H), 1/sqrt(H))):
     ``weight_ih`` [{G}H, I], ``weight_hh`` [{G}H, H], ``bias_ih`` and ``bias_hh`` [{G}H] (None
@@ -134,16 +149,18 @@ class LSTMCell(_CellBase, nn.LSTMCell):
 
     _name = "LSTMCell"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 zoneout: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTMCell's checks."""
-        super().__init__(input_size, hidden_size, bias, _cells.LSTM.gates, device, dtype)
+        super().__init__(input_size, hidden_size, bias, _cells.LSTM.gates, device, dtype, zoneout)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if torch.jit.is_scripting():
             states: List[Optional[Tensor]] = [None, None] if hx is None else [hx[0], hx[1]]
             x, states, is_batched = _inputs.cell_inputs("LSTMCell", input, states, self.input_size,
                                                         self.hidden_size, self.weight_ih, True)
-            h, c = lstm_cell(x, states[0], states[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            h, c = lstm_cell(x, states[0], states[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                             self.zoneout, self.training)
             return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
         return self._eager(input, hx, lstm_cell)
 
@@ -164,15 +181,17 @@ class GRUCell(_CellBase, nn.GRUCell):
 
     _name = "GRUCell"
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+                 zoneout: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRUCell's checks."""
-        super().__init__(input_size, hidden_size, bias, _cells.GRU.gates, device, dtype)
+        super().__init__(input_size, hidden_size, bias, _cells.GRU.gates, device, dtype, zoneout)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if torch.jit.is_scripting():
             x, states, is_batched = _inputs.cell_inputs("GRUCell", input, [hx], self.input_size, self.hidden_size,
                                                         self.weight_ih, True)
-            h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.zoneout,
+                         self.training)
             return h if is_batched else h.squeeze(0)
         return self._eager(input, hx, gru_cell)
 

@@ -51,7 +51,8 @@ class _RNNBase(nn.RNNBase):
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, weight_drop: float = 0.0) -> None:
+                 proj_size: int = 0, device=None, dtype=None, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0) -> None:
         # nn.RNNBase.__init__ is not run: it builds the parameters with checks and messages of
         # its own; this builds the same parameters, in the same order, with the same init
         nn.Module.__init__(self)
@@ -64,6 +65,9 @@ class _RNNBase(nn.RNNBase):
                 or not 0 <= weight_drop <= 1):  # fastrnn's option, worded as torch.nn words dropout
             raise ValueError("weight_drop should be a number in range [0, 1] representing the probability of "
                              f"an element being zeroed, got {weight_drop!r}")
+        for name, rate in (("zoneout", zoneout), ("zoneout_cell", zoneout_cell),
+                           ("recurrent_dropout", recurrent_dropout)):
+            _inputs.check_rate(name, rate)
         if dropout > 0 and num_layers == 1:
             warnings.warn("dropout option adds dropout after all but last recurrent layer, so non-zero "
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
@@ -96,6 +100,9 @@ class _RNNBase(nn.RNNBase):
         self.bidirectional = bool(bidirectional)
         self.proj_size = proj_size
         self.weight_drop = float(weight_drop)
+        self.zoneout = float(zoneout)
+        self.zoneout_cell = float(zoneout_cell)
+        self.recurrent_dropout = float(recurrent_dropout)
 
         factory = {"device": device, "dtype": dtype}
         gate_size = _cells.CELLS[mode.lower()].gates * hidden_size
@@ -128,18 +135,25 @@ class _RNNBase(nn.RNNBase):
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
-        return s + f", weight_drop={self.weight_drop}" if self.weight_drop > 0 else s
+        for name in self._options:
+            if getattr(self, name) > 0:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    # fastrnn's options, in extra_repr's order; all default to 0 (off)
+    _options = ("weight_drop", "zoneout", "zoneout_cell", "recurrent_dropout")
 
     def __setstate__(self, state) -> None:
         # modules pickled before the layers subclassed nn.RNNBase (fastrnn 0.1.0 in development)
         # lack the _flat_weights list; all pickled before _set_layout lack what it sets, and all
-        # pickled before weight_drop existed lack it (off)
+        # pickled before an option existed lack it (off)
         if "_flat_weights" not in state:
             state = dict(state)
             state["_flat_weights"] = [state["_parameters"].get(n) for n in state["_flat_weights_names"]]
         super().__setstate__(state)
-        if "weight_drop" not in self.__dict__:
-            self.weight_drop = 0.0
+        for name in self._options:
+            if name not in self.__dict__:
+                setattr(self, name, 0.0)
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -194,7 +208,8 @@ class _RNNBase(nn.RNNBase):
             x, h0, c0 = _inputs.cast(x, ac_dtype), _inputs.cast(h0, ac_dtype), _inputs.cast(c0, ac_dtype)
             weights = [_inputs.cast(w, ac_dtype) for w in weights]
         y, states = traceable(run_stack)(x, h0, c0, weights, self._weight_slots, lstm, 2 if self.bidirectional else 1,
-                                         lens, self.dropout, self.training, self.weight_drop)
+                                         lens, self.dropout, self.training, self.weight_drop, self.zoneout,
+                                         self.zoneout_cell, self.recurrent_dropout)
         h_n, c_n = states[0], (states[1] if lstm else None)
         if not packed:
             return _inputs.layer_outputs(y, h_n, c_n, is_batched, batch_first)
@@ -215,7 +230,7 @@ class _RNNBase(nn.RNNBase):
             lengths = _inputs.check_lengths(lengths, x.shape[1], x.device)
         y, states = run_stack(x, h0, c0, self._flat_weights, self._weight_slots, self.mode == "LSTM",
                               2 if self.bidirectional else 1, lengths, self.dropout, self.training,
-                              self.weight_drop)
+                              self.weight_drop, self.zoneout, self.zoneout_cell, self.recurrent_dropout)
         return _inputs.layer_outputs(y, states[0], states[1] if len(states) > 1 else None, is_batched,
                                      self.batch_first)
 
@@ -238,6 +253,16 @@ _RNN_ARGS_DOC = """
             ``weight_hh_l{{k}}`` with this probability and scales the rest by 1 / (1 - p), one
             mask per layer and direction shared by all steps and batch entries; gradients reach
             ``weight_hh`` through the mask. Eval uses the weights as they are. Default 0 (off).
+        zoneout: (fastrnn only, keyword-only) zoneout on the hidden state h (after the
+            projection): in training each element of h_t keeps its previous value h_{{t-1}} with
+            this probability (a fresh draw every step and element), else takes the cell's new
+            value; the output is the zoned h_t. Eval takes the expectation
+            p h_{{t-1}} + (1 - p) h~_t. Default 0 (off).{zoneout_cell}
+        recurrent_dropout: (fastrnn only, keyword-only) variational dropout on h_{{t-1}} where
+            it enters the recurrent product ``W_hh (m * h_{{t-1}})``: in training one mask per
+            forward call, layer and direction, of shape (B, {out}), values 0 or 1 / (1 - p),
+            the same at every step; the state itself and the outputs are not masked. Eval: off.
+            Default 0 (off).
 
     Parameters, torch.nn's names, shapes, order and initialisation U(-1/sqrt(H), 1/sqrt(H)),
     so ``state_dict`` loads both ways; G = {gates}:
@@ -301,14 +326,18 @@ class LSTM(_RNNBase, nn.LSTM):
 """ + _RNN_ARGS_DOC.format(
         extra="\n        proj_size: if > 0, the hidden state's size P: h is projected to it after every "
               "step\n            with ``weight_hr``. Default 0 (P = H).",
-        out="P", hr="\n        ``weight_hr_l{k}``: ``(P, H)`` (with proj_size)", gates="4 (gates i, f, g, o)")
+        out="P", hr="\n        ``weight_hr_l{k}``: ``(P, H)`` (with proj_size)", gates="4 (gates i, f, g, o)",
+        zoneout_cell="\n        zoneout_cell: (fastrnn only, keyword-only) zoneout on the cell state c, the same way."
+                     " Default 0\n            (off).")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTM's checks."""
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, weight_drop)
+                         bidirectional, proj_size, device, dtype, weight_drop, zoneout, zoneout_cell,
+                         recurrent_dropout)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -344,18 +373,19 @@ class GRU(_RNNBase, nn.GRU):
 
         r, z = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         h' = (1 - z) * n + z * h
-""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)")
+""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)", zoneout_cell="")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None, *, weight_drop: float = 0.0, **kwargs) -> None:
+                 device=None, dtype=None, *, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, **kwargs) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRU's checks."""
         if "proj_size" in kwargs:  # torch.nn.GRU's error, for the argument LSTM has
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, weight_drop)
+                         bidirectional, 0, device, dtype, weight_drop, zoneout, 0.0, recurrent_dropout)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

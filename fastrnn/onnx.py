@@ -23,7 +23,9 @@ Both of torch's exporters work after a plain ``import fastrnn``:
   fastrnn is imported.
 
 What ONNX's operators cannot express raises ``UnsupportedExportError`` naming it: an LSTM with
-``proj_size > 0`` (ONNX's LSTM has no projection). Plain ``torch.onnx.export(dynamo=True)`` wraps
+``proj_size > 0`` (ONNX's LSTM has no projection), and zoneout (``zoneout`` / ``zoneout_cell`` > 0:
+it changes eval results, which ONNX's LSTM / GRU cannot reproduce). ``recurrent_dropout`` and
+``weight_drop`` act in training only, so such a module exports as the plain layer. Plain ``torch.onnx.export(dynamo=True)`` wraps
 it in its own ConversionError; ``fastrnn.onnx.export`` raises it as it is.
 
 Not exportable as such: a PackedSequence input (pass ``lengths=`` instead).
@@ -139,6 +141,16 @@ class _TorchScriptEmitter:
         return v
 
 
+def _refuse_regularisers(zoneout_h, zoneout_c, rec_mask) -> None:
+    """Zoneout changes eval results, which ONNX's LSTM / GRU cannot express; a recurrent-dropout
+    mask is there only in training mode."""
+    for arg, option in ((zoneout_h, "zoneout"), (zoneout_c, "zoneout_cell"), (rec_mask, "recurrent_dropout")):
+        if arg is not None:
+            where = " in training mode" if option == "recurrent_dropout" else ""
+            raise UnsupportedExportError(f"fastrnn ONNX export: {option}{where} cannot be exported (ONNX's LSTM / "
+                                         f"GRU operators have no {option})")
+
+
 def _optional(v):
     return None if v.node().mustBeNone() else v
 
@@ -149,12 +161,15 @@ def _bool(v) -> bool:
     return bool(node.t("value")) if node.kind() == "onnx::Constant" else bool(v.toIValue())
 
 
-def _lstm_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+def _lstm_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h=None,
+                   zoneout_c=None, rec_mask=None):
+    _refuse_regularisers(*(None if v is None else _optional(v) for v in (zoneout_h, zoneout_c, rec_mask)))
     return _emit(_TorchScriptEmitter(g), "LSTM", x, h0, c0, w_ih, w_hh, _optional(b_ih), _optional(b_hh),
                  _optional(w_hr), _optional(lengths), _bool(reverse))
 
 
-def _gru_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+def _gru_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h=None, rec_mask=None):
+    _refuse_regularisers(*(None if v is None else _optional(v) for v in (zoneout_h, None, rec_mask)))
     return _emit(_TorchScriptEmitter(g), "GRU", x, h0, None, w_ih, w_hh, _optional(b_ih), _optional(b_hh),
                  None, _optional(lengths), _bool(reverse))
 
@@ -217,11 +232,14 @@ class _OnnxScriptEmitter:
 
 
 def _lstm_onnx(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, reverse: bool = False,
-               save: bool = False):
+               save: bool = False, zoneout_h=None, zoneout_c=None, rec_mask=None):
+    _refuse_regularisers(zoneout_h, zoneout_c, rec_mask)
     return _emit(_OnnxScriptEmitter(), "LSTM", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
 
 
-def _gru_onnx(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse: bool = False, save: bool = False):
+def _gru_onnx(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse: bool = False, save: bool = False,
+              zoneout_h=None, rec_mask=None):
+    _refuse_regularisers(zoneout_h, None, rec_mask)
     return _emit(_OnnxScriptEmitter(), "GRU", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, reverse)
 
 
