@@ -8,6 +8,7 @@ that they compute the same thing, times them interleaved, and returns one JSON-r
 in the same record, so ratio < 1 means fastrnn is faster / smaller.
 """
 import math
+import warnings
 from typing import Callable, Dict, List
 
 import torch
@@ -343,6 +344,99 @@ def wdrop_time(cfg, dname, device, plan):
                                      PLAIN: "fastrnn.LSTM"},
                          note=cfg.note + "; training forward + backward of y (input requires grad), a fresh mask "
                                          "each call on both weight-drop sides")
+
+
+# ---------------------------------------------------------------- zoneout + recurrent dropout
+
+
+class _ZoneoutLoop(nn.Module):
+    """What users write today for an LSTM with zoneout (on h and c) and recurrent dropout: a
+    TorchScript loop over nn.LSTMCell (scripted by the caller). Recurrent dropout: one [B, H] mask
+    a call, multiplying h only where it enters W_hh (LSTMCell's h argument); zoneout: a fresh
+    Bernoulli mask every step in training, the expectation in eval."""
+
+    def __init__(self, I: int, H: int, zoneout: float, recurrent_dropout: float):
+        super().__init__()
+        self.cell = nn.LSTMCell(I, H)
+        self.H, self.zoneout, self.recurrent_dropout = H, zoneout, recurrent_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[1]
+        h = x.new_zeros(B, self.H)
+        c = x.new_zeros(B, self.H)
+        m = nn.functional.dropout(x.new_ones(B, self.H), self.recurrent_dropout, self.training)
+        p = self.zoneout
+        ys = []
+        for t in range(x.shape[0]):
+            hn, cn = self.cell(x[t], (h * m, c))
+            if self.training:
+                zh = torch.bernoulli(torch.full_like(h, p))
+                zc = torch.bernoulli(torch.full_like(c, p))
+            else:
+                zh = torch.full_like(h, p)
+                zc = torch.full_like(c, p)
+            h = zh * h + (1 - zh) * hn
+            c = zc * c + (1 - zc) * cn
+            ys.append(h)
+        return torch.stack(ys)
+
+
+def zoneout_jobs(cfg: C.LayerConfig, dtypes, device, plan):
+    return [(f"zoneout {cfg.name} lstm {mode} {d}", lambda d=d, mode=mode: [zoneout_time(cfg, mode, d, device, plan)])
+            for d in dtypes for mode in ("fwdbwd", "fwd")]
+
+
+def zoneout_time(cfg, mode, dname, device, plan):
+    """fastrnn.LSTM(zoneout, zoneout_cell, recurrent_dropout) against the TorchScript LSTMCell loop
+    with the same options and against plain fastrnn.LSTM (the options' overhead), on the same
+    weights: fwdbwd in training (masks drawn every call on both regularised sides), fwd in eval
+    under no_grad (the expectation: no masks)."""
+    fr = _fastrnn()
+    dtype = DTYPES[dname]
+    LOOP, PLAIN = "TorchScript LSTMCell loop", "fastrnn plain"
+    torch.manual_seed(0)
+    loop = _ZoneoutLoop(cfg.I, cfg.H, C.ZONEOUT_P, C.RECDROP_P).to(device=device, dtype=dtype)
+    fast = fr.LSTM(cfg.I, cfg.H, zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P,
+                   recurrent_dropout=C.RECDROP_P).to(device=device, dtype=dtype)
+    plain = fr.LSTM(cfg.I, cfg.H).to(device=device, dtype=dtype)
+    cell = loop.cell
+    weights = {"weight_ih_l0": cell.weight_ih, "weight_hh_l0": cell.weight_hh, "bias_ih_l0": cell.bias_ih,
+               "bias_hh_l0": cell.bias_hh}
+    fast.load_state_dict(weights)
+    plain.load_state_dict(weights)
+    with warnings.catch_warnings():  # torch.jit.script's deprecation notice: the users' way, measured as it is
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(loop)
+    x, gy = _inputs(cfg, dtype, device, requires_grad=mode == "fwdbwd")
+    mods = {FAST: fast, LOOP: scripted, PLAIN: plain}
+    # eval: both regularised sides compute the expectation, without draws: the same function
+    for m in mods.values():
+        m.eval()
+    with torch.no_grad():
+        y_fast, y_loop, y_plain = fast(x)[0], scripted(x), plain(x)[0]
+        fast.train()
+        y_train = fast(x)[0]
+    check = {"max_abs_diff_y_eval_vs_loop": _max_diff(y_fast, y_loop),
+             "zoneout_changes_eval_y": _max_diff(y_fast, y_plain) > 0,
+             "masks_change_y": _max_diff(y_train, y_fast) > 0}
+    calls = {FAST: lambda inp: fast(inp)[0], LOOP: scripted, PLAIN: lambda inp: plain(inp)[0]}
+    if mode == "fwdbwd":
+        for m in mods.values():
+            m.train()
+        fns = {n: _fwdbwd(calls[n], x, gy, list(m.parameters())) for n, m in mods.items()}
+    else:
+        fns = {n: _fwd(calls[n], x) for n in mods}
+    timings = compare(fns, device, plan)
+    return _timed_record(f"zoneout/{cfg.name}/lstm/{mode}/{dname}", "zoneout", cfg.name, "lstm", mode, dname,
+                         dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P, recurrent_dropout=C.RECDROP_P),
+                         timings, [LOOP, PLAIN], check=check,
+                         impl_names={FAST: f"fastrnn.LSTM(zoneout={C.ZONEOUT_P}, zoneout_cell={C.ZONEOUT_P}, "
+                                           f"recurrent_dropout={C.RECDROP_P})",
+                                     LOOP: "torch.jit.script loop over nn.LSTMCell with the same options",
+                                     PLAIN: "fastrnn.LSTM"},
+                         note=cfg.note + ("; training forward + backward of y (input requires grad), fresh masks "
+                                          "each call on both regularised sides" if mode == "fwdbwd" else
+                                          "; eval forward under no_grad (zoneout's expectation, no masks)"))
 
 
 # ---------------------------------------------------------------- char-LM training step

@@ -43,11 +43,13 @@ MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, ba
 
 # Arguments that define the model and the training trajectory: a resumed run takes them from the
 # checkpoint so that it continues exactly where it stopped.
-RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "seq_len", "batch_size", "lr",
-                    "clip", "amp", "seed")
-MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop")
+RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zoneout", "recurrent_dropout",
+                    "seq_len", "batch_size", "lr", "clip", "amp", "seed")
+MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zoneout", "recurrent_dropout")
 # arguments newer than some checkpoints: their value in a checkpoint that predates them
-ARGS_ADDED_LATER = {"weight_drop": 0.0}
+ARGS_ADDED_LATER = {"weight_drop": 0.0, "zoneout": 0.0, "recurrent_dropout": 0.0}
+# fastrnn's options among them: (argument, flag)
+FASTRNN_OPTIONS = (("weight_drop", "--weight-drop"), ("zoneout", "--zoneout"), ("recurrent_dropout", "--recurrent-dropout"))
 WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figure
 
 
@@ -74,7 +76,7 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
     return CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend,
-                  weight_drop=args.weight_drop)
+                  weight_drop=args.weight_drop, zoneout=args.zoneout, recurrent_dropout=args.recurrent_dropout)
 
 
 def _ckpt_arg(ckpt, k: str):
@@ -443,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-drop", type=float, default=0.0,
       help="fastrnn only: DropConnect rate on the recurrent weights (weight_hh) in training, AWD-LSTM's weight "
            "drop: one mask per layer and forward call (0: off)")
+    a("--zoneout", type=float, default=0.0,
+      help="fastrnn only: zoneout rate on the hidden state in training: each element keeps its previous value "
+           "with this probability, a fresh draw every step (0: off)")
+    a("--recurrent-dropout", type=float, default=0.0,
+      help="fastrnn only: variational dropout on h_{t-1} where it enters the recurrent product in training, one "
+           "mask per layer, sequence and forward call (0: off)")
     a("--ckpt", default=None, help="checkpoint file to write while training / read for --resume and --sample")
     a("--resume", action="store_true", help="continue training from --ckpt exactly where it stopped")
     a("--sample", action="store_true", help="generate text from --ckpt instead of training")
@@ -461,11 +469,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args = parser.parse_args(argv)
     if args.resume and (args.main or args.compare or args.sample):
         parser.error("--resume continues one training run; it does not combine with --main, --compare or --sample")
-    if not 0 <= args.weight_drop <= 1:
-        parser.error(f"--weight-drop must be in [0, 1], got {args.weight_drop}")
-    if args.weight_drop and (args.rnn != "fastrnn" or args.main or args.compare):
-        parser.error("--weight-drop is a fastrnn option: torch.nn's layers have none, so it does not combine with "
-                     "--rnn torch, --compare or --main")
+    for name, flag in FASTRNN_OPTIONS:
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            parser.error(f"{flag} must be in [0, 1], got {value}")
+        if value and (args.rnn != "fastrnn" or args.main or args.compare):
+            parser.error(f"{flag} is a fastrnn option: torch.nn's layers have none, so it does not combine with "
+                         "--rnn torch, --compare or --main")
     return args
 
 

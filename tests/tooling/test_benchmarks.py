@@ -65,6 +65,8 @@ def _expected_names(meta):
                  "wdrop": f"wdrop/{C.WDROP.name}/lstm/fwdbwd/{d}",
                  "generate": f"generate/charlm/lstm/char/{d}"}
         names |= {name for cfg, name in other.items() if cfg in meta["configs"]}
+        if "zoneout" in meta["configs"]:
+            names |= {f"zoneout/{C.ZONEOUT.name}/lstm/{mode}/{d}" for mode in ("fwdbwd", "fwd")}
     return names
 
 
@@ -106,6 +108,9 @@ def test_both_sides_compute_the_same(quick_run):
             assert r["check"]["max_abs_diff_y_eval_vs_param"] < 1e-4, r["name"]
             assert r["check"]["max_abs_diff_y_eval_vs_plain"] < 1e-4, r["name"]
             assert r["check"]["mask_changes_y"], r["name"]
+        elif r["group"] == "zoneout":
+            assert r["check"]["max_abs_diff_y_eval_vs_loop"] < 1e-4, r["name"]
+            assert r["check"]["zoneout_changes_eval_y"] and r["check"]["masks_change_y"], r["name"]
         elif r["group"] == "memory":
             s = r["shape"]
             for impl in r["impls"].values():  # the output y alone is held until backward
