@@ -638,13 +638,16 @@ def test_op_checks_and_fake_kernels_agree():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("option", ["zoneout", "zoneout_cell"])
-def test_onnx_refuses_zoneout(option):
+def test_onnx_refuses_zoneout(option, exporter):
     pytest.importorskip("onnx")
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
     net = fastrnn.LSTM(I, H, **{option: 0.3}).eval()
     x = torch.randn(T, B, I)
     with pytest.raises(fastrnn.onnx.UnsupportedExportError, match=option):
-        fastrnn.onnx.export(net, (x,), io.BytesIO(), dynamo=False)
+        fastrnn.onnx.export(net, (x,), io.BytesIO(), dynamo=exporter == "dynamo")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
@@ -718,3 +721,59 @@ def test_cell_call_with_zoneout_takes_the_step_loop(monkeypatch):
     with torch.no_grad():
         fastrnn.LSTMCell(I, H)(torch.randn(2, I))
     assert fastrnn._C.last_path("lstm_forward")["path"] == "cpu.single_step"
+
+
+# --------------------------------------------------------------------------------------------
+# the layer functions under double backward, torch.func and autocast
+
+
+def _layer_args(mode, device):
+    g = torch.Generator().manual_seed(2)
+    G = 4 if mode == "LSTM" else 3
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+
+    x, h0 = r(T, B, I), r(B, H)
+    w = [r(G * H, I), r(G * H, H), r(G * H), r(G * H)]
+    zh = torch.bernoulli(torch.full((T, B, H), 0.4, dtype=torch.float64), generator=g).to(device)
+    rec = (torch.rand(B, H, generator=g, dtype=torch.float64) > 0.3).double().to(device) / 0.7
+    if mode == "LSTM":
+        c0 = r(B, H)
+        zc = torch.bernoulli(torch.full((T, B, H), 0.3, dtype=torch.float64), generator=g).to(device)
+
+        def f(x, h0, c0, *w):
+            return fastrnn.functional.lstm_layer(x, h0, c0, *w, lengths=LENGTHS, zoneout_h=zh, zoneout_c=zc,
+                                                 rec_mask=rec)
+        return f, [x, h0, c0, *w]
+
+    def f(x, h0, *w):
+        return fastrnn.functional.gru_layer(x, h0, *w, lengths=LENGTHS, reverse=True, zoneout_h=zh, rec_mask=rec)
+    return f, [x, h0, *w]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_double_backward_with_masks(mode, device):
+    """create_graph=True differentiates reference.py's recomputation with the saved masks."""
+    f, args = _layer_args(mode, device)
+    assert torch.autograd.gradgradcheck(lambda *a: tuple(f(*a)), args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_torch_func_grad_matches_autograd(mode, device):
+    f, args = _layer_args(mode, device)
+    want = torch.autograd.grad(_loss(_flat(f(*args))), args)
+    got = torch.func.grad(lambda *a: _loss(_flat(f(*a))), argnums=tuple(range(len(args))))(*args)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_autocast_draws_masks_in_the_autocast_dtype(mode, device):
+    fast = getattr(fastrnn, mode)(I, H, zoneout=0.3, recurrent_dropout=0.3, device=device).train()
+    x = torch.randn(T, B, I, device=device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y = fast(x)[0]
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert fast.weight_hh_l0.grad is not None and torch.isfinite(fast.weight_hh_l0.grad).all()
