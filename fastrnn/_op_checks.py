@@ -91,19 +91,39 @@ def check_lengths(op, lengths, x, B):
                  lambda: f"{op}: expected lengths on the CPU or on the device of x ({x.device}), got {lengths.device}")
 
 
-def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
-    """The ForwardPlan constructor's checks. Returns (T, B, I, H, P)."""
+def check_layer_norm(op, cell, H, x, ln_ih, ln_hh, ln_c_w, ln_c_b):
+    """layer_plan.h check_layer_norm: all of the cell's layer-norm parameters or none, each [N]
+    in x's dtype and device. Returns whether they are given."""
+    lstm = cell.states == 2
+    if ln_ih is None and ln_hh is None and ln_c_w is None and ln_c_b is None:
+        return False
+    names = "ln_ih, ln_hh, ln_c_w and ln_c_b" if lstm else "ln_ih and ln_hh"
+    torch._check(ln_ih is not None and ln_hh is not None and (not lstm or (ln_c_w is not None and ln_c_b is not None)),
+                 lambda: f"{op}: expected the layer-norm parameters {names} all given or all None")
+    GH = cell.gates * H
+    for name, t, n in (("ln_ih", ln_ih, GH), ("ln_hh", ln_hh, GH), ("ln_c_w", ln_c_w, H), ("ln_c_b", ln_c_b, H)):
+        if t is not None:
+            check_shape(op, name, t, (n,))
+            check_same(op, name, t, x)
+    return True
+
+
+def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ln=(None, None, None, None)):
+    """The ForwardPlan constructor's checks, then the layer-norm parameters ln (ln_ih, ln_hh,
+    ln_c_w, ln_c_b). Returns (T, B, I, H, P)."""
     op = cell.forward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr)
     check_state(op, "h0", h0, x, B, P)
     if c0 is not None:
         check_state(op, "c0", c0, x, B, H)
     check_lengths(op, lengths, x, B)
+    check_layer_norm(op, cell, H, x, *ln)
     return T, B, I, H, P
 
 
-def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths):
-    """The BackwardPlan constructor's checks. Returns (T, B, I, H, P)."""
+def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, ln=(None, None, None, None)):
+    """The BackwardPlan constructor's checks, then the layer-norm parameters (see check_forward).
+    Returns (T, B, I, H, P)."""
     op = cell.backward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, None, None, w_hr)
     check_state(op, "h0", h0, x, B, P)
@@ -121,4 +141,5 @@ def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, len
     check_shape(op, "ws", ws, (T, B, cell.saved_width(H, w_hr is not None)))
     check_same(op, "ws", ws, x)
     check_lengths(op, lengths, x, B)
+    check_layer_norm(op, cell, H, x, *ln)
     return T, B, I, H, P

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from ._cells import GRU, LSTM
 from ._op_checks import check_backward, check_forward
-from .reference import gru_reference, lstm_reference
+from .reference import gru_layer_norm_reference, gru_reference, lstm_layer_norm_reference, lstm_reference
 
 _lib = torch.ops.fastrnn
 
@@ -20,15 +20,17 @@ _lib = torch.ops.fastrnn
 
 
 @torch.library.register_fake("fastrnn::lstm_forward")
-def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
-    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, ln_ih=None, ln_hh=None,
+                       ln_c_w=None, ln_c_b=None):
+    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                  (ln_ih, ln_hh, ln_c_w, ln_c_b))
     ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
-def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
-    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths)
+def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, ln_ih=None, ln_hh=None):
+    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, (ln_ih, ln_hh, None, None))
     ws = x.new_empty((T, B, GRU.saved_width(H))) if save else x.new_empty((0,))
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
@@ -44,17 +46,26 @@ def _fresh(t):
     return t.new_empty(t.shape)
 
 
+def _fresh_or_empty(t, x):
+    # an optional input's grad: empty when the input is absent
+    return x.new_empty((0,)) if t is None else _fresh(t)
+
+
 @torch.library.register_fake("fastrnn::lstm_backward")
-def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias):
-    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths)[3]
-    dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
-    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias), dw_hr)
+def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias, ln_ih=None,
+                        ln_hh=None, ln_c_w=None, ln_c_b=None):
+    ln = (ln_ih, ln_hh, ln_c_w, ln_c_b)
+    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, ln)[3]
+    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias),
+            _fresh_or_empty(w_hr, x), *(_fresh_or_empty(t, x) for t in ln))
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
-def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias):
-    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths)[3]
-    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias))
+def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias, ln_ih=None, ln_hh=None):
+    ln = (ln_ih, ln_hh)
+    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, (*ln, None, None))[3]
+    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias),
+            *(_fresh_or_empty(t, x) for t in ln))
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,51 +86,60 @@ def _keep_grads_undefined(ctx, ws):
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, *ln = inputs
+    ln = ln + [None] * (4 - len(ln))  # ln_ih, ln_hh, ln_c_w, ln_c_b (None: no layer norm)
     y, _, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *ln)
     ctx.reverse = reverse
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *ln = ctx.saved_tensors
+    layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated in turn
 
-        def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+        def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths, _reverse, _save, *ln):
+            if layer_norm:
+                return lstm_layer_norm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln, lengths, ctx.reverse, w_hr)
             return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr)
 
-        return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n))
+        return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, None, None, None, *ln),
+                                  (dy, dh_n, dc_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *dln = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
-        lengths, ctx.reverse, has_ih or has_hh)
+        lengths, ctx.reverse, has_ih or has_hh, *ln)
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            dw_hr if w_hr is not None else None, None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None, *(d if layer_norm else None for d in dln))
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, *ln = inputs
+    ln = ln + [None] * (2 - len(ln))  # ln_ih, ln_hh (None: no layer norm)
     y, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, *ln)
     ctx.reverse = reverse
 
 
 def _gru_backward(ctx, dy, dh_n, _dws):
-    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths = ctx.saved_tensors
+    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, *ln = ctx.saved_tensors
+    layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # see _lstm_backward
 
-        def layer(x, h0, w_ih, w_hh, b_ih, b_hh):
+        def layer(x, h0, w_ih, w_hh, b_ih, b_hh, _lengths, _reverse, _save, *ln):
+            if layer_norm:
+                return gru_layer_norm_reference(x, h0, w_ih, w_hh, b_ih, b_hh, *ln, lengths, ctx.reverse)
             return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
 
-        return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh), (dy, dh_n))
+        return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh, None, None, None, *ln), (dy, dh_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *dln = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
-        has_ih or has_hh)
+        has_ih or has_hh, *ln)
     return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            None, None, None)
+            None, None, None, *(d if layer_norm else None for d in dln))
 
 
 def _recorded_backward(ctx, layer, inputs, grads):
@@ -131,8 +151,9 @@ def _recorded_backward(ctx, layer, inputs, grads):
     slower than the kernels, and runs only in this case: first-order backward (grad mode off
     inside it, also under torch.compile) takes the fused kernels.
 
-    inputs: the op's differentiable inputs (None where absent), in the op's order, which is also
-    the order of its autograd formula's results; grads: the incoming grads of the outputs."""
+    inputs: the op's inputs in the op's order (None where absent or not a tensor to differentiate),
+    which is also the order of its autograd formula's results; grads: the incoming grads of the
+    outputs."""
     wrt = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
     outs = layer(*inputs)
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]

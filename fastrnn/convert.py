@@ -50,6 +50,9 @@ def _swap_one(module: nn.Module, table, path: str, check_support: bool) -> Optio
         if not isinstance(module, src):
             continue
         where = path or "<root>"
+        if table is _TO_TORCH and getattr(module, "layer_norm", False):
+            raise ValueError(f"fastrnn.to_torch: {where} ({type(module).__name__}) has layer_norm=True, whose "
+                             f"results torch.nn's {src.__name__} cannot reproduce")
         if type(module) is not src:
             overrides = "overrides forward()" if type(module).forward is not src.forward else "is a subclass"
             warnings.warn(f"fastrnn: left {where} ({type(module).__name__}) unconverted: it {overrides} of "
@@ -117,7 +120,8 @@ def convert(model: nn.Module, inplace: bool = True) -> nn.Module:
 def to_torch(model: nn.Module, inplace: bool = True) -> nn.Module:
     """The reverse of `convert`: fastrnn modules back to torch.nn's, sharing their parameters.
     fastrnn's training-only options are dropped: a layer with ``weight_drop`` becomes the plain
-    nn.LSTM / nn.GRU, whose eval results are the same (weight drop masks only in training)."""
+    nn.LSTM / nn.GRU, whose eval results are the same (weight drop masks only in training). A
+    module with ``layer_norm=True``, which torch.nn has no equivalent of, raises ValueError."""
     if not inplace:
         model = copy.deepcopy(model)
     return _swap_tree(model, _TO_TORCH, check_support=False)

@@ -22,7 +22,9 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference"]
+__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
+           "lstm_cell_layer_norm_reference", "gru_cell_layer_norm_reference", "lstm_layer_norm_reference",
+           "gru_layer_norm_reference"]
 
 
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -113,6 +115,73 @@ def gru_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
     """One GRU layer, one direction. Returns (y [T, B, H], h_n [B, H])."""
     def step(xt, states):
         return (gru_cell_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh),)
+
+    y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
+    return y, h_n
+
+
+# --------------------------------------------------------------------------------------------
+# Layer-normalised cells (fastrnn's layer_norm option), from the semantics: LN(v; w) =
+# (v - mean(v)) / sqrt(var(v) + 1e-5) * w over all G*H features of a batch entry (biased
+# variance). LSTM: gates = LN(W_ih x; ln_ih) + b_ih + LN(W_hh h; ln_hh) + b_hh,
+# h' = o * tanh(LN(c'; ln_c_w) + ln_c_b) (then the projection), the state c' un-normalised.
+# GRU: ih = LN(W_ih x; ln_ih) + b_ih, hh = LN(W_hh h; ln_hh) + b_hh, then the usual r, z, n.
+
+LAYER_NORM_EPS = 1e-5
+
+
+def _layer_norm(v: Tensor, w: Tensor, b: Optional[Tensor] = None) -> Tensor:
+    return torch.nn.functional.layer_norm(v, (v.shape[-1],), w, b, LAYER_NORM_EPS)
+
+
+def lstm_cell_layer_norm_reference(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                                   ln_c_w: Tensor, ln_c_b: Tensor,
+                                   w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One layer-normalised LSTM step: x [B, I], h [B, P], c [B, H]; ln_ih, ln_hh [4H], ln_c_w,
+    ln_c_b [H] -> (h' [B, P], c' [B, H])."""
+    gates = _layer_norm(x @ w_ih.t(), ln_ih, b_ih) + _layer_norm(h @ w_hh.t(), ln_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(_layer_norm(c_new, ln_c_w, ln_c_b))
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, c_new
+
+
+def gru_cell_layer_norm_reference(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                                  b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor) -> Tensor:
+    """One layer-normalised GRU step: x [B, I], h [B, H]; ln_ih, ln_hh [3H] -> h' [B, H]."""
+    xr, xz, xn = _layer_norm(x @ w_ih.t(), ln_ih, b_ih).chunk(3, dim=1)
+    hr, hz, hn = _layer_norm(h @ w_hh.t(), ln_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def lstm_layer_norm_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                              b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                              ln_c_w: Tensor, ln_c_b: Tensor,
+                              lengths: Optional[Union[Tensor, Sequence[int]]] = None, reverse: bool = False,
+                              w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer-normalised LSTM layer, one direction. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    def step(xt, states):
+        return lstm_cell_layer_norm_reference(xt, states[0], states[1], w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh,
+                                              ln_c_w, ln_c_b, w_hr)
+
+    y, (h_n, c_n) = _run(step, x, (h0, c0), lengths, reverse)
+    return y, h_n, c_n
+
+
+def gru_layer_norm_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                             b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                             lengths: Optional[Union[Tensor, Sequence[int]]] = None,
+                             reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One layer-normalised GRU layer, one direction. Returns (y [T, B, H], h_n [B, H])."""
+    def step(xt, states):
+        return (gru_cell_layer_norm_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),)
 
     y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
     return y, h_n

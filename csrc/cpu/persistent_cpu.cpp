@@ -491,6 +491,7 @@ using Mode = RecurrenceMode;
 // Why the persistent recurrence cannot run this call (nullptr when it can).
 const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
   if (q.projected) return "it has no projection (proj_size) yet";
+  if (q.layer_norm) return "it has no layer_norm";
   return nullptr;
 }
 
@@ -506,7 +507,7 @@ bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
 }  // namespace
 
 CpuRecurrenceQuery cpu_recurrence_query(const LayerPlan& p, bool backward) {
-  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H)};
+  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H), p.ln.on()};
 }
 
 CpuRecurrence choose_cpu_recurrence(const CpuRecurrenceQuery& q) {

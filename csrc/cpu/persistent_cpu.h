@@ -22,6 +22,7 @@ struct CpuRecurrenceQuery {
   bool backward;
   bool projected;         // LSTM with proj_size
   int64_t threads;        // threads the call may use (at::get_num_threads(), 1 inside a parallel region)
+  bool layer_norm = false;  // the layer_norm option
 };
 
 CpuRecurrenceQuery cpu_recurrence_query(const LayerPlan& p, bool backward);

@@ -29,6 +29,7 @@ using Mode = RecurrenceMode;
 // slower than the step loop everywhere, which would only slow the suite and the benchmarks.
 const char* persistent_unavailable(const RecurrenceQuery& q, bool scalar, RecurrenceChoice& c) {
   if (q.projected) return "it has no projection (proj_size)";
+  if (q.layer_norm) return "it has no layer_norm";
   if (q.dtype == at::kDouble) return "float64 stays on the step loop";
   const int64_t elem = int64_t(c10::elementSize(q.dtype));
   const char* mma_why =
@@ -115,7 +116,7 @@ const char* recurrence_name(Recurrence r) {
 
 RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
   RecurrenceQuery q{&p.cell, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), 0, 0, true, 0,
-                    at::globalContext().allowTF32CuBLAS()};
+                    at::globalContext().allowTF32CuBLAS(), p.ln.on()};
   const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kPersistent || mode == Mode::kPrefer) {  // the device's limits only when they matter
     q.sms = usable_sms(c10::cuda::current_device());

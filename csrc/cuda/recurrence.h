@@ -34,6 +34,7 @@ struct RecurrenceQuery {
   bool probe_device;      // also ask the device (cooperative launch, residency); off in the test hook
   int64_t blocks_per_sm;  // without probe_device: CTAs of the tensor-core kernel one SM is taken to hold
   bool allow_tf32;        // torch's matmul TF32 flag: fp32 products may be plain TF32
+  bool layer_norm = false;  // the layer_norm option
 };
 
 // The query for a plan on the current device.

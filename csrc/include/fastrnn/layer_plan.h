@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fastrnn/cell_traits.h"
+#include "fastrnn/layer_norm.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -150,6 +151,37 @@ struct Schedule {
   }
 };
 
+// The layer_norm option's parameters (docs/DESIGN.md, "Layer norm"), contiguous; all undefined
+// when it is off.
+struct LayerNormArgs {
+  Tensor w_ih;  // [G*H] weight of LN(x W_ih^T)
+  Tensor w_hh;  // [G*H] weight of LN(h W_hh^T)
+  Tensor w_c;   // [H]   LSTM: weight of LN(c)
+  Tensor b_c;   // [H]   LSTM: bias of LN(c)
+  bool on() const { return w_ih.defined(); }
+};
+
+// ln_ih, ln_hh (and for a cell with a cell state ln_c_w, ln_c_b): all given or all None, each of
+// its shape, x's dtype and device.
+inline LayerNormArgs check_layer_norm(const char* op, const CellInfo& cell, const Dims& d, const Tensor& x,
+                                      const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& ln_c_w,
+                                      const OptTensor& ln_c_b) {
+  const bool lstm = cell.has_cell_state();
+  if (!(ln_ih.has_value() || ln_hh.has_value() || ln_c_w.has_value() || ln_c_b.has_value())) return {};
+  TORCH_CHECK(ln_ih.has_value() && ln_hh.has_value() && (!lstm || (ln_c_w.has_value() && ln_c_b.has_value())), op,
+              ": expected the layer-norm parameters ", lstm ? "ln_ih, ln_hh, ln_c_w and ln_c_b" : "ln_ih and ln_hh",
+              " all given or all None");
+  const int64_t GH = cell.gates * d.H;
+  for (const auto& [name, t, n] : {std::tuple{"ln_ih", &ln_ih, GH}, std::tuple{"ln_hh", &ln_hh, GH},
+                                   std::tuple{"ln_c_w", &ln_c_w, d.H}, std::tuple{"ln_c_b", &ln_c_b, d.H}}) {
+    if (!t->has_value()) continue;
+    detail::check_shape(op, name, **t, {n});
+    detail::check_same(op, name, **t, x);
+  }
+  return {ln_ih->contiguous(), ln_hh->contiguous(), detail::contiguous_or_undefined(ln_c_w),
+          detail::contiguous_or_undefined(ln_c_b)};
+}
+
 // What every plan has: the checked sizes, the schedule and the contiguous weights.
 struct LayerPlan {
   const CellInfo& cell;  // the cell's table (cell_traits.h)
@@ -163,6 +195,7 @@ struct LayerPlan {
   Tensor w_ih;            // [G*H, I]  contiguous
   Tensor w_hh;            // [G*H, P]  contiguous
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
+  LayerNormArgs ln;       // the layer_norm option (undefined: off)
 
   LayerPlan(const CellInfo& cell, const char* op, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
@@ -174,6 +207,11 @@ struct LayerPlan {
   void schedule(const OptTensor& lengths_) {
     lengths = check_lengths(op, lengths_, x, d);
     sched = Schedule(lengths, d, x);
+  }
+
+  // After schedule (the arguments come after lengths).
+  void layer_norm(const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& ln_c_w, const OptTensor& ln_c_b) {
+    ln = check_layer_norm(op, cell, d, x, ln_ih, ln_hh, ln_c_w, ln_c_b);
   }
 
   bool masked() const { return lengths.device.defined(); }
@@ -233,14 +271,23 @@ struct ForwardPlan : LayerPlan {
     return save ? saved.view({d.T * d.B, saved_width}).narrow(1, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
   }
 
-  // out = x W_ih^T + bias, as one GEMM over all steps.
+  // out = x W_ih^T + bias, as one GEMM over all steps; with layer norm LN(x W_ih^T; w_ih) + bias,
+  // the norm over all positions at once.
   void project_input(Tensor out, const Tensor& bias) const {
     const Tensor x2d = x.view({d.T * d.B, d.I});
-    if (bias.defined()) {
+    if (ln.on()) {
+      out.copy_(std::get<0>(layer_norm_rows(at::mm(x2d, w_ih.t()), ln.w_ih, bias)));
+    } else if (bias.defined()) {
       at::addmm_out(out, bias, x2d, w_ih.t());
     } else {
       at::mm_out(out, x2d, w_ih.t());
     }
+  }
+
+  // Layer norm: hproj [>= n, G*H] (h W_hh^T by row) becomes LN(hproj; w_hh) over its first n rows.
+  void normalise_hidden(const Tensor& hproj, int64_t n) const {
+    Tensor rows = hproj.narrow(0, 0, n);
+    rows.copy_(std::get<0>(layer_norm_rows(rows, ln.w_hh, Tensor())));
   }
 
   // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
@@ -289,6 +336,7 @@ struct BackwardPlan : LayerPlan {
   // Set by the backend:
   Tensor dh, dc;          // [B, P], [B, H] by row: dL/dh0, dL/dc0 (dc undefined for GRU)
   Tensor dw_hr;           // [P, H] with a projection (projection_grad)
+  Tensor d_ln_ih, d_ln_hh, d_ln_c_w, d_ln_c_b;  // layer norm: the norms' parameter grads (else undefined)
 
   BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
@@ -348,6 +396,69 @@ struct BackwardPlan : LayerPlan {
     });
   }
 
+  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The backward recomputes what the norms read
+  // instead of saving it: the raw products with one GEMM each, and their statistics.
+
+  // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]).
+  struct HiddenNorm {
+    Tensor h_prev;      // [T, B, P]   the state row r's product read at iteration s; zero where inactive
+    Tensor raw;         // [T, B, G*H] h_prev W_hh^T
+    Tensor mean, rstd;  // [T*B]       its row statistics (opmath)
+    Tensor draw;        // [T, B, G*H] grads of raw, written per iteration (zero where inactive)
+    Tensor dw;          // [G*H]       grad of the norm's weight, summed (opmath)
+  };
+
+  HiddenNorm hidden_norm() const {
+    HiddenNorm hn;
+    const auto lopts = x.options().dtype(at::kLong);
+    const Tensor entry = sched.order.defined() ? sched.order : at::arange(d.B, lopts);  // row -> entry
+    const Tensor len = masked() ? lengths.device.index_select(0, entry) : at::full({d.B}, d.T, lopts);
+    const Tensor s = at::arange(d.T, lopts).unsqueeze(1);                                // [T, 1]
+    const Tensor t_prev = (reverse ? len.unsqueeze(0) - s : s - 1).clamp(0, d.T - 1);   // [T, B]
+    hn.h_prev = y.view({d.T * d.B, d.P}).index_select(0, (t_prev * d.B + entry.unsqueeze(0)).view({-1}));
+    hn.h_prev = hn.h_prev.view({d.T, d.B, d.P});
+    hn.h_prev[0].copy_(h0.index_select(0, entry));
+    hn.h_prev.mul_((s < len.unsqueeze(0)).unsqueeze(2).to(x.scalar_type()));
+    hn.raw = at::mm(hn.h_prev.view({d.T * d.B, d.P}), w_hh.t()).view({d.T, d.B, G * d.H});
+    std::tie(hn.mean, hn.rstd) = layer_norm_stats(hn.raw.view({d.T * d.B, G * d.H}));
+    hn.draw = at::zeros({d.T, d.B, G * d.H}, x.options());
+    hn.dw = at::zeros({G * d.H}, hn.mean.options());
+    return hn;
+  }
+
+  // Iteration s: the hidden-side gate grads dgates_step [>= n, G*H] (by row, dW_hh's row order)
+  // through the norm into hn.draw[s]; returns that [B, G*H] slice for the recurrent GEMM.
+  Tensor hidden_norm_backward(HiddenNorm& hn, const Tensor& dgates_step, int64_t s, int64_t n) const {
+    auto [draw, dw] = layer_norm_rows_backward(dgates_step.narrow(0, 0, n), hn.raw[s].narrow(0, 0, n),
+                                               hn.mean.narrow(0, s * d.B, n), hn.rstd.narrow(0, s * d.B, n), ln.w_hh,
+                                               true);
+    hn.draw[s].narrow(0, 0, n).copy_(draw);
+    hn.dw.add_(dw);
+    return hn.draw[s];
+  }
+
+  // After the loop: dW_hh and the hidden norm's weight grad.
+  void finish_hidden_norm(const HiddenNorm& hn) {
+    dw_hh.addmm_(hn.draw.view({d.T * d.B, G * d.H}).t(), hn.h_prev.view({d.T * d.B, d.P}));
+    d_ln_hh = hn.dw.to(x.scalar_type());
+  }
+
+  // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the
+  // input norm's weight grad (dW_hh: finish_hidden_norm).
+  void fold_gate_grads_layer_norm(const Tensor& dg) {
+    const int64_t M = d.T * d.B, GH = G * d.H;
+    const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.view({M, d.I});
+    const Tensor raw = at::mm(x2d, w_ih.t());
+    const auto [mean, rstd] = layer_norm_stats(raw);
+    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), raw, mean, rstd, ln.w_ih, true);
+    const Tensor draw = draw_op.to(x.scalar_type());
+    Tensor dx2d = dx.view({M, d.I});
+    at::mm_out(dx2d, draw, w_ih);
+    dw_ih.addmm_(draw.t(), x2d);
+    if (has_bias) bias_sums.add_(dg2d.sum(0));
+    d_ln_ih = dw.to(x.scalar_type());
+  }
+
   // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0:
   // dgates_step [B, G*H] by row holds its hidden-side grads in dW_hh's row order.
   void fold_first_step(const Tensor& dgates_step) const { dw_hh.addmm_(dgates_step.t(), sched.to_rows(h0)); }
@@ -369,19 +480,23 @@ struct BackwardPlan : LayerPlan {
     return {db_ih, at::cat(hidden)};
   }
 
-  // (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr), batch order; dW_hr empty without projection.
-  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
+  // (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr, d_ln_ih, d_ln_hh, d_ln_c_w, d_ln_c_b), batch
+  // order; dW_hr empty without projection, the layer-norm grads empty without layer norm.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+  lstm_outputs() const {
     const auto [db_ih, db_hh] = bias_grads();
-    return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh,
-            projected() ? dw_hr : at::empty({0}, x.options())};
+    return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh, or_empty(dw_hr),
+            or_empty(d_ln_ih), or_empty(d_ln_hh), or_empty(d_ln_c_w), or_empty(d_ln_c_b)};
   }
-  // (dx, dh0, dW_ih, dW_hh, db_ih, db_hh), batch order.
-  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_outputs() const {
+  // (dx, dh0, dW_ih, dW_hh, db_ih, db_hh, d_ln_ih, d_ln_hh), batch order.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_outputs() const {
     const auto [db_ih, db_hh] = bias_grads();
-    return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh};
+    return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh, or_empty(d_ln_ih), or_empty(d_ln_hh)};
   }
 
  private:
+  Tensor or_empty(const Tensor& t) const { return t.defined() ? t : at::empty({0}, x.options()); }
+
   // The hidden side of the gate grads as blocks (column in dgates, row in dW_hh, length).
   template <typename F>
   void for_each_hidden_block(F&& f) const {
