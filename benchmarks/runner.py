@@ -67,6 +67,9 @@ def build_jobs(args, plan):
                                   args.cells, args.dtype, args.device, plan)
     if "wdrop" in args.configs:
         jobs += cases.wdrop_jobs(C.quick(C.WDROP) if args.quick else C.WDROP, args.dtype, args.device, plan)
+    if "layernorm" in args.configs:
+        jobs += cases.layernorm_jobs(C.quick(C.LAYERNORM) if args.quick else C.LAYERNORM, args.dtype, args.device,
+                                     plan)
     if "train" in args.configs:
         jobs += cases.train_jobs(args.dtype, args.device, plan, args.quick, args.corpus)
     if "generate" in args.configs:

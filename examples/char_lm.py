@@ -43,11 +43,11 @@ MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, ba
 
 # Arguments that define the model and the training trajectory: a resumed run takes them from the
 # checkpoint so that it continues exactly where it stopped.
-RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "seq_len", "batch_size", "lr",
-                    "clip", "amp", "seed")
-MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop")
+RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "layer_norm", "seq_len",
+                    "batch_size", "lr", "clip", "amp", "seed")
+MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "layer_norm")
 # arguments newer than some checkpoints: their value in a checkpoint that predates them
-ARGS_ADDED_LATER = {"weight_drop": 0.0}
+ARGS_ADDED_LATER = {"weight_drop": 0.0, "layer_norm": False}
 WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figure
 
 
@@ -74,7 +74,7 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
     return CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend,
-                  weight_drop=args.weight_drop)
+                  weight_drop=args.weight_drop, layer_norm=args.layer_norm)
 
 
 def _ckpt_arg(ckpt, k: str):
@@ -443,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--weight-drop", type=float, default=0.0,
       help="fastrnn only: DropConnect rate on the recurrent weights (weight_hh) in training, AWD-LSTM's weight "
            "drop: one mask per layer and forward call (0: off)")
+    a("--layer-norm", action="store_true",
+      help="fastrnn only: layer-normalised gates (and, for the LSTM, output cell state) in every layer")
     a("--ckpt", default=None, help="checkpoint file to write while training / read for --resume and --sample")
     a("--resume", action="store_true", help="continue training from --ckpt exactly where it stopped")
     a("--sample", action="store_true", help="generate text from --ckpt instead of training")
@@ -465,6 +467,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--weight-drop must be in [0, 1], got {args.weight_drop}")
     if args.weight_drop and (args.rnn != "fastrnn" or args.main or args.compare):
         parser.error("--weight-drop is a fastrnn option: torch.nn's layers have none, so it does not combine with "
+                     "--rnn torch, --compare or --main")
+    if args.layer_norm and (args.rnn != "fastrnn" or args.main or args.compare):
+        parser.error("--layer-norm is a fastrnn option: torch.nn's layers have none, so it does not combine with "
                      "--rnn torch, --compare or --main")
     return args
 

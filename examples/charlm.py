@@ -54,18 +54,23 @@ class CharLM(nn.Module):
     """embedding -> dropout -> LSTM/GRU stack (dropout between layers) -> dropout -> linear over
     the characters, time-major. `rnn` picks the recurrent layers: "fastrnn" or "torch" (the
     parameter names and initialisation are the same, so state_dicts load across); weight_drop
-    (fastrnn only) is the layers' DropConnect rate on weight_hh.
+    (fastrnn only) is the layers' DropConnect rate on weight_hh, layer_norm (fastrnn only) their
+    layer-normalised gates.
 
     forward(x [T, B] int64, state=None) -> (logits [T, B, vocab_size], state): the state is the
     recurrent layer's (h_n, or (h_n, c_n) for an LSTM), each [layers, B, hidden].
     """
 
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, cell: str = "lstm",
-                 dropout: float = 0.0, rnn: str = "fastrnn", weight_drop: float = 0.0):
+                 dropout: float = 0.0, rnn: str = "fastrnn", weight_drop: float = 0.0, layer_norm: bool = False):
         super().__init__()
         if weight_drop and rnn != "fastrnn":
             raise ValueError(f"weight_drop is a fastrnn option; rnn={rnn!r} has none")
+        if layer_norm and rnn != "fastrnn":
+            raise ValueError(f"layer_norm is a fastrnn option; rnn={rnn!r} has none")
         extra = {"weight_drop": weight_drop} if weight_drop else {}  # torch.nn's layers take no such argument
+        if layer_norm:
+            extra["layer_norm"] = True
         self.embed = nn.Embedding(vocab_size, embed)
         self.drop = nn.Dropout(dropout)
         self.rnn = rnn_class(cell, rnn)(embed, hidden, layers, dropout=dropout if layers > 1 else 0.0, **extra)
