@@ -437,6 +437,75 @@ def zoneout_time(cfg, mode, dname, device, plan):
                          note=cfg.note + ("; training forward + backward of y (input requires grad), fresh masks "
                                           "each call on both regularised sides" if mode == "fwdbwd" else
                                           "; eval forward under no_grad (zoneout's expectation, no masks)"))
+# ---------------------------------------------------------------- layer norm
+
+
+def _layernorm_lstm_loop(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+                         b_ih: torch.Tensor, b_hh: torch.Tensor, ln_ih: torch.Tensor, ln_hh: torch.Tensor,
+                         ln_c_w: torch.Tensor, ln_c_b: torch.Tensor) -> torch.Tensor:
+    """What users run today for a layer-normalised LSTM: PyTorch's custom-RNN recipe, a
+    layer-norm LSTM cell (the three norms by F.layer_norm) looped over time under TorchScript.
+    x [T, B, I] -> y [T, B, H]. Scripted by layernorm_time."""
+    G = w_hh.shape[0]
+    H = c.shape[1]
+    ys = []
+    for t in range(x.shape[0]):
+        gates = (torch.nn.functional.layer_norm(torch.mm(x[t], w_ih.t()), [G], ln_ih, None, 1e-5) + b_ih
+                 + torch.nn.functional.layer_norm(torch.mm(h, w_hh.t()), [G], ln_hh, None, 1e-5) + b_hh)
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(torch.nn.functional.layer_norm(c, [H], ln_c_w, ln_c_b, 1e-5))
+        ys.append(h)
+    return torch.stack(ys)
+
+
+def layernorm_jobs(cfg: C.LayerConfig, dtypes, device, plan):
+    return [(f"layernorm {cfg.name} lstm {mode} {d}", lambda d=d, mode=mode: [layernorm_time(cfg, mode, d, device, plan)])
+            for d in dtypes for mode in ("fwd", "fwdbwd")]
+
+
+def layernorm_time(cfg, mode, dname, device, plan):
+    """fastrnn.LSTM(layer_norm=True) against the TorchScript layer-norm LSTM loop (the same
+    parameters) and against plain fastrnn.LSTM (the option's overhead): inference (fwd, no
+    grad) or training forward + backward (fwdbwd)."""
+    fr = _fastrnn()
+    dtype = DTYPES[dname]
+    SCRIPT, PLAIN = "TorchScript loop", "fastrnn plain"
+    torch.manual_seed(0)
+    fast = fr.LSTM(cfg.I, cfg.H, layer_norm=True).to(device=device, dtype=dtype)
+    with torch.no_grad():  # norms off their identity init, so the comparison covers them
+        for name, p in fast.named_parameters():
+            if "_ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    plain = fr.LSTM(cfg.I, cfg.H).to(device=device, dtype=dtype)
+    plain.load_state_dict({k: v for k, v in fast.state_dict().items() if "_ln_" not in k})
+    loop = torch.jit.script(_layernorm_lstm_loop)
+    z = torch.zeros(cfg.B, cfg.H, device=device, dtype=dtype)
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ln_ih", "weight_ln_hh", "weight_ln_c", "bias_ln_c")
+    w = [fast.get_parameter(f"{n}_l0") for n in names]
+    x, gy = _inputs(cfg, dtype, device, requires_grad=mode == "fwdbwd")
+    mods = {FAST: lambda inp: fast(inp)[0], SCRIPT: lambda inp: loop(inp, z, z, *w), PLAIN: lambda inp: plain(inp)[0]}
+    with torch.no_grad():
+        ys = {n: f(x) for n, f in mods.items()}
+    check = {"max_abs_diff_y_vs_script": _max_diff(ys[FAST], ys[SCRIPT])}
+    if mode == "fwd":
+        fns = {n: _fwd(f, x) for n, f in mods.items()}
+    else:
+        params = {FAST: list(fast.parameters()), SCRIPT: w, PLAIN: list(plain.parameters())}
+        fns = {n: _fwdbwd(f, x, gy, params[n]) for n, f in mods.items()}
+        fns[FAST]()  # each fn's first call (warm_rounds=1 below); the two dx compared
+        dx_fast = x.grad.clone()
+        fns[SCRIPT]()
+        check["max_abs_diff_dx_vs_script"] = _max_diff(dx_fast, x.grad)
+        fns[PLAIN]()
+    timings = compare(fns, device, plan, warm_rounds=1 if mode == "fwdbwd" else 0)
+    return _timed_record(f"layernorm/{cfg.name}/lstm/{mode}/{dname}", "layernorm", cfg.name, "lstm", mode, dname,
+                         cfg.shape(), timings, [SCRIPT, PLAIN], check=check,
+                         impl_names={FAST: "fastrnn.LSTM(layer_norm=True)",
+                                     SCRIPT: "torch.jit.script'ed layer-norm LSTM cell loop (F.layer_norm x 3)",
+                                     PLAIN: "fastrnn.LSTM"},
+                         note=cfg.note + ("; inference (no grad)" if mode == "fwd" else
+                                          "; training forward + backward of y (input requires grad)"))
 
 
 # ---------------------------------------------------------------- char-LM training step

@@ -44,12 +44,14 @@ ZONEOUT = LayerConfig("zoneout", T=100, B=32, I=256, H=256,
                       note="zoneout=zoneout_cell=0.1, recurrent_dropout=0.25")
 ZONEOUT_P = 0.1
 RECDROP_P = 0.25
+# layer norm (fastrnn's layer_norm=True), fwd+bwd and inference: issue 19's CPU shape.
+LAYERNORM = LayerConfig("layernorm", T=100, B=32, I=256, H=256, note="layer_norm=True")
 
 # Char-LM training step and generation (Karpathy's char-rnn sizes).
 CHARLM = {"B": 50, "T": 100, "emb": 512, "H": 512, "layers": 2, "clip": 5.0, "lr": 2e-3}
 GENERATE = {"chars": 200, "emb": 512, "H": 512, "layers": 2, "temperature": 1.0}
 
-OTHER_CONFIGS = ("varlen", "wdrop", "zoneout", "train", "generate")
+OTHER_CONFIGS = ("varlen", "wdrop", "zoneout", "layernorm", "train", "generate")
 ALL_CONFIGS = tuple(LAYER_CONFIGS) + OTHER_CONFIGS
 
 QUICK_T = 10  # train step under --quick

@@ -69,6 +69,9 @@ def build_jobs(args, plan):
         jobs += cases.wdrop_jobs(C.quick(C.WDROP) if args.quick else C.WDROP, args.dtype, args.device, plan)
     if "zoneout" in args.configs:
         jobs += cases.zoneout_jobs(C.quick(C.ZONEOUT) if args.quick else C.ZONEOUT, args.dtype, args.device, plan)
+    if "layernorm" in args.configs:
+        jobs += cases.layernorm_jobs(C.quick(C.LAYERNORM) if args.quick else C.LAYERNORM, args.dtype, args.device,
+                                     plan)
     if "train" in args.configs:
         jobs += cases.train_jobs(args.dtype, args.device, plan, args.quick, args.corpus)
     if "generate" in args.configs:

@@ -11,6 +11,9 @@
 //   LSTM with projection (nn.LSTM's proj_size = P): w_hr [P, H]; then w_hh is [4H, P], h0, h_n
 //   are [B, P], y is [T, B, P], ws also holds o * tanh(c) before the projection, and backward
 //   also returns dw_hr (else an empty tensor).
+//   Layer norm (the layer_norm option): ln_ih, ln_hh [G*H] (and LSTM ln_c_w, ln_c_b [H]), all or
+//   none; the backward then also returns their grads (else empty tensors). docs/DESIGN.md,
+//   "Layer norm".
 //   Zoneout and recurrent dropout (optional, the same tensors to forward and backward):
 //   zoneout_h [T, B, P] / zoneout_c [T, B, H] keep weights in time order, or 0-dim (one keep
 //   weight for every position); rec_mask [B, P] the mask on h_{t-1} where it enters W_hh.
@@ -23,23 +26,24 @@
 TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "lstm_forward(Tensor x, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, bool reverse, bool save, Tensor? zoneout_h=None, "
-      "Tensor? zoneout_c=None, Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? b_hh, Tensor? w_hr, Tensor? lengths, bool reverse, bool save, Tensor? ln_ih=None, "
+      "Tensor? ln_hh=None, Tensor? ln_c_w=None, Tensor? ln_c_b=None, Tensor? zoneout_h=None, "
+      "Tensor? zoneout_c=None, Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor h0, Tensor c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor y, Tensor ws, Tensor? lengths, bool reverse, "
-      "bool has_bias, Tensor? zoneout_h=None, Tensor? zoneout_c=None, Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "bool has_bias, Tensor? ln_ih=None, Tensor? ln_hh=None, Tensor? ln_c_w=None, Tensor? ln_c_b=None, "
+      "Tensor? zoneout_h=None, Tensor? zoneout_c=None, Tensor? rec_mask=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "gru_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "Tensor? lengths, bool reverse, bool save, Tensor? zoneout_h=None, Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor? lengths, bool reverse, bool save, Tensor? ln_ih=None, Tensor? ln_hh=None, "
+      "Tensor? zoneout_h=None, Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor)");
   m.def(
       "gru_backward(Tensor dy, Tensor dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, "
-      "Tensor y, Tensor ws, Tensor? lengths, bool reverse, bool has_bias, Tensor? zoneout_h=None, "
-      "Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor y, Tensor ws, Tensor? lengths, bool reverse, bool has_bias, Tensor? ln_ih=None, "
+      "Tensor? ln_hh=None, Tensor? zoneout_h=None, Tensor? rec_mask=None) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

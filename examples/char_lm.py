@@ -44,12 +44,14 @@ MAIN_DEFAULTS = dict(cell="lstm", layers=2, hidden=256, embed=64, seq_len=64, ba
 # Arguments that define the model and the training trajectory: a resumed run takes them from the
 # checkpoint so that it continues exactly where it stopped.
 RESUME_FROM_CKPT = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zoneout", "recurrent_dropout",
-                    "seq_len", "batch_size", "lr", "clip", "amp", "seed")
-MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zoneout", "recurrent_dropout")
+                    "layer_norm", "seq_len", "batch_size", "lr", "clip", "amp", "seed")
+MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zoneout", "recurrent_dropout",
+              "layer_norm")
 # arguments newer than some checkpoints: their value in a checkpoint that predates them
-ARGS_ADDED_LATER = {"weight_drop": 0.0, "zoneout": 0.0, "recurrent_dropout": 0.0}
+ARGS_ADDED_LATER = {"weight_drop": 0.0, "zoneout": 0.0, "recurrent_dropout": 0.0, "layer_norm": False}
 # fastrnn's options among them: (argument, flag)
-FASTRNN_OPTIONS = (("weight_drop", "--weight-drop"), ("zoneout", "--zoneout"), ("recurrent_dropout", "--recurrent-dropout"))
+FASTRNN_OPTIONS = (("weight_drop", "--weight-drop"), ("zoneout", "--zoneout"), ("recurrent_dropout", "--recurrent-dropout"),
+                   ("layer_norm", "--layer-norm"))
 WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figure
 
 
@@ -76,7 +78,8 @@ def streams(ids: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def make_model(args, vocab_size: int, backend: str) -> CharLM:
     return CharLM(vocab_size, args.embed, args.hidden, args.layers, args.cell, args.dropout, backend,
-                  weight_drop=args.weight_drop, zoneout=args.zoneout, recurrent_dropout=args.recurrent_dropout)
+                  weight_drop=args.weight_drop, zoneout=args.zoneout, recurrent_dropout=args.recurrent_dropout,
+                  layer_norm=args.layer_norm)
 
 
 def _ckpt_arg(ckpt, k: str):
@@ -451,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recurrent-dropout", type=float, default=0.0,
       help="fastrnn only: variational dropout on h_{t-1} where it enters the recurrent product in training, one "
            "mask per layer, sequence and forward call (0: off)")
+    a("--layer-norm", action="store_true",
+      help="fastrnn only: layer-normalised gates (and, for the LSTM, output cell state) in every layer")
     a("--ckpt", default=None, help="checkpoint file to write while training / read for --resume and --sample")
     a("--resume", action="store_true", help="continue training from --ckpt exactly where it stopped")
     a("--sample", action="store_true", help="generate text from --ckpt instead of training")
@@ -471,7 +476,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--resume continues one training run; it does not combine with --main, --compare or --sample")
     for name, flag in FASTRNN_OPTIONS:
         value = getattr(args, name)
-        if not 0 <= value <= 1:
+        if not 0 <= value <= 1:  # (layer_norm: a bool, always in range)
             parser.error(f"{flag} must be in [0, 1], got {value}")
         if value and (args.rnn != "fastrnn" or args.main or args.compare):
             parser.error(f"{flag} is a fastrnn option: torch.nn's layers have none, so it does not combine with "

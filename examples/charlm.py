@@ -54,7 +54,7 @@ class CharLM(nn.Module):
     """embedding -> dropout -> LSTM/GRU stack (dropout between layers) -> dropout -> linear over
     the characters, time-major. `rnn` picks the recurrent layers: "fastrnn" or "torch" (the
     parameter names and initialisation are the same, so state_dicts load across); weight_drop,
-    zoneout and recurrent_dropout (fastrnn only) are the layers' options of those names.
+    zoneout, recurrent_dropout and layer_norm (fastrnn only) are the layers' options of those names.
 
     forward(x [T, B] int64, state=None) -> (logits [T, B, vocab_size], state): the state is the
     recurrent layer's (h_n, or (h_n, c_n) for an LSTM), each [layers, B, hidden].
@@ -62,10 +62,11 @@ class CharLM(nn.Module):
 
     def __init__(self, vocab_size: int, embed: int, hidden: int, layers: int, cell: str = "lstm",
                  dropout: float = 0.0, rnn: str = "fastrnn", weight_drop: float = 0.0, zoneout: float = 0.0,
-                 recurrent_dropout: float = 0.0):
+                 recurrent_dropout: float = 0.0, layer_norm: bool = False):
         super().__init__()
         # torch.nn's layers take no such arguments: passed only when set
-        options = {"weight_drop": weight_drop, "zoneout": zoneout, "recurrent_dropout": recurrent_dropout}
+        options = {"weight_drop": weight_drop, "zoneout": zoneout, "recurrent_dropout": recurrent_dropout,
+                   "layer_norm": layer_norm}
         extra = {k: v for k, v in options.items() if v}
         for name in extra:
             if rnn != "fastrnn":

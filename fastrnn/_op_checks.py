@@ -91,6 +91,23 @@ def check_lengths(op, lengths, x, B):
                  lambda: f"{op}: expected lengths on the CPU or on the device of x ({x.device}), got {lengths.device}")
 
 
+def check_layer_norm(op, cell, H, x, ln_ih, ln_hh, ln_c_w, ln_c_b):
+    """layer_plan.h check_layer_norm: all of the cell's layer-norm parameters or none, each [N]
+    in x's dtype and device. Returns whether they are given."""
+    lstm = cell.states == 2
+    if ln_ih is None and ln_hh is None and ln_c_w is None and ln_c_b is None:
+        return False
+    names = "ln_ih, ln_hh, ln_c_w and ln_c_b" if lstm else "ln_ih and ln_hh"
+    torch._check(ln_ih is not None and ln_hh is not None and (not lstm or (ln_c_w is not None and ln_c_b is not None)),
+                 lambda: f"{op}: expected the layer-norm parameters {names} all given or all None")
+    GH = cell.gates * H
+    for name, t, n in (("ln_ih", ln_ih, GH), ("ln_hh", ln_hh, GH), ("ln_c_w", ln_c_w, H), ("ln_c_b", ln_c_b, H)):
+        if t is not None:
+            check_shape(op, name, t, (n,))
+            check_same(op, name, t, x)
+    return True
+
+
 def check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask):
     """layer_plan.h Regularisers: zoneout keep weights [T, B, P] / [T, B, H] or 0-dim, the
     recurrent-dropout mask [B, P]."""
@@ -105,22 +122,33 @@ def check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask):
         check_same(op, "rec_mask", rec_mask, x)
 
 
-def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, zoneout_h=None, zoneout_c=None,
-                  rec_mask=None):
-    """The ForwardPlan constructor's checks. Returns (T, B, I, H, P)."""
+def check_options(op, cell, x, T, B, H, P, ln_ih=None, ln_hh=None, ln_c_w=None, ln_c_b=None, zoneout_h=None,
+                  zoneout_c=None, rec_mask=None):
+    """layer_plan.h LayerPlan::options: the layer-norm parameters, then the zoneout and
+    recurrent-dropout masks, then the combination not implemented."""
+    ln = check_layer_norm(op, cell, H, x, ln_ih, ln_hh, ln_c_w, ln_c_b)
+    check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask)
+    torch._check_not_implemented(not (ln and zoneout_c is not None),
+                                 lambda: f"{op}: layer norm with zoneout_cell is not implemented yet")
+
+
+def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *options):
+    """The ForwardPlan constructor's checks, then the options (check_options: ln_ih, ln_hh,
+    ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask, as the schema orders them). Returns
+    (T, B, I, H, P)."""
     op = cell.forward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr)
     check_state(op, "h0", h0, x, B, P)
     if c0 is not None:
         check_state(op, "c0", c0, x, B, H)
     check_lengths(op, lengths, x, B)
-    check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask)
+    check_options(op, cell, x, T, B, H, P, *options)
     return T, B, I, H, P
 
 
-def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, zoneout_h=None, zoneout_c=None,
-                   rec_mask=None):
-    """The BackwardPlan constructor's checks. Returns (T, B, I, H, P)."""
+def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *options):
+    """The BackwardPlan constructor's checks, then the options (see check_forward). Returns
+    (T, B, I, H, P)."""
     op = cell.backward_op
     T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, None, None, w_hr)
     check_state(op, "h0", h0, x, B, P)
@@ -138,5 +166,5 @@ def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, len
     check_shape(op, "ws", ws, (T, B, cell.saved_width(H, w_hr is not None)))
     check_same(op, "ws", ws, x)
     check_lengths(op, lengths, x, B)
-    check_regularisers(op, x, T, B, H, P, zoneout_h, zoneout_c, rec_mask)
+    check_options(op, cell, x, T, B, H, P, *options)
     return T, B, I, H, P

@@ -19,19 +19,31 @@ _lib = torch.ops.fastrnn
 # shapes from the cell tables (_cells.py).
 
 
+# The options every op takes after its own arguments, in the schema's order (ops.cpp): the layer
+# norm's parameters, then the zoneout and recurrent-dropout masks. None: off.
+LSTM_OPTIONS = ("ln_ih", "ln_hh", "ln_c_w", "ln_c_b", "zoneout_h", "zoneout_c", "rec_mask")
+GRU_OPTIONS = ("ln_ih", "ln_hh", "zoneout_h", "rec_mask")
+
+
+def _lstm_options(ln_ih=None, ln_hh=None, ln_c_w=None, ln_c_b=None, zoneout_h=None, zoneout_c=None, rec_mask=None):
+    return ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask
+
+
+def _gru_options(ln_ih=None, ln_hh=None, zoneout_h=None, rec_mask=None):
+    # in check_options' order (ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
+    return ln_ih, ln_hh, None, None, zoneout_h, None, rec_mask
+
+
 @torch.library.register_fake("fastrnn::lstm_forward")
-def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h=None,
-                       zoneout_c=None, rec_mask=None):
-    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, zoneout_h, zoneout_c,
-                                  rec_mask)
+def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, *options, **kw):
+    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *_lstm_options(*options, **kw))
     ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
-def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h=None, rec_mask=None):
-    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, zoneout_h, None,
-                                  rec_mask)
+def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, *options, **kw):
+    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, *_gru_options(*options, **kw))
     ws = x.new_empty((T, B, GRU.saved_width(H))) if save else x.new_empty((0,))
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
@@ -47,21 +59,26 @@ def _fresh(t):
     return t.new_empty(t.shape)
 
 
+def _fresh_or_empty(t, x):
+    # an optional input's grad: empty when the input is absent
+    return x.new_empty((0,)) if t is None else _fresh(t)
+
+
 @torch.library.register_fake("fastrnn::lstm_backward")
-def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias,
-                        zoneout_h=None, zoneout_c=None, rec_mask=None):
-    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c,
-                       rec_mask)[3]
-    dw_hr = x.new_empty((0,)) if w_hr is None else _fresh(w_hr)
-    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias), dw_hr)
+def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias, *options,
+                        **kw):
+    opts = _lstm_options(*options, **kw)
+    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *opts)[3]
+    return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias),
+            _fresh_or_empty(w_hr, x), *(_fresh_or_empty(t, x) for t in opts[:4]))
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
-def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias, zoneout_h=None,
-                       rec_mask=None):
-    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, zoneout_h, None,
-                       rec_mask)[3]
-    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias))
+def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias, *options, **kw):
+    opts = _gru_options(*options, **kw)
+    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, *opts)[3]
+    return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias),
+            *(_fresh_or_empty(t, x) for t in opts[:2]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,57 +99,61 @@ def _keep_grads_undefined(ctx, ws):
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h, zoneout_c, rec_mask = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, *options = inputs
     y, _, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    # the masks too: the backward sees exactly the forward's
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c, rec_mask)
+    # the options too: the backward sees exactly the forward's masks
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *_lstm_options(*options))
     ctx.reverse = reverse
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, zoneout_h, zoneout_c, rec_mask = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *options = ctx.saved_tensors
+    ln, (zoneout_h, zoneout_c, rec_mask) = options[:4], options[4:]
+    layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated in turn
 
-        def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-            if zoneout_h is None and zoneout_c is None and rec_mask is None:
-                return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr)
+        def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, _lengths, _reverse, _save, *ln):
             return lstm_zoneout_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, w_hr, zoneout_h,
-                                          zoneout_c, rec_mask)
+                                          zoneout_c, rec_mask, ln if layer_norm else None)
 
-        return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (dy, dh_n, dc_n))
+        return _recorded_backward(ctx, layer, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, None, None, None, *ln),
+                                  (dy, dh_n, dc_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *dln = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
-        lengths, ctx.reverse, has_ih or has_hh, zoneout_h, zoneout_c, rec_mask)
+        lengths, ctx.reverse, has_ih or has_hh, *options)
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            dw_hr if w_hr is not None else None, None, None, None, None, None, None)
+            dw_hr if w_hr is not None else None, None, None, None, *(d if layer_norm else None for d in dln),
+            None, None, None)
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h, rec_mask = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, *options = inputs
     y, _, ws = output
     _keep_grads_undefined(ctx, ws)
-    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, zoneout_h, rec_mask)  # see _lstm_setup
+    ln_ih, ln_hh, _, _, zoneout_h, _, rec_mask = _gru_options(*options)
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, ln_ih, ln_hh, zoneout_h, rec_mask)
     ctx.reverse = reverse
 
 
 def _gru_backward(ctx, dy, dh_n, _dws):
-    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, zoneout_h, rec_mask = ctx.saved_tensors
+    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, *options = ctx.saved_tensors
+    ln, (zoneout_h, rec_mask) = options[:2], options[2:]
+    layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # see _lstm_backward
 
-        def layer(x, h0, w_ih, w_hh, b_ih, b_hh):
-            if zoneout_h is None and rec_mask is None:
-                return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
-            return gru_zoneout_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, zoneout_h, rec_mask)
+        def layer(x, h0, w_ih, w_hh, b_ih, b_hh, _lengths, _reverse, _save, *ln):
+            return gru_zoneout_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, zoneout_h, rec_mask,
+                                         ln if layer_norm else None)
 
-        return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh), (dy, dh_n))
+        return _recorded_backward(ctx, layer, (x, h0, w_ih, w_hh, b_ih, b_hh, None, None, None, *ln), (dy, dh_n))
     has_ih, has_hh = b_ih is not None, b_hh is not None
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *dln = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
-        has_ih or has_hh, zoneout_h, rec_mask)
+        has_ih or has_hh, *options)
     return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            None, None, None, None, None)
+            None, None, None, *(d if layer_norm else None for d in dln), None, None)
 
 
 def _recorded_backward(ctx, layer, inputs, grads):
@@ -144,8 +165,9 @@ def _recorded_backward(ctx, layer, inputs, grads):
     slower than the kernels, and runs only in this case: first-order backward (grad mode off
     inside it, also under torch.compile) takes the fused kernels.
 
-    inputs: the op's differentiable inputs (None where absent), in the op's order, which is also
-    the order of its autograd formula's results; grads: the incoming grads of the outputs."""
+    inputs: the op's inputs in the op's order (None where absent or not a tensor to differentiate),
+    which is also the order of its autograd formula's results; grads: the incoming grads of the
+    outputs."""
     wrt = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
     outs = layer(*inputs)
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None]

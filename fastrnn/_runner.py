@@ -16,11 +16,16 @@ from . import functional
 from ._inputs import lstm_widths, needs_grad, state_or_zeros
 
 # The weights of one layer in one direction, torch.nn's names: (weight_ih [G*H, I],
-# weight_hh [G*H, P], bias_ih [G*H] or None, bias_hh [G*H] or None, weight_hr [P, H] or None).
-LayerWeights = Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor]]
+# weight_hh [G*H, P], bias_ih [G*H] or None, bias_hh [G*H] or None, weight_hr [P, H] or None),
+# then layer_norm's (weight_ln_ih [G*H], weight_ln_hh [G*H], weight_ln_c [H], bias_ln_c [H], each
+# or None; the last two LSTM only).
+LayerWeights = Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor],
+                     Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
-# The kinds of weight of a layer and direction, in LayerWeights order (torch.nn's name prefixes).
-WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+# The kinds of weight of a layer and direction, in LayerWeights order (torch.nn's name prefixes,
+# then layer_norm's).
+WEIGHT_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr",
+                "weight_ln_ih", "weight_ln_hh", "weight_ln_c", "bias_ln_c")
 
 
 def weight_slots(all_weights: List[List[str]], flat_names: List[str]) -> List[List[int]]:
@@ -40,10 +45,10 @@ def layer_weights(flat: List[Tensor], slots: List[List[int]]) -> List[LayerWeigh
     module's `weight_slots`. Scriptable."""
     out: List[LayerWeights] = []
     for s in slots:
-        b_ih: Optional[Tensor] = None if s[2] < 0 else flat[s[2]]
-        b_hh: Optional[Tensor] = None if s[3] < 0 else flat[s[3]]
-        w_hr: Optional[Tensor] = None if s[4] < 0 else flat[s[4]]
-        out.append((flat[s[0]], flat[s[1]], b_ih, b_hh, w_hr))
+        opt: List[Optional[Tensor]] = []
+        for i in range(2, len(s)):  # the optional kinds (s has one entry per WEIGHT_KINDS)
+            opt.append(None if s[i] < 0 else flat[s[i]])
+        out.append((flat[s[0]], flat[s[1]], opt[0], opt[1], opt[2], opt[3], opt[4], opt[5], opt[6]))
     return out
 
 
@@ -52,16 +57,16 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w: LayerWe
                rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer and direction: x [T, B, I], h0 [B, P] / c0 [B, H] or None (zeros), lengths
     int64 [B] (checked) or None, the masks of `regularisers` -> (y [T, B, P], h_n [B, P], c_n [B, H])."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = w
+    w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b = w
     if not torch.jit.is_scripting():
-        return functional._lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr, zoneout_h, zoneout_c,
-                                      rec_mask)
+        return functional._lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr, ln_ih, ln_hh,
+                                      ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
     P, H = lstm_widths(w_hh)
     h0 = state_or_zeros(h0, x, P)
     c0 = state_or_zeros(c0, x, H)
-    save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
+    save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b])
     y, h, c, _ = torch.ops.fastrnn.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                                                zoneout_h, zoneout_c, rec_mask)
+                                                ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
     return y, h, c
 
 
@@ -70,13 +75,14 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w: LayerWeights, lengths: Optiona
               rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One GRU layer and direction: x [T, B, I], h0 [B, H] or None (zeros), lengths int64 [B]
     (checked) or None, the masks of `regularisers` -> (y [T, B, H], h_n [B, H])."""
-    w_ih, w_hh, b_ih, b_hh, _ = w
+    w_ih, w_hh, b_ih, b_hh, _, ln_ih, ln_hh, _, _ = w
     if not torch.jit.is_scripting():
-        return functional._gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, zoneout_h, rec_mask)
+        return functional._gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, ln_ih, ln_hh, zoneout_h,
+                                     rec_mask)
     h0 = state_or_zeros(h0, x, w_hh.shape[1])
-    save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
-    y, h, _ = torch.ops.fastrnn.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h,
-                                            rec_mask)
+    save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh])
+    y, h, _ = torch.ops.fastrnn.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, ln_ih, ln_hh,
+                                            zoneout_h, rec_mask)
     return y, h
 
 
@@ -111,30 +117,33 @@ def regularisers(x: Tensor, w_hh: Tensor, lstm: bool, training: bool, zoneout: f
     return zh, zc, rec
 
 
-# The cells' steps take their four weights one by one (w_ih [G*H, I], w_hh [G*H, H], b_ih and
-# b_hh [G*H] or None): torch.jit.trace cannot pass a None inside a tuple to a scripted function.
+# The cells' steps take their weights one by one (w_ih [G*H, I], w_hh [G*H, H], b_ih and b_hh
+# [G*H] or None, then layer_norm's, LayerWeights' last four, or None): torch.jit.trace cannot pass
+# a None inside a tuple to a scripted function.
 
 
 def lstm_cell(x: Tensor, h: Optional[Tensor], c: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-              b_ih: Optional[Tensor], b_hh: Optional[Tensor], zoneout: float = 0.0,
-              training: bool = False) -> Tuple[Tensor, Tensor]:
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih: Optional[Tensor] = None,
+              ln_hh: Optional[Tensor] = None, ln_c_w: Optional[Tensor] = None, ln_c_b: Optional[Tensor] = None,
+              zoneout: float = 0.0, training: bool = False) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], h / c [B, H] or None (zeros) -> (h' [B, H], c' [B, H]); zoneout on
     h' with a fresh mask per call in training (`keep_weights`)."""
     zh = keep_weights(zoneout, training, [x.shape[0], w_hh.shape[1]], x) if zoneout > 0 else None
     if not torch.jit.is_scripting():
-        return functional.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, zoneout_h=zh)
-    _, h, c = lstm_layer(x.unsqueeze(0), h, c, (w_ih, w_hh, b_ih, b_hh, None), None, False,
-                         None if zh is None else (zh if zh.dim() == 0 else zh.unsqueeze(0)))
+        return functional.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h=zh)
+    _, h, c = lstm_layer(x.unsqueeze(0), h, c, (w_ih, w_hh, b_ih, b_hh, None, ln_ih, ln_hh, ln_c_w, ln_c_b), None,
+                         False, None if zh is None else (zh if zh.dim() == 0 else zh.unsqueeze(0)))
     return h, c
 
 
 def gru_cell(x: Tensor, h: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-             b_hh: Optional[Tensor], zoneout: float = 0.0, training: bool = False) -> Tensor:
+             b_hh: Optional[Tensor], ln_ih: Optional[Tensor] = None, ln_hh: Optional[Tensor] = None,
+             zoneout: float = 0.0, training: bool = False) -> Tensor:
     """One GRU step: x [B, I], h [B, H] or None (zeros) -> h' [B, H]; zoneout as lstm_cell's."""
     zh = keep_weights(zoneout, training, [x.shape[0], w_hh.shape[1]], x) if zoneout > 0 else None
     if not torch.jit.is_scripting():
-        return functional.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, zoneout_h=zh)
-    return gru_layer(x.unsqueeze(0), h, (w_ih, w_hh, b_ih, b_hh, None), None, False,
+        return functional.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, zoneout_h=zh)
+    return gru_layer(x.unsqueeze(0), h, (w_ih, w_hh, b_ih, b_hh, None, ln_ih, ln_hh, None, None), None, False,
                      None if zh is None else (zh if zh.dim() == 0 else zh.unsqueeze(0)))[1]
 
 
@@ -158,7 +167,7 @@ def run_stack(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], flat_weight
         # 1 / (1 - p) and gives zeros at p = 1.
         for k in range(len(weights)):
             w = weights[k]
-            weights[k] = (w[0], F.dropout(w[1], weight_drop, True), w[2], w[3], w[4])
+            weights[k] = (w[0], F.dropout(w[1], weight_drop, True), w[2], w[3], w[4], w[5], w[6], w[7], w[8])
     # zoneout and recurrent dropout: every layer's and direction's masks, drawn after weight
     # drop's and before the first layer runs, layer by layer, forward direction first
     # (`regularisers`); the op saves them for its backward

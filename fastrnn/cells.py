@@ -31,7 +31,7 @@ class _CellBase(nn.RNNCellBase):
     _name = ""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool, gates: int, device=None,
-                 dtype=None, zoneout: float = 0.0) -> None:
+                 dtype=None, layer_norm: bool = False, zoneout: float = 0.0) -> None:
         nn.Module.__init__(self)
         _inputs.check_rate("zoneout", zoneout)
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -52,20 +52,50 @@ class _CellBase(nn.RNNCellBase):
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
+        # layer_norm's parameters (None when off: not in the state_dict, as torch.nn's cells);
+        # LSTMCell's weight_ln_c / bias_ln_c are registered by LSTMCell
+        if not isinstance(layer_norm, bool):
+            raise TypeError(f"layer_norm should be of type bool, got: {type(layer_norm).__name__}")
+        self.layer_norm = layer_norm
+        for name in ("weight_ln_ih", "weight_ln_hh"):
+            self.register_parameter(name, nn.Parameter(torch.empty(gates * hidden_size, **factory))
+                                    if layer_norm else None)
+        for name in self._cell_norm_names:
+            self.register_parameter(name, nn.Parameter(torch.empty(hidden_size, **factory)) if layer_norm else None)
         self.reset_parameters()
 
-    def _states(self, hx) -> List[Optional[Tensor]]:
-        """hx as the list of initial states (None: zeros), or TypeError naming what it must be."""
-        raise NotImplementedError
+    _cell_norm_names: Tuple[str, ...] = ()  # LSTMCell: the norm of c
+
+    def reset_parameters(self) -> None:
+        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) on every parameter; then, with layer_norm, the
+        norms' weights back to ones and their bias to zeros (the identity norm)."""
+        super().reset_parameters()
+        from .modules import _reset_layer_norm  # (modules imports this file)
+        _reset_layer_norm(self)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        if self.layer_norm:
+            s += ", layer_norm=True"
         return s + f", zoneout={self.zoneout}" if self.zoneout > 0 else s
 
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
+        if "layer_norm" not in self.__dict__:  # pickled before the option existed
+            self.layer_norm = False
+            for name in ("weight_ln_ih", "weight_ln_hh") + self._cell_norm_names:
+                self._parameters.setdefault(name, None)
         if "zoneout" not in self.__dict__:  # pickled before the option existed: off
             self.zoneout = 0.0
+
+    def _ln_weights(self) -> Tuple[Optional[Tensor], ...]:
+        """layer_norm's parameters in the step functions' order (None when off)."""
+        p = self._parameters
+        return (p["weight_ln_ih"], p["weight_ln_hh"]) + tuple(p[n] for n in self._cell_norm_names)
+
+    def _states(self, hx) -> List[Optional[Tensor]]:
+        """hx as the list of initial states (None: zeros), or TypeError naming what it must be."""
+        raise NotImplementedError
 
     def _eager(self, input, hx, step):
         """One eager step: step(x [B, I], *states ([B, H] or None), w_ih, w_hh, b_ih, b_hh) ->
@@ -80,8 +110,8 @@ class _CellBase(nn.RNNCellBase):
                 and not torch._C._is_any_autocast_enabled() and torch._C._get_tracing_state() is None):
             states = self._states(hx)
             try:
-                return step(input, *states, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], self.zoneout,
-                            self.training)
+                return step(input, *states, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                            *self._ln_weights(), self.zoneout, self.training)
             except (RuntimeError, TypeError):
                 self._checked(input, states)  # raises torch.nn's error for what the op refused
                 raise
@@ -99,14 +129,14 @@ class _CellBase(nn.RNNCellBase):
         if not isinstance(input, Tensor):
             raise TypeError(f"{self._name}: input must be a Tensor, got {type(input).__name__}")
         p = self._parameters
-        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]) + self._ln_weights()
         ac_dtype = _inputs.autocast_dtype(input)
         x, states, is_batched = _inputs.cell_inputs(self._name, input, states, self.input_size, self.hidden_size,
                                                     weights[0], ac_dtype is None)
         if ac_dtype is not None:
             x = _inputs.cast(x, ac_dtype)
             states = [_inputs.cast(s, ac_dtype) for s in states]
-            weights = tuple(_inputs.cast(w, ac_dtype) for w in weights)
+            weights = tuple(None if w is None else _inputs.cast(w, ac_dtype) for w in weights)
         return x, states, weights, is_batched
 
 
@@ -121,6 +151,9 @@ _CELL_DOC = """One {kind} step over fastrnn's fused kernels, a drop-in for (and 
         hidden_size: features of the {states} (H).
         bias: whether there are bias weights ``bias_ih`` and ``bias_hh``. Default True.
         device, dtype: of the parameters (float32, float64, float16 or bfloat16; CPU or CUDA).
+        layer_norm: (fastrnn only, keyword-only) the layer-normalised step of fastrnn.{kind}
+            with ``layer_norm=True``, with the parameters ``weight_ln_ih``, ``weight_ln_hh``
+            [{G}H] (ones at init){ln} (None when off). Default False.
         zoneout: (fastrnn only, keyword-only) zoneout on the new hidden state: in training each
             element of h' keeps the previous h with this probability (a fresh draw every call),
             in eval h' = p h + (1 - p) h~ (the expectation). Default 0 (off).
@@ -145,14 +178,17 @@ _STEP_DOC = """One step.
 
 
 class LSTMCell(_CellBase, nn.LSTMCell):
-    __doc__ = _CELL_DOC.format(kind="LSTM", gates="i, f, g, o", states="hidden and cell state", G=_cells.LSTM.gates)
+    __doc__ = _CELL_DOC.format(kind="LSTM", gates="i, f, g, o", states="hidden and cell state", G=_cells.LSTM.gates,
+                               ln=", ``weight_ln_c`` and ``bias_ln_c`` [H] (ones, zeros)")
 
     _name = "LSTMCell"
 
+    _cell_norm_names = ("weight_ln_c", "bias_ln_c")
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 zoneout: float = 0.0) -> None:
+                 layer_norm: bool = False, zoneout: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTMCell's checks."""
-        super().__init__(input_size, hidden_size, bias, _cells.LSTM.gates, device, dtype, zoneout)
+        super().__init__(input_size, hidden_size, bias, _cells.LSTM.gates, device, dtype, layer_norm, zoneout)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         if torch.jit.is_scripting():
@@ -160,7 +196,8 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             x, states, is_batched = _inputs.cell_inputs("LSTMCell", input, states, self.input_size,
                                                         self.hidden_size, self.weight_ih, True)
             h, c = lstm_cell(x, states[0], states[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-                             self.zoneout, self.training)
+                             self.weight_ln_ih, self.weight_ln_hh, self.weight_ln_c, self.bias_ln_c, self.zoneout,
+                             self.training)
             return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
         return self._eager(input, hx, lstm_cell)
 
@@ -177,21 +214,21 @@ class LSTMCell(_CellBase, nn.LSTMCell):
 
 
 class GRUCell(_CellBase, nn.GRUCell):
-    __doc__ = _CELL_DOC.format(kind="GRU", gates="r, z, n", states="hidden state", G=_cells.GRU.gates)
+    __doc__ = _CELL_DOC.format(kind="GRU", gates="r, z, n", states="hidden state", G=_cells.GRU.gates, ln="")
 
     _name = "GRUCell"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-                 zoneout: float = 0.0) -> None:
+                 layer_norm: bool = False, zoneout: float = 0.0) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRUCell's checks."""
-        super().__init__(input_size, hidden_size, bias, _cells.GRU.gates, device, dtype, zoneout)
+        super().__init__(input_size, hidden_size, bias, _cells.GRU.gates, device, dtype, layer_norm, zoneout)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         if torch.jit.is_scripting():
             x, states, is_batched = _inputs.cell_inputs("GRUCell", input, [hx], self.input_size, self.hidden_size,
                                                         self.weight_ih, True)
-            h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.zoneout,
-                         self.training)
+            h = gru_cell(x, states[0], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.weight_ln_ih,
+                         self.weight_ln_hh, self.zoneout, self.training)
             return h if is_batched else h.squeeze(0)
         return self._eager(input, hx, gru_cell)
 

@@ -118,14 +118,19 @@ def to_torch(model: nn.Module, inplace: bool = True) -> nn.Module:
     """The reverse of `convert`: fastrnn modules back to torch.nn's, sharing their parameters.
     fastrnn's training-only options are dropped: a layer with ``weight_drop`` or
     ``recurrent_dropout`` becomes the plain nn.LSTM / nn.GRU, whose eval results are the same (they
-    mask only in training). A module with zoneout, whose eval results torch.nn cannot reproduce,
-    raises ValueError naming the option (before anything is swapped)."""
+    mask only in training). A module with ``layer_norm=True`` or zoneout, whose eval results
+    torch.nn cannot reproduce, raises ValueError naming the option (before anything is swapped)."""
     for path, module in model.named_modules():
+        if not isinstance(module, _FAST_CLASSES):
+            continue
+        where = f"{path or '<root>'} ({type(module).__name__})"
+        if getattr(module, "layer_norm", False):
+            raise ValueError(f"fastrnn.to_torch: {where} has layer_norm=True, whose results torch.nn has no "
+                             f"equivalent of")
         for option in ("zoneout", "zoneout_cell"):
-            if isinstance(module, _FAST_CLASSES) and getattr(module, option, 0.0) > 0:
-                raise ValueError(f"fastrnn.to_torch: {path or '<root>'} ({type(module).__name__}) has {option}="
-                                 f"{getattr(module, option)}, which changes eval results and torch.nn has no "
-                                 f"equivalent; set it to 0 first to convert")
+            if getattr(module, option, 0.0) > 0:
+                raise ValueError(f"fastrnn.to_torch: {where} has {option}={getattr(module, option)}, which changes "
+                                 f"eval results and torch.nn has no equivalent; set it to 0 first to convert")
     if not inplace:
         model = copy.deepcopy(model)
     return _swap_tree(model, _TO_TORCH, check_support=False)

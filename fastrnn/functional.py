@@ -12,6 +12,9 @@ returned state is the one after step L-1, and no gradient reaches padded inputs.
 of a bidirectional layer). This equals nn.LSTM / nn.GRU over
 ``pack_padded_sequence(x, lengths, enforce_sorted=False)``.
 
+Layer norm (fastrnn's layer_norm option; docs/DESIGN.md, "Layer norm"): pass its parameters
+``ln_ih``, ``ln_hh`` [G*H] (and for the LSTM ``ln_c_w``, ``ln_c_b`` [H]), all or none.
+
 Activations are saved for backward only when autograd needs them (grad mode on and some input
 requires grad), so inference saves nothing.
 
@@ -33,8 +36,8 @@ from torch import Tensor
 import torch.autograd.forward_ad as _forward_ad
 
 from ._inputs import Lengths, lengths_tensor, lstm_widths, needs_grad, state_or_zeros
-from .reference import (gru_cell_reference, gru_reference, gru_zoneout_reference, lstm_cell_reference,
-                        lstm_reference, lstm_zoneout_reference)
+from .reference import (gru_cell_layer_norm_reference, gru_cell_reference, gru_reference, gru_zoneout_reference,
+                        lstm_cell_layer_norm_reference, lstm_cell_reference, lstm_reference, lstm_zoneout_reference)
 
 _ops = torch.ops.fastrnn
 
@@ -99,83 +102,95 @@ def _expect_rows(B: int, **states) -> None:
 
 def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, lengths: Lengths = None,
-               reverse: bool = False, w_hr: Optional[Tensor] = None, *, zoneout_h: Optional[Tensor] = None,
-               zoneout_c: Optional[Tensor] = None, rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+               reverse: bool = False, w_hr: Optional[Tensor] = None, ln_ih: Optional[Tensor] = None,
+               ln_hh: Optional[Tensor] = None, ln_c_w: Optional[Tensor] = None, ln_c_b: Optional[Tensor] = None, *,
+               zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
+               rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer over x [T, B, I]. Returns (y [T, B, P], h_n [B, P], c_n [B, H]) where
     P = H, or with a projection w_hr [P, H] (nn.LSTM's proj_size) P = w_hr.shape[0] and
-    w_hh is [4H, P]. h0 [B, P] / c0 [B, H] default to zeros. zoneout_h, zoneout_c, rec_mask: see
-    the module docstring."""
-    return _lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse, w_hr, zoneout_h,
-                       zoneout_c, rec_mask)
+    w_hh is [4H, P]. h0 [B, P] / c0 [B, H] default to zeros. ln_*: layer norm; zoneout_h,
+    zoneout_c, rec_mask: zoneout and recurrent dropout (the module docstring)."""
+    return _lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse, w_hr,
+                       ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
 
 
 def _lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
                 b_ih: Optional[Tensor], b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-                w_hr: Optional[Tensor], zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
-                rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                w_hr: Optional[Tensor], ln_ih: Optional[Tensor] = None, ln_hh: Optional[Tensor] = None,
+                ln_c_w: Optional[Tensor] = None, ln_c_b: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
+                zoneout_c: Optional[Tensor] = None, rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """lstm_layer with lengths already checked (int64 [B] or None): the modules' entry."""
     P, H = lstm_widths(w_hh)
     h0 = state_or_zeros(h0, x, P)
     c0 = state_or_zeros(c0, x, H)
+    ln = ln_ih is not None and ln_hh is not None and ln_c_w is not None and ln_c_b is not None
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
         _expect_rows(x.shape[1], h0=(h0, P), c0=(c0, H))
+        if ln:
+            return _without_kernels(x, lambda x0: lstm_cell_layer_norm_reference(
+                x0, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr))
         return _without_kernels(x, lambda x0: lstm_cell_reference(x0, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     regularised = zoneout_h is not None or zoneout_c is not None or rec_mask is not None
     if _transformed():
-        if regularised:
+        if ln or regularised:
             return lstm_zoneout_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr, zoneout_h,
-                                          zoneout_c, rec_mask)
+                                          zoneout_c, rec_mask, (ln_ih, ln_hh, ln_c_w, ln_c_b) if ln else None)
         return lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
-    save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
-    if regularised:
-        y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               save, zoneout_h, zoneout_c, rec_mask)
-    else:
-        y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               save)
+    save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ln_ih, ln_hh, ln_c_w, ln_c_b])
+    y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
+                           ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
     return y, h_n, c_n
 
 
 def gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-              b_hh: Optional[Tensor] = None, lengths: Lengths = None,
-              reverse: bool = False, *, zoneout_h: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None, lengths: Lengths = None, reverse: bool = False,
+              ln_ih: Optional[Tensor] = None, ln_hh: Optional[Tensor] = None, *, zoneout_h: Optional[Tensor] = None,
               rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 [B, H] defaults to zeros.
-    zoneout_h, rec_mask: see the module docstring."""
-    return _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse, zoneout_h, rec_mask)
+    """One GRU layer over x [T, B, I]. Returns (y [T, B, H], h_n [B, H]). h0 [B, H] defaults to
+    zeros. ln_*: layer norm; zoneout_h, rec_mask: zoneout and recurrent dropout (the module
+    docstring)."""
+    return _gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, _checked_lengths(lengths, x), reverse, ln_ih, ln_hh, zoneout_h,
+                      rec_mask)
 
 
 def _gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, zoneout_h: Optional[Tensor] = None,
+               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, ln_ih: Optional[Tensor] = None,
+               ln_hh: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
                rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """gru_layer with lengths already checked (int64 [B] or None): the modules' entry."""
     H = w_hh.shape[1]
     h0 = state_or_zeros(h0, x, H)
+    ln = ln_ih is not None and ln_hh is not None
     if not (x.shape[1] and w_hh.shape[0]):  # B = 0 or H = 0
         _expect_rows(x.shape[1], h0=(h0, H))
+        if ln:
+            return _without_kernels(x, lambda x0: (gru_cell_layer_norm_reference(x0, h0, w_ih, w_hh, b_ih, b_hh,
+                                                                                 ln_ih, ln_hh),))
         return _without_kernels(x, lambda x0: (gru_cell_reference(x0, h0, w_ih, w_hh, b_ih, b_hh),))
     regularised = zoneout_h is not None or rec_mask is not None
     if _transformed():
-        if regularised:
-            return gru_zoneout_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, zoneout_h, rec_mask)
+        if ln or regularised:
+            return gru_zoneout_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, zoneout_h, rec_mask,
+                                         (ln_ih, ln_hh) if ln else None)
         return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
-    if regularised:
-        y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h,
-                          rec_mask)
-    else:
-        y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
+    save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh])
+    y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, ln_ih, ln_hh,
+                      zoneout_h, rec_mask)
     return y, h_n
 
 
 def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, *,
+              b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None, ln_ih: Optional[Tensor] = None,
+              ln_hh: Optional[Tensor] = None, ln_c_w: Optional[Tensor] = None, ln_c_b: Optional[Tensor] = None, *,
               zoneout_h: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One LSTM step: x [B, I], hx / cx [B, H] -> (h' [B, H], c' [B, H]). A length-1 sequence
     through the same fused ops (lstm_layer without the frames: cells run once per token).
-    zoneout_h: [B, H] keep weights of h' or a 0-dim one (see the module docstring)."""
-    if zoneout_h is not None:
-        return _zoned_cell(True, x, hx, cx, w_ih, w_hh, b_ih, b_hh, zoneout_h)
+    ln_*: layer norm; zoneout_h: [B, H] keep weights of h' or a 0-dim one (the module docstring)."""
+    if zoneout_h is not None or ln_ih is not None or ln_hh is not None or ln_c_w is not None or ln_c_b is not None:
+        z = zoneout_h if zoneout_h is None or zoneout_h.dim() == 0 else zoneout_h.unsqueeze(0)  # [1, B, H]
+        _, h, c = _lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, False, None, ln_ih, ln_hh,
+                              ln_c_w, ln_c_b, z)
+        return h, c
     if hx is None or cx is None:  # (the widths only when needed: cells run once per token)
         P, H = lstm_widths(w_hh)
         hx, cx = state_or_zeros(hx, x, P), state_or_zeros(cx, x, H)
@@ -193,10 +208,12 @@ def lstm_cell(x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tenso
 
 
 def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-             b_hh: Optional[Tensor] = None, *, zoneout_h: Optional[Tensor] = None) -> Tensor:
-    """One GRU step: x [B, I], hx [B, H] -> h' [B, H]. zoneout_h: as lstm_cell's."""
-    if zoneout_h is not None:
-        return _zoned_cell(False, x, hx, None, w_ih, w_hh, b_ih, b_hh, zoneout_h)[0]
+             b_hh: Optional[Tensor] = None, ln_ih: Optional[Tensor] = None, ln_hh: Optional[Tensor] = None, *,
+             zoneout_h: Optional[Tensor] = None) -> Tensor:
+    """One GRU step: x [B, I], hx [B, H] -> h' [B, H]. ln_*, zoneout_h: as lstm_cell's."""
+    if zoneout_h is not None or ln_ih is not None or ln_hh is not None:
+        z = zoneout_h if zoneout_h is None or zoneout_h.dim() == 0 else zoneout_h.unsqueeze(0)  # [1, B, H]
+        return _gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, ln_ih, ln_hh, z)[1]
     hx = state_or_zeros(hx, x, w_hh.shape[1])
     if not (x.numel() and w_hh.numel()):  # see lstm_cell
         _expect_rows(x.shape[0], hx=(hx, w_hh.shape[1]))
@@ -207,13 +224,3 @@ def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: 
     _, h, _ = _call(_ops.gru_forward, save, x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, save)
     return h
 
-
-def _zoned_cell(lstm: bool, x: Tensor, hx: Optional[Tensor], cx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                b_ih: Optional[Tensor], b_hh: Optional[Tensor], zoneout_h: Tensor) -> Tuple[Tensor, ...]:
-    """A cell step with zoneout on h as a one-step layer, whose keep weights are [1, B, H] (or
-    0-dim). Returns (h', c') for the LSTM, (h',) for the GRU."""
-    z = zoneout_h if zoneout_h.dim() == 0 else zoneout_h.unsqueeze(0)
-    if not lstm:
-        return (_gru_layer(x.unsqueeze(0), hx, w_ih, w_hh, b_ih, b_hh, None, False, z)[1],)
-    _, h, c = _lstm_layer(x.unsqueeze(0), hx, cx, w_ih, w_hh, b_ih, b_hh, None, False, None, z)
-    return h, c

@@ -39,6 +39,17 @@ from .cells import GRUCell, LSTMCell
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
 
+def _reset_layer_norm(module: nn.Module) -> None:
+    """The layer_norm parameters of a layer or cell at their init: norm weights (weight_ln_*) ones,
+    norm biases (bias_ln_*) zeros."""
+    with torch.no_grad():
+        for name, p in module.named_parameters(recurse=False):
+            if name.startswith("weight_ln_"):
+                p.fill_(1.0)
+            elif name.startswith("bias_ln_"):
+                p.zero_()
+
+
 class _RNNBase(nn.RNNBase):
     """Shared by LSTM (4 gates, optional projection) and GRU (3 gates).
 
@@ -52,7 +63,7 @@ class _RNNBase(nn.RNNBase):
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, weight_drop: float = 0.0, zoneout: float = 0.0,
-                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0) -> None:
+                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0, layer_norm: bool = False) -> None:
         # nn.RNNBase.__init__ is not run: it builds the parameters with checks and messages of
         # its own; this builds the same parameters, in the same order, with the same init
         nn.Module.__init__(self)
@@ -73,10 +84,13 @@ class _RNNBase(nn.RNNBase):
                           f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
                           f"num_layers={num_layers}", stacklevel=3)
         for name, value, kind in (("bias", bias, bool), ("batch_first", batch_first, bool),
+                                  ("layer_norm", layer_norm, bool),
                                   ("input_size", input_size, int), ("hidden_size", hidden_size, int),
                                   ("num_layers", num_layers, int), ("proj_size", proj_size, int)):
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise TypeError(f"{name} should be of type {kind.__name__}, got: {type(value).__name__}")
+        if layer_norm and zoneout_cell > 0:  # the kernels' limit (docs/DESIGN.md, "Options beyond torch.nn")
+            raise NotImplementedError("layer_norm with zoneout_cell is not implemented yet")
         if input_size <= 0:
             raise ValueError(f"input_size must be greater than zero, got {input_size}")
         if hidden_size <= 0:
@@ -103,6 +117,7 @@ class _RNNBase(nn.RNNBase):
         self.zoneout = float(zoneout)
         self.zoneout_cell = float(zoneout_cell)
         self.recurrent_dropout = float(recurrent_dropout)
+        self.layer_norm = layer_norm
 
         factory = {"device": device, "dtype": dtype}
         gate_size = _cells.CELLS[mode.lower()].gates * hidden_size
@@ -119,6 +134,10 @@ class _RNNBase(nn.RNNBase):
                     shapes += [("bias_ih", (gate_size,)), ("bias_hh", (gate_size,))]
                 if proj_size > 0:
                     shapes += [("weight_hr", (proj_size, hidden_size))]
+                if layer_norm:  # after torch.nn's own: docs/DESIGN.md, "Options beyond torch.nn"
+                    shapes += [("weight_ln_ih", (gate_size,)), ("weight_ln_hh", (gate_size,))]
+                    if mode == "LSTM":
+                        shapes += [("weight_ln_c", (hidden_size,)), ("bias_ln_c", (hidden_size,))]
                 names = []
                 for base, shape in shapes:
                     name = f"{base}_l{layer}{suffix}"
@@ -133,14 +152,20 @@ class _RNNBase(nn.RNNBase):
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (kept for torch.nn compatibility)."""
 
+    def reset_parameters(self) -> None:
+        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) on every parameter; then, with layer_norm, the
+        norms' weights back to ones and their bias to zeros (the identity norm)."""
+        super().reset_parameters()
+        _reset_layer_norm(self)
+
     def extra_repr(self) -> str:
         s = super().extra_repr()
         for name in self._options:
             if getattr(self, name) > 0:
                 s += f", {name}={getattr(self, name)}"
-        return s
+        return s + ", layer_norm=True" if self.layer_norm else s
 
-    # fastrnn's options, in extra_repr's order; all default to 0 (off)
+    # fastrnn's rate options, in extra_repr's order; all default to 0 (off)
     _options = ("weight_drop", "zoneout", "zoneout_cell", "recurrent_dropout")
 
     def __setstate__(self, state) -> None:
@@ -154,6 +179,8 @@ class _RNNBase(nn.RNNBase):
         for name in self._options:
             if name not in self.__dict__:
                 setattr(self, name, 0.0)
+        if "layer_norm" not in self.__dict__:
+            self.layer_norm = False
         self._set_layout()
 
     def _set_layout(self) -> None:
@@ -263,12 +290,20 @@ _RNN_ARGS_DOC = """
             forward call, layer and direction, of shape (B, {out}), values 0 or 1 / (1 - p),
             the same at every step; the state itself and the outputs are not masked. Eval: off.
             Default 0 (off).
+        layer_norm: (fastrnn only, keyword-only) layer-normalised gates (Ba et al. 2016):
+            gates = LN(W_ih x; w_ln_ih) + b_ih + LN(W_hh h; w_ln_hh) + b_hh, LN over all G*H
+            features of an entry (eps 1e-5, biased variance); an LSTM's output is
+            ``o * tanh(LN(c; w_ln_c) + b_ln_c)`` with the state c itself un-normalised; a GRU's n
+            takes LN(W_hn h) + b_hn inside the reset product. Adds the parameters below.
+            Default False.
 
     Parameters, torch.nn's names, shapes, order and initialisation U(-1/sqrt(H), 1/sqrt(H)),
     so ``state_dict`` loads both ways; G = {gates}:
         ``weight_ih_l{{k}}``: ``(G*H, I)`` for k = 0, ``(G*H, D*{out})`` above
         ``weight_hh_l{{k}}``: ``(G*H, {out})``
         ``bias_ih_l{{k}}``, ``bias_hh_l{{k}}``: ``(G*H,)`` (with bias){hr}
+        with layer_norm, after those: ``weight_ln_ih_l{{k}}``, ``weight_ln_hh_l{{k}}``: ``(G*H,)``,
+        ones at init{ln}
     and a ``_reverse`` twin of each for the backward direction of a bidirectional layer.
 """
 
@@ -328,16 +363,17 @@ class LSTM(_RNNBase, nn.LSTM):
               "step\n            with ``weight_hr``. Default 0 (P = H).",
         out="P", hr="\n        ``weight_hr_l{k}``: ``(P, H)`` (with proj_size)", gates="4 (gates i, f, g, o)",
         zoneout_cell="\n        zoneout_cell: (fastrnn only, keyword-only) zoneout on the cell state c, the same way."
-                     " Default 0\n            (off).")
+                     " Default 0\n            (off).",
+        ln="; ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}``: ``(H,)``, ones and zeros at init")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  proj_size: int = 0, device=None, dtype=None, *, weight_drop: float = 0.0, zoneout: float = 0.0,
-                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0) -> None:
+                 zoneout_cell: float = 0.0, recurrent_dropout: float = 0.0, layer_norm: bool = False) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.LSTM's checks."""
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, weight_drop, zoneout, zoneout_cell,
-                         recurrent_dropout)
+                         recurrent_dropout, layer_norm)
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
@@ -373,19 +409,19 @@ class GRU(_RNNBase, nn.GRU):
 
         r, z = sigmoid(W_i* x + b_i* + W_h* h + b_h*),  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
         h' = (1 - z) * n + z * h
-""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)", zoneout_cell="")
+""" + _RNN_ARGS_DOC.format(extra="", out="H", hr="", gates="3 (gates r, z, n)", zoneout_cell="", ln="")
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, weight_drop: float = 0.0, zoneout: float = 0.0,
-                 recurrent_dropout: float = 0.0, **kwargs) -> None:
+                 recurrent_dropout: float = 0.0, layer_norm: bool = False, **kwargs) -> None:
         """Build the parameters (see the class docstring for the arguments); torch.nn.GRU's checks."""
         if "proj_size" in kwargs:  # torch.nn.GRU's error, for the argument LSTM has
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if kwargs:
             raise TypeError(f"GRU.__init__() got an unexpected keyword argument '{next(iter(kwargs))}'")
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, weight_drop, zoneout, 0.0, recurrent_dropout)
+                         bidirectional, 0, device, dtype, weight_drop, zoneout, 0.0, recurrent_dropout, layer_norm)
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None,
                 lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:

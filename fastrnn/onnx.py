@@ -56,12 +56,17 @@ def _gate_rows(mode: str, H: int) -> List[int]:
     return [k * H + j for k in _GATES[mode] for j in range(H)]
 
 
-def _emit(e, mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool):
+def _emit(e, mode: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse: bool, layer_norm: bool = False):
     """One fastrnn op call as one ONNX RNN node, through the emitter ``e`` (one per exporter).
 
     x [T, B, I]; h0 (and c0) [B, H]; w_ih [G*H, I]; w_hh [G*H, H]; b_ih / b_hh [G*H] or None;
-    lengths int64 [B] or None. Returns the op's outputs: (y [T, B, H], h_n [B, H], [c_n,] ws [0]).
+    lengths int64 [B] or None; layer_norm: the call has the layer-norm parameters. Returns the op's
+    outputs: (y [T, B, H], h_n [B, H], [c_n,] ws [0]).
     """
+    if layer_norm:
+        raise UnsupportedExportError(
+            f"fastrnn ONNX export: {mode} with layer_norm=True cannot be exported (ONNX's {mode} operator "
+            "has no layer normalisation inside the recurrence)")
     if w_hr is not None:
         raise UnsupportedExportError(
             "fastrnn ONNX export: LSTM with proj_size > 0 cannot be exported (ONNX's LSTM operator "
@@ -161,17 +166,18 @@ def _bool(v) -> bool:
     return bool(node.t("value")) if node.kind() == "onnx::Constant" else bool(v.toIValue())
 
 
-def _lstm_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h=None,
-                   zoneout_c=None, rec_mask=None):
+def _lstm_symbolic(g, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, ln_ih=None, ln_hh=None,
+                   ln_c_w=None, ln_c_b=None, zoneout_h=None, zoneout_c=None, rec_mask=None):
     _refuse_regularisers(*(None if v is None else _optional(v) for v in (zoneout_h, zoneout_c, rec_mask)))
     return _emit(_TorchScriptEmitter(g), "LSTM", x, h0, c0, w_ih, w_hh, _optional(b_ih), _optional(b_hh),
-                 _optional(w_hr), _optional(lengths), _bool(reverse))
+                 _optional(w_hr), _optional(lengths), _bool(reverse), ln_ih is not None and _optional(ln_ih) is not None)
 
 
-def _gru_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h=None, rec_mask=None):
+def _gru_symbolic(g, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, ln_ih=None, ln_hh=None, zoneout_h=None,
+                  rec_mask=None):
     _refuse_regularisers(*(None if v is None else _optional(v) for v in (zoneout_h, None, rec_mask)))
     return _emit(_TorchScriptEmitter(g), "GRU", x, h0, None, w_ih, w_hh, _optional(b_ih), _optional(b_hh),
-                 None, _optional(lengths), _bool(reverse))
+                 None, _optional(lengths), _bool(reverse), ln_ih is not None and _optional(ln_ih) is not None)
 
 
 _SYMBOLICS = {"fastrnn::lstm_forward": _lstm_symbolic, "fastrnn::gru_forward": _gru_symbolic}
@@ -232,15 +238,18 @@ class _OnnxScriptEmitter:
 
 
 def _lstm_onnx(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None, reverse: bool = False,
-               save: bool = False, zoneout_h=None, zoneout_c=None, rec_mask=None):
+               save: bool = False, ln_ih=None, ln_hh=None, ln_c_w=None, ln_c_b=None, zoneout_h=None,
+               zoneout_c=None, rec_mask=None):
     _refuse_regularisers(zoneout_h, zoneout_c, rec_mask)
-    return _emit(_OnnxScriptEmitter(), "LSTM", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+    return _emit(_OnnxScriptEmitter(), "LSTM", x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                 ln_ih is not None)
 
 
 def _gru_onnx(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse: bool = False, save: bool = False,
-              zoneout_h=None, rec_mask=None):
+              ln_ih=None, ln_hh=None, zoneout_h=None, rec_mask=None):
     _refuse_regularisers(zoneout_h, None, rec_mask)
-    return _emit(_OnnxScriptEmitter(), "GRU", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, reverse)
+    return _emit(_OnnxScriptEmitter(), "GRU", x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, reverse,
+                 ln_ih is not None)
 
 
 def custom_translation_table() -> Dict[Callable, Callable]:

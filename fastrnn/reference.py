@@ -23,7 +23,9 @@ import torch
 from torch import Tensor
 
 __all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
-           "lstm_zoneout_reference", "gru_zoneout_reference"]
+__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
+           "lstm_cell_layer_norm_reference", "gru_cell_layer_norm_reference", "lstm_layer_norm_reference",
+           "gru_layer_norm_reference", "lstm_zoneout_reference", "gru_zoneout_reference"]
 
 
 def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
@@ -120,6 +122,69 @@ def gru_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
 
 
 # --------------------------------------------------------------------------------------------
+# Layer-normalised cells (fastrnn's layer_norm option), from the semantics: LN(v; w) =
+# (v - mean(v)) / sqrt(var(v) + 1e-5) * w over all G*H features of a batch entry (biased
+# variance). LSTM: gates = LN(W_ih x; ln_ih) + b_ih + LN(W_hh h; ln_hh) + b_hh,
+# h' = o * tanh(LN(c'; ln_c_w) + ln_c_b) (then the projection), the state c' un-normalised.
+# GRU: ih = LN(W_ih x; ln_ih) + b_ih, hh = LN(W_hh h; ln_hh) + b_hh, then the usual r, z, n.
+
+LAYER_NORM_EPS = 1e-5
+
+
+def _layer_norm(v: Tensor, w: Tensor, b: Optional[Tensor] = None) -> Tensor:
+    return torch.nn.functional.layer_norm(v, (v.shape[-1],), w, b, LAYER_NORM_EPS)
+
+
+def lstm_cell_layer_norm_reference(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                                   b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                                   ln_c_w: Tensor, ln_c_b: Tensor,
+                                   w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One layer-normalised LSTM step: x [B, I], h [B, P], c [B, H]; ln_ih, ln_hh [4H], ln_c_w,
+    ln_c_b [H] -> (h' [B, P], c' [B, H])."""
+    gates = _layer_norm(x @ w_ih.t(), ln_ih, b_ih) + _layer_norm(h @ w_hh.t(), ln_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    h_new = o * torch.tanh(_layer_norm(c_new, ln_c_w, ln_c_b))
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, c_new
+
+
+def gru_cell_layer_norm_reference(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                                  b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor) -> Tensor:
+    """One layer-normalised GRU step: x [B, I], h [B, H]; ln_ih, ln_hh [3H] -> h' [B, H]."""
+    xr, xz, xn = _layer_norm(x @ w_ih.t(), ln_ih, b_ih).chunk(3, dim=1)
+    hr, hz, hn = _layer_norm(h @ w_hh.t(), ln_hh, b_hh).chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def lstm_layer_norm_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+                              b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                              ln_c_w: Tensor, ln_c_b: Tensor,
+                              lengths: Optional[Union[Tensor, Sequence[int]]] = None, reverse: bool = False,
+                              w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer-normalised LSTM layer, one direction. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    def step(xt, states):
+        return lstm_cell_layer_norm_reference(xt, states[0], states[1], w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh,
+                                              ln_c_w, ln_c_b, w_hr)
+
+    y, (h_n, c_n) = _run(step, x, (h0, c0), lengths, reverse)
+    return y, h_n, c_n
+
+
+def gru_layer_norm_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                             b_hh: Optional[Tensor], ln_ih: Tensor, ln_hh: Tensor,
+                             lengths: Optional[Union[Tensor, Sequence[int]]] = None,
+                             reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One layer-normalised GRU layer, one direction. Returns (y [T, B, H], h_n [B, H])."""
+    def step(xt, states):
+        return (gru_cell_layer_norm_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),)
+
+    y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
 # Zoneout and recurrent dropout (docs/DESIGN.md, "Options beyond torch.nn"), with the masks given:
 # zoneout_h [T, B, P] / zoneout_c [T, B, H] keep weights z by time index t (the weight applied
 # when the state at time t is made), or a 0-dim tensor (one weight for every position), or None;
@@ -146,18 +211,22 @@ def lstm_zoneout_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
                            b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
                            lengths: Optional[Union[Tensor, Sequence[int]]] = None, reverse: bool = False,
                            w_hr: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
-                           zoneout_c: Optional[Tensor] = None,
-                           rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                           zoneout_c: Optional[Tensor] = None, rec_mask: Optional[Tensor] = None,
+                           ln: Optional[Sequence[Tensor]] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer, one direction, with zoneout on h (after the projection) and c and
-    recurrent dropout. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
+    recurrent dropout, of a layer-normalised cell when ln = (ln_ih, ln_hh, ln_c_w, ln_c_b) is
+    given. Returns (y [T, B, P], h_n [B, P], c_n [B, H])."""
     I, P, H = x.shape[2], h0.shape[1], c0.shape[1]
     xz, (wh, wc) = _with_keep_weights(x, [(zoneout_h, P), (zoneout_c, H)])
 
     def step(xt, states):
         h, c = states
         xt, zh, zc = xt.split([I, wh, wc], dim=1)
-        h_new, c_new = lstm_cell_reference(xt, h if rec_mask is None else h * rec_mask, c, w_ih, w_hh, b_ih, b_hh,
-                                           w_hr)
+        h_in = h if rec_mask is None else h * rec_mask
+        if ln is None:
+            h_new, c_new = lstm_cell_reference(xt, h_in, c, w_ih, w_hh, b_ih, b_hh, w_hr)
+        else:
+            h_new, c_new = lstm_cell_layer_norm_reference(xt, h_in, c, w_ih, w_hh, b_ih, b_hh, *ln, w_hr)
         if zoneout_c is not None:
             c_new = _blend(zc, c, c_new)
         if zoneout_h is not None:
@@ -171,17 +240,24 @@ def lstm_zoneout_reference(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
 def gru_zoneout_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
                           b_hh: Optional[Tensor] = None, lengths: Optional[Union[Tensor, Sequence[int]]] = None,
                           reverse: bool = False, zoneout_h: Optional[Tensor] = None,
-                          rec_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                          rec_mask: Optional[Tensor] = None,
+                          ln: Optional[Sequence[Tensor]] = None) -> Tuple[Tensor, Tensor]:
     """One GRU layer, one direction, with zoneout on h and recurrent dropout (which masks h only
-    in W_hh h: z * h uses the state itself). Returns (y [T, B, H], h_n [B, H])."""
+    in W_hh h: z * h uses the state itself), of a layer-normalised cell when ln = (ln_ih, ln_hh)
+    is given. Returns (y [T, B, H], h_n [B, H])."""
     I, H = x.shape[2], h0.shape[1]
     xz, (wh,) = _with_keep_weights(x, [(zoneout_h, H)])
 
     def step(xt, states):
         (h,) = states
         xt, zh = xt.split([I, wh], dim=1)
-        xr, xz_, xn = _linear(xt, w_ih, b_ih).chunk(3, dim=1)
-        hr, hz, hn = _linear(h if rec_mask is None else h * rec_mask, w_hh, b_hh).chunk(3, dim=1)
+        h_in = h if rec_mask is None else h * rec_mask
+        if ln is None:
+            xr, xz_, xn = _linear(xt, w_ih, b_ih).chunk(3, dim=1)
+            hr, hz, hn = _linear(h_in, w_hh, b_hh).chunk(3, dim=1)
+        else:
+            xr, xz_, xn = _layer_norm(xt @ w_ih.t(), ln[0], b_ih).chunk(3, dim=1)
+            hr, hz, hn = _layer_norm(h_in @ w_hh.t(), ln[1], b_hh).chunk(3, dim=1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz_ + hz)
         n = torch.tanh(xn + r * hn)

@@ -146,10 +146,10 @@ FASTRNN_CPU_CLONES void single_step_units(const Step& a, const SingleStepProduct
 }
 
 // Whether a forward call runs as one fused pass: a float cell call (T = 1, no projection, no
-// zoneout or recurrent dropout) of at most kSingleStepMaxRows rows.
+// layer norm, zoneout or recurrent dropout) of at most kSingleStepMaxRows rows.
 inline bool single_step_fits(const ForwardPlan& p) {
   return p.d.T == 1 && !p.projected() && p.x.scalar_type() == at::kFloat && p.d.B <= kSingleStepMaxRows &&
-         p.reg.unsupported() == nullptr;
+         p.unsupported_option() == nullptr;
 }
 
 // Runs a single step in one pass. G: the cell's gates; b_hh_rows: how much of b_hh joins xproj.

@@ -506,7 +506,7 @@ bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
 }  // namespace
 
 CpuRecurrenceQuery cpu_recurrence_query(const LayerPlan& p, bool backward) {
-  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H), p.reg.unsupported()};
+  return {&p.cell, p.d, p.x.scalar_type(), backward, p.projected(), call_threads(p.d.H), p.unsupported_option()};
 }
 
 CpuRecurrence choose_cpu_recurrence(const CpuRecurrenceQuery& q) {

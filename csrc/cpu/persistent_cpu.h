@@ -22,7 +22,7 @@ struct CpuRecurrenceQuery {
   bool backward;
   bool projected;         // LSTM with proj_size
   int64_t threads;        // threads the call may use (at::get_num_threads(), 1 inside a parallel region)
-  const char* unsupported_option = nullptr;  // Regularisers::unsupported(): an option it lacks
+  const char* unsupported_option = nullptr;  // LayerPlan::unsupported_option(): an option it lacks
 };
 
 CpuRecurrenceQuery cpu_recurrence_query(const LayerPlan& p, bool backward);

@@ -11,6 +11,9 @@ FASTRNN_INSTANTIATE_STEP(LstmForwardPoint, LstmForwardStep)
 FASTRNN_INSTANTIATE_STEP(LstmBackwardPoint, LstmBackwardStep)
 FASTRNN_INSTANTIATE_STEP(LstmProjCommitPoint, LstmProjCommitStep)
 FASTRNN_INSTANTIATE_STEP(LstmProjBackwardPoint, LstmProjBackwardStep)
+FASTRNN_INSTANTIATE_STEP(LstmLnOutPoint, LstmForwardStep)
+FASTRNN_INSTANTIATE_STEP(LstmLnOutBackwardPoint, LstmBackwardStep)
+FASTRNN_INSTANTIATE_STEP(LstmLnCellBackwardPoint, LstmBackwardStep)
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -116,7 +116,7 @@ const char* recurrence_name(Recurrence r) {
 
 RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward) {
   RecurrenceQuery q{&p.cell, p.d, p.x.scalar_type(), p.masked(), backward, p.projected(), 0, 0, true, 0,
-                    at::globalContext().allowTF32CuBLAS(), p.reg.unsupported()};
+                    at::globalContext().allowTF32CuBLAS(), p.unsupported_option()};
   const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kPersistent || mode == Mode::kPrefer) {  // the device's limits only when they matter
     q.sms = usable_sms(c10::cuda::current_device());

@@ -34,7 +34,7 @@ struct RecurrenceQuery {
   bool probe_device;      // also ask the device (cooperative launch, residency); off in the test hook
   int64_t blocks_per_sm;  // without probe_device: CTAs of the tensor-core kernel one SM is taken to hold
   bool allow_tf32;        // torch's matmul TF32 flag: fp32 products may be plain TF32
-  const char* unsupported_option = nullptr;  // Regularisers::unsupported(): an option it lacks
+  const char* unsupported_option = nullptr;  // LayerPlan::unsupported_option(): an option it lacks
 };
 
 // The query for a plan on the current device.

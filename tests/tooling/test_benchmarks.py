@@ -63,10 +63,13 @@ def _expected_names(meta):
                     names.add(f"memory/{cfg}/{cell}/saved/{d}")
         other = {"varlen": f"varlen/{C.VARLEN_BASE}/lstm/fwdbwd/{d}", "train": f"train/charlm/lstm/step/{d}",
                  "wdrop": f"wdrop/{C.WDROP.name}/lstm/fwdbwd/{d}",
+                 "layernorm": f"layernorm/{C.LAYERNORM.name}/lstm/fwdbwd/{d}",
                  "generate": f"generate/charlm/lstm/char/{d}"}
         names |= {name for cfg, name in other.items() if cfg in meta["configs"]}
         if "zoneout" in meta["configs"]:
             names |= {f"zoneout/{C.ZONEOUT.name}/lstm/{mode}/{d}" for mode in ("fwdbwd", "fwd")}
+        if "layernorm" in meta["configs"]:
+            names.add(f"layernorm/{C.LAYERNORM.name}/lstm/fwd/{d}")
     return names
 
 
@@ -111,6 +114,10 @@ def test_both_sides_compute_the_same(quick_run):
         elif r["group"] == "zoneout":
             assert r["check"]["max_abs_diff_y_eval_vs_loop"] < 1e-4, r["name"]
             assert r["check"]["zoneout_changes_eval_y"] and r["check"]["masks_change_y"], r["name"]
+        elif r["group"] == "layernorm":
+            assert r["check"]["max_abs_diff_y_vs_script"] < 1e-4, r["name"]
+            if r["mode"] == "fwdbwd":
+                assert r["check"]["max_abs_diff_dx_vs_script"] < 1e-4, r["name"]
         elif r["group"] == "memory":
             s = r["shape"]
             for impl in r["impls"].values():  # the output y alone is held until backward

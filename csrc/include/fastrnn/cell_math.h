@@ -128,6 +128,51 @@ C10_HOST_DEVICE FASTRNN_INLINE LstmGateGrads<V> lstm_cell_backward(V dh, V dc, V
   return d;
 }
 
+// Layer norm (fastrnn's layer_norm option; docs/DESIGN.md, "Layer norm"): LN(v; w, b) =
+// (v - mean(v)) * rstd * w + b over one row, rstd = 1 / sqrt(var(v) + eps). The row reductions
+// run outside (ATen, layer_norm.h); these are the per-element pieces around them.
+//
+// LSTM with a normalised cell: h = o tanh(cn), cn = LN(c; w_c, b_c); c stays the state.
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE V lstm_ln_hidden(V o, V cn) {
+  return o * Lanes<V>::tanh(cn);
+}
+
+template <typename V>
+struct LstmLnOutGrads {
+  V d_o;  // grad of o's pre-activation
+  V dcn;  // grad of cn
+};
+
+// dh: the complete grad of h (before any projection); o: the activation; cn: the normalised cell.
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE LstmLnOutGrads<V> lstm_ln_out_backward(V dh, V o, V cn) {
+  const V one(1);
+  const V tc = Lanes<V>::tanh(cn);
+  return {dh * tc * o * (one - o), dh * o * (one - tc * tc)};
+}
+
+// The grad of one input element of a row's layer norm: gw = grad of the output times w, xhat the
+// normalised element, mean_gw and mean_gwx the row means of gw and gw * xhat.
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE V layer_norm_input_grad(V gw, V xhat, V rstd, V mean_gw, V mean_gwx) {
+  return rstd * (gw - mean_gw - xhat * mean_gwx);
+}
+
+// The LSTM cell backward when dc is already complete (the normalised path added): di, df, dg and
+// dc_prev; d_o comes from lstm_ln_out_backward.
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE LstmGateGrads<V> lstm_ln_cell_backward(V dc, V i, V f, V g, V c_prev) {
+  const V one(1);
+  LstmGateGrads<V> d;
+  d.di = dc * g * i * (one - i);
+  d.df = dc * c_prev * f * (one - f);
+  d.dg = dc * i * (one - g * g);
+  d.d_o = V(0);
+  d.dc_prev = dc * f;
+  return d;
+}
+
 // ---------------------------------------------------------------------------------------------
 // GRU, gate order r, z, n (torch.nn's): n = tanh(x_n + r * (W_hn h + b_hn)), h' = (1-z) n + z h.
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "fastrnn/cell_traits.h"
+#include "fastrnn/layer_norm.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -150,6 +151,37 @@ struct Schedule {
   }
 };
 
+// The layer_norm option's parameters (docs/DESIGN.md, "Layer norm"), contiguous; all undefined
+// when it is off.
+struct LayerNormArgs {
+  Tensor w_ih;  // [G*H] weight of LN(x W_ih^T)
+  Tensor w_hh;  // [G*H] weight of LN(h W_hh^T)
+  Tensor w_c;   // [H]   LSTM: weight of LN(c)
+  Tensor b_c;   // [H]   LSTM: bias of LN(c)
+  bool on() const { return w_ih.defined(); }
+};
+
+// ln_ih, ln_hh (and for a cell with a cell state ln_c_w, ln_c_b): all given or all None, each of
+// its shape, x's dtype and device.
+inline LayerNormArgs check_layer_norm(const char* op, const CellInfo& cell, const Dims& d, const Tensor& x,
+                                      const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& ln_c_w,
+                                      const OptTensor& ln_c_b) {
+  const bool lstm = cell.has_cell_state();
+  if (!(ln_ih.has_value() || ln_hh.has_value() || ln_c_w.has_value() || ln_c_b.has_value())) return {};
+  TORCH_CHECK(ln_ih.has_value() && ln_hh.has_value() && (!lstm || (ln_c_w.has_value() && ln_c_b.has_value())), op,
+              ": expected the layer-norm parameters ", lstm ? "ln_ih, ln_hh, ln_c_w and ln_c_b" : "ln_ih and ln_hh",
+              " all given or all None");
+  const int64_t GH = cell.gates * d.H;
+  for (const auto& [name, t, n] : {std::tuple{"ln_ih", &ln_ih, GH}, std::tuple{"ln_hh", &ln_hh, GH},
+                                   std::tuple{"ln_c_w", &ln_c_w, d.H}, std::tuple{"ln_c_b", &ln_c_b, d.H}}) {
+    if (!t->has_value()) continue;
+    detail::check_shape(op, name, **t, {n});
+    detail::check_same(op, name, **t, x);
+  }
+  return {ln_ih->contiguous(), ln_hh->contiguous(), detail::contiguous_or_undefined(ln_c_w),
+          detail::contiguous_or_undefined(ln_c_b)};
+}
+
 // Zoneout and recurrent dropout (docs/DESIGN.md, "Options beyond torch.nn"): the masks of one
 // layer call, drawn by the caller. The backward op receives the forward's.
 struct Regularisers {
@@ -211,7 +243,8 @@ struct LayerPlan {
   Tensor w_ih;            // [G*H, I]  contiguous
   Tensor w_hh;            // [G*H, P]  contiguous
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
-  Regularisers reg;       // zoneout, recurrent dropout (regularise)
+  LayerNormArgs ln;       // the layer_norm option (undefined: off)
+  Regularisers reg;       // zoneout, recurrent dropout (options())
 
   LayerPlan(const CellInfo& cell, const char* op, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
@@ -225,10 +258,21 @@ struct LayerPlan {
     sched = Schedule(lengths, d, x);
   }
 
-  // After schedule (rec_rows is by row). zc: LSTM only.
-  void regularise(const OptTensor& zh, const OptTensor& zc, const OptTensor& rec) {
+  // After schedule (rec_rows is by row), in the schemas' order: the layer-norm parameters, then
+  // the zoneout and recurrent-dropout masks (zc: LSTM only). docs/DESIGN.md, "Options beyond
+  // torch.nn".
+  void options(const OptTensor& ln_ih, const OptTensor& ln_hh, const OptTensor& ln_c_w, const OptTensor& ln_c_b,
+               const OptTensor& zh, const OptTensor& zc, const OptTensor& rec) {
+    ln = check_layer_norm(op, cell, d, x, ln_ih, ln_hh, ln_c_w, ln_c_b);
     reg = Regularisers(op, d, x, zh, zc, rec, sched);
+    // Layer norm of c reads the cell's own c~, which zoneout_cell replaces by the zoned state.
+    TORCH_CHECK_NOT_IMPLEMENTED(!(ln.on() && reg.zoneout_c.defined()), op,
+                                ": layer norm with zoneout_cell is not implemented yet");
   }
+
+  // Why a kernel without the options (the persistent ones, the CPU's fused single step) cannot
+  // run the call (a string literal), or nullptr.
+  const char* unsupported_option() const { return ln.on() ? "it has no layer_norm" : reg.unsupported(); }
 
   bool masked() const { return lengths.device.defined(); }
   bool projected() const { return w_hr.defined(); }
@@ -261,13 +305,11 @@ struct ForwardPlan : LayerPlan {
 
   ForwardPlan(const CellInfo& cell, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
               const Tensor& w_hh, const OptTensor& b_ih_, const OptTensor& b_hh_, const OptTensor& w_hr,
-              const OptTensor& lengths, bool reverse, bool save, const OptTensor& zoneout_h = std::nullopt,
-              const OptTensor& zoneout_c = std::nullopt, const OptTensor& rec_mask = std::nullopt)
+              const OptTensor& lengths, bool reverse, bool save)
       : LayerPlan(cell, cell.forward_op, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
     if (c0.has_value()) detail::check_state(op, "c0", *c0, x, d.B, d.H);
     schedule(lengths);
-    regularise(zoneout_h, zoneout_c, rec_mask);
     saved_width = cell.saved_width(d.H, projected());
     h0 = h0_.contiguous();
     b_ih = detail::contiguous_or_undefined(b_ih_);
@@ -289,14 +331,23 @@ struct ForwardPlan : LayerPlan {
     return save ? saved.view({d.T * d.B, saved_width}).narrow(1, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
   }
 
-  // out = x W_ih^T + bias, as one GEMM over all steps.
+  // out = x W_ih^T + bias, as one GEMM over all steps; with layer norm LN(x W_ih^T; w_ih) + bias,
+  // the norm over all positions at once.
   void project_input(Tensor out, const Tensor& bias) const {
     const Tensor x2d = x.view({d.T * d.B, d.I});
-    if (bias.defined()) {
+    if (ln.on()) {
+      out.copy_(std::get<0>(layer_norm_rows(at::mm(x2d, w_ih.t()), ln.w_ih, bias)));
+    } else if (bias.defined()) {
       at::addmm_out(out, bias, x2d, w_ih.t());
     } else {
       at::mm_out(out, x2d, w_ih.t());
     }
+  }
+
+  // Layer norm: hproj [>= n, G*H] (h W_hh^T by row) becomes LN(hproj; w_hh) over its first n rows.
+  void normalise_hidden(const Tensor& hproj, int64_t n) const {
+    Tensor rows = hproj.narrow(0, 0, n);
+    rows.copy_(std::get<0>(layer_norm_rows(rows, ln.w_hh, Tensor())));
   }
 
   // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
@@ -345,12 +396,12 @@ struct BackwardPlan : LayerPlan {
   // Set by the backend:
   Tensor dh, dc;          // [B, P], [B, H] by row: dL/dh0, dL/dc0 (dc undefined for GRU)
   Tensor dw_hr;           // [P, H] with a projection (projection_grad)
+  Tensor d_ln_ih, d_ln_hh, d_ln_c_w, d_ln_c_b;  // layer norm: the norms' parameter grads (else undefined)
 
   BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
                const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
-               bool has_bias, const OptTensor& zoneout_h = std::nullopt, const OptTensor& zoneout_c = std::nullopt,
-               const OptTensor& rec_mask = std::nullopt)
+               bool has_bias)
       : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse),
         has_bias(has_bias) {
     using detail::check_shape;
@@ -367,7 +418,6 @@ struct BackwardPlan : LayerPlan {
     check_shape(op, "ws", saved_, {d.T, d.B, cell.saved_width(d.H, projected())});
     detail::check_same(op, "ws", saved_, x);
     schedule(lengths);
-    regularise(zoneout_h, zoneout_c, rec_mask);
     dgates_width = cell.grad_width(d.H);
     dy = dy_.contiguous();
     dh_n = dh_n_.contiguous();
@@ -407,6 +457,71 @@ struct BackwardPlan : LayerPlan {
     });
   }
 
+  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The backward recomputes what the norms read
+  // instead of saving it: the raw products with one GEMM each, and their statistics.
+
+  // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]).
+  struct HiddenNorm {
+    Tensor h_prev;      // [T, B, P]   the state row r's product read at iteration s (times rec_mask with
+                        //             recurrent dropout); zero where inactive
+    Tensor raw;         // [T, B, G*H] h_prev W_hh^T
+    Tensor mean, rstd;  // [T*B]       its row statistics (opmath)
+    Tensor draw;        // [T, B, G*H] grads of raw, written per iteration (zero where inactive)
+    Tensor dw;          // [G*H]       grad of the norm's weight, summed (opmath)
+  };
+
+  HiddenNorm hidden_norm() const {
+    HiddenNorm hn;
+    const auto lopts = x.options().dtype(at::kLong);
+    const Tensor entry = sched.order.defined() ? sched.order : at::arange(d.B, lopts);  // row -> entry
+    const Tensor len = masked() ? lengths.device.index_select(0, entry) : at::full({d.B}, d.T, lopts);
+    const Tensor s = at::arange(d.T, lopts).unsqueeze(1);                                // [T, 1]
+    const Tensor t_prev = (reverse ? len.unsqueeze(0) - s : s - 1).clamp(0, d.T - 1);   // [T, B]
+    hn.h_prev = y.view({d.T * d.B, d.P}).index_select(0, (t_prev * d.B + entry.unsqueeze(0)).view({-1}));
+    hn.h_prev = hn.h_prev.view({d.T, d.B, d.P});
+    hn.h_prev[0].copy_(h0.index_select(0, entry));
+    hn.h_prev.mul_((s < len.unsqueeze(0)).unsqueeze(2).to(x.scalar_type()));
+    if (reg.rec_rows.defined()) hn.h_prev.mul_(reg.rec_rows);  // recurrent dropout: the product read m * h_prev
+    hn.raw = at::mm(hn.h_prev.view({d.T * d.B, d.P}), w_hh.t()).view({d.T, d.B, G * d.H});
+    std::tie(hn.mean, hn.rstd) = layer_norm_stats(hn.raw.view({d.T * d.B, G * d.H}));
+    hn.draw = at::zeros({d.T, d.B, G * d.H}, x.options());
+    hn.dw = at::zeros({G * d.H}, hn.mean.options());
+    return hn;
+  }
+
+  // Iteration s: the hidden-side gate grads dgates_step [>= n, G*H] (by row, dW_hh's row order)
+  // through the norm into hn.draw[s]; returns that [B, G*H] slice for the recurrent GEMM.
+  Tensor hidden_norm_backward(HiddenNorm& hn, const Tensor& dgates_step, int64_t s, int64_t n) const {
+    auto [draw, dw] = layer_norm_rows_backward(dgates_step.narrow(0, 0, n), hn.raw[s].narrow(0, 0, n),
+                                               hn.mean.narrow(0, s * d.B, n), hn.rstd.narrow(0, s * d.B, n), ln.w_hh,
+                                               true);
+    hn.draw[s].narrow(0, 0, n).copy_(draw);
+    hn.dw.add_(dw);
+    return hn.draw[s];
+  }
+
+  // After the loop: dW_hh and the hidden norm's weight grad.
+  void finish_hidden_norm(const HiddenNorm& hn) {
+    dw_hh.addmm_(hn.draw.view({d.T * d.B, G * d.H}).t(), hn.h_prev.view({d.T * d.B, d.P}));
+    d_ln_hh = hn.dw.to(x.scalar_type());
+  }
+
+  // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the
+  // input norm's weight grad (dW_hh: finish_hidden_norm).
+  void fold_gate_grads_layer_norm(const Tensor& dg) {
+    const int64_t M = d.T * d.B, GH = G * d.H;
+    const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.view({M, d.I});
+    const Tensor raw = at::mm(x2d, w_ih.t());
+    const auto [mean, rstd] = layer_norm_stats(raw);
+    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), raw, mean, rstd, ln.w_ih, true);
+    const Tensor draw = draw_op.to(x.scalar_type());
+    Tensor dx2d = dx.view({M, d.I});
+    at::mm_out(dx2d, draw, w_ih);
+    dw_ih.addmm_(draw.t(), x2d);
+    if (has_bias) bias_sums.add_(dg2d.sum(0));
+    d_ln_ih = dw.to(x.scalar_type());
+  }
+
   // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0 (times
   // rec_mask with recurrent dropout): dgates_step [B, G*H] by row holds its hidden-side grads in
   // dW_hh's row order.
@@ -431,19 +546,23 @@ struct BackwardPlan : LayerPlan {
     return {db_ih, at::cat(hidden)};
   }
 
-  // (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr), batch order; dW_hr empty without projection.
-  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
+  // (dx, dh0, dc0, dW_ih, dW_hh, db_ih, db_hh, dW_hr, d_ln_ih, d_ln_hh, d_ln_c_w, d_ln_c_b), batch
+  // order; dW_hr empty without projection, the layer-norm grads empty without layer norm.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+  lstm_outputs() const {
     const auto [db_ih, db_hh] = bias_grads();
-    return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh,
-            projected() ? dw_hr : at::empty({0}, x.options())};
+    return {dx, sched.to_batch(dh), sched.to_batch(dc), dw_ih, dw_hh, db_ih, db_hh, or_empty(dw_hr),
+            or_empty(d_ln_ih), or_empty(d_ln_hh), or_empty(d_ln_c_w), or_empty(d_ln_c_b)};
   }
-  // (dx, dh0, dW_ih, dW_hh, db_ih, db_hh), batch order.
-  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_outputs() const {
+  // (dx, dh0, dW_ih, dW_hh, db_ih, db_hh, d_ln_ih, d_ln_hh), batch order.
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_outputs() const {
     const auto [db_ih, db_hh] = bias_grads();
-    return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh};
+    return {dx, sched.to_batch(dh), dw_ih, dw_hh, db_ih, db_hh, or_empty(d_ln_ih), or_empty(d_ln_hh)};
   }
 
  private:
+  Tensor or_empty(const Tensor& t) const { return t.defined() ? t : at::empty({0}, x.options()); }
+
   // The hidden side of the gate grads as blocks (column in dgates, row in dW_hh, length).
   template <typename F>
   void for_each_hidden_block(F&& f) const {

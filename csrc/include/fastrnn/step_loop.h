@@ -28,14 +28,15 @@ namespace fastrnn {
 // Chunks are runs of iterations; they are runs of time indices when every entry reads the same
 // time at an iteration — forward (t = s), or reverse without lengths (t = T-1-s) — so reverse
 // with lengths keeps all T steps. Half and bfloat16 keep all steps too: summing chunk results in
-// those types would round once per chunk.
+// those types would round once per chunk; and so does layer norm, whose backward recomputes
+// whole-sequence products anyway (docs/DESIGN.md, "Layer norm").
 struct GradChunks {
   static constexpr int64_t kMinGemmRows = 512;  // rows (chunk steps x B) of the fold GEMMs
   int64_t steps, T;
   bool reverse, masked;
   GradChunks(int64_t budget_bytes, const LayerPlan& p, int64_t width)
       : steps(p.d.T), T(p.d.T), reverse(p.reverse), masked(p.masked()) {
-    if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(p.x.scalar_type())) {
+    if (budget_bytes > 0 && !(reverse && masked) && !p.ln.on() && !at::isReducedFloatingType(p.x.scalar_type())) {
       const int64_t B = p.d.B;
       const int64_t min_steps = std::min(T, (kMinGemmRows + B - 1) / B);
       steps = std::clamp(budget_bytes / (B * width * int64_t(p.x.element_size())), min_steps, T);
@@ -135,8 +136,11 @@ struct StepLoop {
       gemm_hr.emplace(p.w_hr, /*transpose=*/true, d.B, d.T);
     }
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
+    const bool ln = p.ln.on();
+    const Tensor ln_o = ln ? at::empty({d.B, d.H}, p.x.options()) : Tensor();  // phase 1's o, by row
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_forward", [&] {
       auto a = lstm_forward_step<scalar_t>(p, xproj, hproj, hfull);
+      if (ln) a.ln_o = ln_o.mutable_data_ptr<scalar_t>();
       LstmProjCommitStep<scalar_t> pc{};
       if (p.projected()) {
         p.fill_common(pc, d.P);
@@ -150,9 +154,15 @@ struct StepLoop {
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
+        if (ln) p.normalise_hidden(hproj, n);
         a.s = s;
         a.rows = n;
         Kernels::template run<LstmForwardPoint>(a);
+        if (ln) {  // h = o tanh(LN(c)) over the rows' new c (steps.h, LstmLnOutPoint)
+          const Tensor cn = std::get<0>(layer_norm_rows(p.c.narrow(0, 0, n), p.ln.w_c, p.ln.b_c));
+          a.ln_cn = cn.const_data_ptr<at::opmath_type<scalar_t>>();
+          Kernels::template run<LstmLnOutPoint>(a);
+        }
         if (p.projected()) {
           (*gemm_hr)(hnew, hfull, n, false);
           pc.s = s;
@@ -177,6 +187,7 @@ struct StepLoop {
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
+        if (p.ln.on()) p.normalise_hidden(hproj, n);
         a.s = s;
         a.rows = n;
         Kernels::template run<GruForwardPoint>(a);
@@ -203,7 +214,20 @@ struct StepLoop {
       dp_step = at::empty({d.B, d.P}, opts);
       dh_full = at::empty({d.B, d.H}, opts);
     }
+    // Layer norm (docs/DESIGN.md, "Layer norm"): the hidden norm's inputs by row, the statistics
+    // of every saved c, and the buffers of the two phases of the c norm's backward.
+    const bool ln = p.ln.on();
+    BackwardPlan::HiddenNorm hn;
+    Tensor c_mean, c_rstd, ln_gw, ln_c_param;
+    if (ln) {
+      hn = p.hidden_norm();
+      const int64_t W = p.saved.size(2);
+      std::tie(c_mean, c_rstd) = layer_norm_stats(p.saved.view({d.T * d.B, W}).narrow(1, LstmCell::kC * d.H, d.H));
+      ln_gw = at::empty({d.B, 2, d.H}, c_mean.options());
+      ln_c_param = at::zeros({d.T, d.B, 2 * d.H}, c_mean.options());
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_backward", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
       LstmBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
       a.dy = p.dy.const_data_ptr<scalar_t>();
@@ -218,6 +242,14 @@ struct StepLoop {
       a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
       a.zoneout_c = Regularisers::keep<scalar_t>(p.reg.zoneout_c);
       if (!p.projected()) a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
+      if (ln) {
+        a.ln_c_mean = c_mean.const_data_ptr<acc_t>();
+        a.ln_c_rstd = c_rstd.const_data_ptr<acc_t>();
+        a.ln_c_w = p.ln.w_c.const_data_ptr<scalar_t>();
+        a.ln_c_b = p.ln.b_c.const_data_ptr<scalar_t>();
+        a.ln_gw = ln_gw.mutable_data_ptr<acc_t>();
+        a.ln_c_param = ln_c_param.mutable_data_ptr<acc_t>();
+      }
       LstmProjBackwardStep<scalar_t> pb{};
       if (p.projected()) {
         p.fill_common(pb, d.P);
@@ -242,12 +274,28 @@ struct StepLoop {
         }
         a.s = s;
         a.rows = n;
-        Kernels::template run<LstmBackwardPoint>(a);
-        hidden_grad(p, gemm_hh, dgates_step, n, direct, tmp);
-        if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+        if (!ln) {
+          Kernels::template run<LstmBackwardPoint>(a);
+          hidden_grad(p, gemm_hh, dgates_step, n, direct, tmp);
+          if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+          continue;
+        }
+        Kernels::template run<LstmLnOutBackwardPoint>(a);
+        const Tensor gw_mean = ln_gw.narrow(0, 0, n).mean(2);  // [n, 2]
+        a.ln_gw_mean = gw_mean.const_data_ptr<acc_t>();
+        Kernels::template run<LstmLnCellBackwardPoint>(a);
+        hidden_grad(p, gemm_hh, p.hidden_norm_backward(hn, dgates_step, s, n), n, direct, tmp);
       }
     });
-    p.fold_first_step(dgates_step);
+    if (ln) {
+      p.fold_gate_grads_layer_norm(dgates);
+      p.finish_hidden_norm(hn);
+      const Tensor sums = ln_c_param.view({d.T * d.B, 2 * d.H}).sum(0).to(p.x.scalar_type());
+      p.d_ln_c_w = sums.narrow(0, 0, d.H);
+      p.d_ln_c_b = sums.narrow(0, d.H, d.H);
+    } else {
+      p.fold_first_step(dgates_step);
+    }
     if (p.projected()) p.dw_hr = p.projection_grad(dp);
     PathLog::record(p.op, kPathName, chunks.count());
   }
@@ -260,6 +308,9 @@ struct StepLoop {
     Tensor dgates_step = at::empty({d.B, p.G * d.H}, opts);  // see lstm_backward
     p.dh = at::zeros({d.B, d.H}, opts);
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
+    const bool ln = p.ln.on();
+    BackwardPlan::HiddenNorm hn;
+    if (ln) hn = p.hidden_norm();  // see lstm_backward
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
       GruBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
@@ -279,12 +330,18 @@ struct StepLoop {
         a.s = s;
         a.rows = n;
         Kernels::template run<GruBackwardPoint>(a);
-        // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh)
-        hidden_grad(p, gemm_hh, dgates_step, n, true, tmp);
-        if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+        // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh), with layer
+        // norm the grads of those products through the norm
+        hidden_grad(p, gemm_hh, ln ? p.hidden_norm_backward(hn, dgates_step, s, n) : dgates_step, n, true, tmp);
+        if (!ln && chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
       }
     });
-    p.fold_first_step(dgates_step);
+    if (ln) {
+      p.fold_gate_grads_layer_norm(dgates);
+      p.finish_hidden_norm(hn);
+    } else {
+      p.fold_first_step(dgates_step);
+    }
     PathLog::record(p.op, kPathName, chunks.count());
   }
 };

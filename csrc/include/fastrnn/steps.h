@@ -126,6 +126,11 @@ struct LstmForwardStep : ForwardStep<scalar_t> {
   scalar_t* hfull;            // [B, H]     by row, with projection: o * tanh(c), the input of the
                               //            projection GEMM; nullptr without projection
   KeepWeights<scalar_t> zoneout_c;  // [T, B, H] on c
+  // Layer norm of c (docs/DESIGN.md, "Layer norm"): h = o tanh(LN(c)) in two phases around the
+  // row statistics of c. Phase 1 (LstmForwardPoint with ln_o set) stores c, o and the saved
+  // gates; phase 2 (LstmLnOutPoint) reads LN(c) and writes h.
+  scalar_t* ln_o;             // [B, H]     by row: phase 1's o; nullptr: no layer norm of c
+  const at::opmath_type<scalar_t>* ln_cn;  // [rows, H] by row: LN(c; w_c) + b_c of this iteration
 };
 
 struct LstmForwardPoint {
@@ -146,6 +151,11 @@ struct LstmForwardPoint {
     // Zoneout on c: the state (and the saved c) is the zoned one; v.h stays o * tanh(c~).
     if (a.zoneout_c.on()) v.c = zoneout_blend(a.zoneout_c.template load<V>(tb, H, j), c_prev, v.c);
     L::store(a.c + k, v.c);
+    if (a.ln_o != nullptr) {  // layer norm of c: h waits for phase 2 (LstmLnOutPoint)
+      L::store(a.ln_o + k, v.o);
+      if (a.saved != nullptr) C::store_saved(a.saved + tb * C::saved_width(H, a.hfull != nullptr) + j, H, v, false);
+      return;
+    }
     if (a.hfull != nullptr) {
       L::store(a.hfull + k, v.h);
     } else {
@@ -156,6 +166,28 @@ struct LstmForwardPoint {
     if (a.saved != nullptr) {
       const bool projected = a.hfull != nullptr;
       C::store_saved(a.saved + tb * C::saved_width(H, projected) + j, H, v, projected);
+    }
+  }
+};
+
+// Phase 2 of the forward with a layer norm of c: h = o tanh(LN(c)), stored where
+// LstmForwardPoint stores h (and o tanh(LN(c)) as the saved projection input).
+struct LstmLnOutPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmForwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    using C = LstmCell;
+    Position p;
+    if (!locate(a, r, j, p)) return;
+    const int64_t H = a.units;
+    const V h = lstm_ln_hidden<V>(L::load(a.ln_o + p.k), L::load(a.ln_cn + p.k));
+    if (a.hfull != nullptr) {
+      L::store(a.hfull + p.k, h);
+      if (a.saved != nullptr) L::store(a.saved + p.tb * C::saved_width(H, true) + C::kHFull * H + j, h);
+    } else {
+      const V hz = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(p.tb, H, j), L::load(a.h + p.k), h) : h;
+      L::store(a.h + p.k, hz);
+      L::store(a.y + p.tb * H + j, hz);
     }
   }
 };
@@ -183,7 +215,32 @@ struct LstmBackwardStep : StepCommon {  // units = H
                                     //            projection's backward step takes it)
   KeepWeights<scalar_t> zoneout_c;  // [T, B, H] the forward's; the saved c is then the zoned state
                                     //            and the cell's own c~ is recomputed from i, f, g
+  // Layer norm of c (docs/DESIGN.md, "Layer norm"): phase A (LstmLnOutBackwardPoint) takes dh
+  // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); ATen takes the row means of ln_gw;
+  // phase B (LstmLnCellBackwardPoint) finishes dc through the norm and runs the cell backward.
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* ln_c_mean;     // [T, B]     time order: mean and rstd of each saved c row
+  const acc_t* ln_c_rstd;
+  const scalar_t* ln_c_w;     // [H]        the norm's weight and bias
+  const scalar_t* ln_c_b;
+  acc_t* ln_gw;               // [B, 2, H]  by row: g * w_c and g * w_c * chat (g: grad of LN(c))
+  const acc_t* ln_gw_mean;    // [B, 2]     by row: the row means of both
+  acc_t* ln_c_param;          // [T, B, 2H] time order: g * chat and g, summed into dw_c, db_c
 };
+
+// dh of this iteration's h (before any projection), as LstmBackwardPoint reads it.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V lstm_step_dh(const LstmBackwardStep<T>& a, const Position& p, int64_t j) {
+  using L = Lanes<V>;
+  return a.dh_full != nullptr ? L::load(a.dh_full + p.k)
+                              : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * a.units + j);
+}
+
+// The normalised saved c of position p (before w_c, b_c).
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V lstm_ln_chat(const LstmBackwardStep<T>& a, const Position& p, const T* w) {
+  return (Lanes<V>::load(w + LstmCell::kC * a.units) - V(a.ln_c_mean[p.tb])) * V(a.ln_c_rstd[p.tb]);
+}
 
 struct LstmBackwardPoint {
   template <typename V, typename T>
@@ -198,8 +255,7 @@ struct LstmBackwardPoint {
       return;
     }
     // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
-    V dh = a.dh_full != nullptr ? L::load(a.dh_full + p.k)
-                                : (p.last ? L::load(a.dh_n + p.kb) : L::load(a.dh + p.k)) + L::load(a.dy + p.tb * H + j);
+    V dh = lstm_step_dh<V>(a, p, j);
     V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
     const int64_t width = C::saved_width(H, a.dh_full != nullptr);
     const T* w = a.saved + p.tb * width + j;
@@ -224,6 +280,70 @@ struct LstmBackwardPoint {
     static_assert(C::kI == 0 && C::kF == 1 && C::kG == 2 && C::kO == 3, "grads[] lists the gates in block order");
     const V grads[C::kGates] = {d.di, d.df, d.dg, d.d_o};
     for (int q = 0; q < C::kGates; ++q) {
+      L::store(dt + q * H, grads[q]);
+      L::store(dstep + q * H, grads[q]);
+    }
+  }
+};
+
+// Layer norm of c, phase A: d_o, and the grad g of LN(c) as the row sums need it.
+struct LstmLnOutBackwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmBackwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    using C = LstmCell;
+    const int64_t H = a.units;
+    T* dstep = a.dgates_step + r * C::kGates * H + j;
+    auto* gw = a.ln_gw + r * 2 * H + j;
+    Position p;
+    if (!locate(a, r, j, p)) {
+      for (int q = 0; q < C::kGates; ++q) L::store(dstep + q * H, V(0));
+      L::store(gw, V(0));
+      L::store(gw + H, V(0));
+      return;
+    }
+    const T* w = a.saved + p.tb * C::saved_width(H, a.dh_full != nullptr) + j;
+    const V chat = lstm_ln_chat<V>(a, p, w), cw = L::load(a.ln_c_w + j);
+    V dh = lstm_step_dh<V>(a, p, j);
+    if (a.zoneout_h.on() && a.dh_full == nullptr) {  // as in LstmBackwardPoint
+      const auto z = zoneout_backward(a.zoneout_h.template load<V>(p.tb, H, j), dh);
+      dh = z.fresh;
+      L::store(a.dh + p.k, z.prev);
+    }
+    const auto d = lstm_ln_out_backward<V>(dh, L::load(w + C::kO * H), chat * cw + L::load(a.ln_c_b + j));
+    L::store(a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + C::kO * H + j, d.d_o);
+    L::store(dstep + C::kO * H, d.d_o);
+    L::store(gw, d.dcn * cw);
+    L::store(gw + H, d.dcn * cw * chat);
+    auto* param = a.ln_c_param + p.tb * 2 * H + j;
+    L::store(param, d.dcn * chat);
+    L::store(param + H, d.dcn);
+  }
+};
+
+// Layer norm of c, phase B: dc through the norm plus what the recurrence carried, then the cell.
+struct LstmLnCellBackwardPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LstmBackwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    using C = LstmCell;
+    const int64_t H = a.units;
+    Position p;
+    if (!locate(a, r, j, p)) return;  // phase A zeroed the row's dgates_step
+    const int64_t width = C::saved_width(H, a.dh_full != nullptr);
+    const T* w = a.saved + p.tb * width + j;
+    const V dc_norm = layer_norm_input_grad<V>(L::load(a.ln_gw + r * 2 * H + j), lstm_ln_chat<V>(a, p, w),
+                                               V(a.ln_c_rstd[p.tb]), V(a.ln_gw_mean[2 * r]), V(a.ln_gw_mean[2 * r + 1]));
+    const V dc = (p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k)) + dc_norm;
+    const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
+                              : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
+    const auto d = lstm_ln_cell_backward<V>(dc, L::load(w + C::kI * H), L::load(w + C::kF * H), L::load(w + C::kG * H), c_prev);
+    L::store(a.dc + p.k, d.dc_prev);
+    T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
+    T* dstep = a.dgates_step + r * C::kGates * H + j;
+    const V grads[3] = {d.di, d.df, d.dg};
+    static_assert(C::kI == 0 && C::kF == 1 && C::kG == 2, "grads[] lists the gates in block order");
+    for (int q = 0; q < 3; ++q) {
       L::store(dt + q * H, grads[q]);
       L::store(dstep + q * H, grads[q]);
     }

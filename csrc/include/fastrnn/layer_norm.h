@@ -1,0 +1,46 @@
+// Layer norm over rows with ATen, for the layer_norm option (docs/DESIGN.md, "Layer norm"): the
+// row reductions around the point functions of steps.h. Both compute in the opmath type (float
+// for half and bfloat16), whatever the tensors' dtype, so the statistics are never rounded to a
+// half type.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <tuple>
+
+namespace fastrnn {
+
+inline constexpr double kLayerNormEps = 1e-5;  // the eps; variance biased (over the row)
+
+// x [M, N] (any strides), w [N], b [N] or undefined -> (LN(x) * w + b [M, N] contiguous in the
+// opmath type, mean [M], rstd [M] in the opmath type).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_rows(const at::Tensor& x, const at::Tensor& w,
+                                                                      const at::Tensor& b) {
+  const auto op = at::toOpMathType(x.scalar_type());
+  const std::optional<at::Tensor> bias = b.defined() ? std::optional<at::Tensor>(b.to(op)) : std::nullopt;
+  auto [y, mean, rstd] = at::native_layer_norm(x.to(op).contiguous(), {x.size(1)}, w.to(op), bias, kLayerNormEps);
+  return {y, mean.view({-1}), rstd.view({-1})};
+}
+
+// Only the statistics of layer_norm_rows: (mean [M], rstd [M]) in the opmath type.
+inline std::tuple<at::Tensor, at::Tensor> layer_norm_stats(const at::Tensor& x) {
+  auto [var, mean] = at::var_mean(x.to(at::toOpMathType(x.scalar_type())), at::IntArrayRef{1}, at::Scalar(0), false);
+  return {mean, (var + kLayerNormEps).rsqrt_()};
+}
+
+// The backward of layer_norm_rows: g [M, N] the grad of its output, x [M, N] its input, mean and
+// rstd [M] its statistics. Returns (dx [M, N] in the opmath type, dw [N] or undefined unless
+// want_dw).
+inline std::tuple<at::Tensor, at::Tensor> layer_norm_rows_backward(const at::Tensor& g, const at::Tensor& x,
+                                                                   const at::Tensor& mean, const at::Tensor& rstd,
+                                                                   const at::Tensor& w, bool want_dw) {
+  const auto op = at::toOpMathType(x.scalar_type());
+  const int64_t M = x.size(0);
+  auto [dx, dw, db] = at::native_layer_norm_backward(g.to(op).contiguous(), x.to(op).contiguous(), {x.size(1)},
+                                                     mean.view({M, 1}), rstd.view({M, 1}), w.to(op), std::nullopt,
+                                                     {true, want_dw, false});
+  return {dx, dw};
+}
+
+}  // namespace fastrnn
