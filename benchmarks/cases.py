@@ -437,6 +437,8 @@ def zoneout_time(cfg, mode, dname, device, plan):
                          note=cfg.note + ("; training forward + backward of y (input requires grad), fresh masks "
                                           "each call on both regularised sides" if mode == "fwdbwd" else
                                           "; eval forward under no_grad (zoneout's expectation, no masks)"))
+
+
 # ---------------------------------------------------------------- layer norm
 
 

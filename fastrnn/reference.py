@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 __all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
-__all__ = ["lstm_cell_reference", "gru_cell_reference", "lstm_reference", "gru_reference",
            "lstm_cell_layer_norm_reference", "gru_cell_layer_norm_reference", "lstm_layer_norm_reference",
            "gru_layer_norm_reference", "lstm_zoneout_reference", "gru_zoneout_reference"]
 
@@ -185,6 +184,10 @@ def gru_layer_norm_reference(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, 
         return (gru_cell_layer_norm_reference(xt, states[0], w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh),)
 
     y, (h_n,) = _run(step, x, (h0,), lengths, reverse)
+    return y, h_n
+
+
+# --------------------------------------------------------------------------------------------
 # Zoneout and recurrent dropout (docs/DESIGN.md, "Options beyond torch.nn"), with the masks given:
 # zoneout_h [T, B, P] / zoneout_c [T, B, H] keep weights z by time index t (the weight applied
 # when the state at time t is made), or a 0-dim tensor (one weight for every position), or None;

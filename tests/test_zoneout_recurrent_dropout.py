@@ -622,7 +622,8 @@ def test_op_checks_and_fake_kernels_agree():
     for bad, match in (((zh[:2], None, None), "expected zoneout_h of shape \\[6, 3, 5\\] or \\[\\]"),
                        ((None, zh.float(), None), "expected zoneout_c to have dtype Double"),
                        ((None, None, rec[:, :2]), "expected rec_mask of shape \\[3, 5\\]")):
-        args = (x, h0, c0, w_ih, w_hh, None, None, None, None, False, False, *bad)
+        no_ln = (None, None, None, None)  # the layer-norm group comes first
+        args = (x, h0, c0, w_ih, w_hh, None, None, None, None, False, False, *no_ln, *bad)
         with pytest.raises(RuntimeError, match=match):
             op(*args)
         with FakeTensorMode() as mode:
@@ -630,10 +631,11 @@ def test_op_checks_and_fake_kernels_agree():
             with pytest.raises(RuntimeError, match=match):
                 op(*fake)
     for masks in ((zh, zh, rec), (torch.tensor(0.3, dtype=torch.float64), None, None)):
-        args = (x, h0, c0, w_ih.requires_grad_(), w_hh.requires_grad_(), None, None, None, None, True, True, *masks)
+        args = (x, h0, c0, w_ih.requires_grad_(), w_hh.requires_grad_(), None, None, None, None, True, True,
+                None, None, None, None, *masks)
         torch.library.opcheck(op, args)
         gargs = (x, h0, w_ih[:3 * H].detach().requires_grad_(), w_hh[:3 * H].detach().requires_grad_(), None, None,
-                 torch.tensor(LENGTHS), False, True, masks[0], masks[2])
+                 torch.tensor(LENGTHS), False, True, None, None, masks[0], masks[2])
         torch.library.opcheck(torch.ops.fastrnn.gru_forward, gargs)
 
 
