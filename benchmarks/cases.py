@@ -428,7 +428,8 @@ def zoneout_time(cfg, mode, dname, device, plan):
         fns = {n: _fwd(calls[n], x) for n in mods}
     timings = compare(fns, device, plan)
     return _timed_record(f"zoneout/{cfg.name}/lstm/{mode}/{dname}", "zoneout", cfg.name, "lstm", mode, dname,
-                         dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P, recurrent_dropout=C.RECDROP_P),
+                         dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P,
+                              recurrent_dropout=C.RECDROP_P),
                          timings, [LOOP, PLAIN], check=check,
                          impl_names={FAST: f"fastrnn.LSTM(zoneout={C.ZONEOUT_P}, zoneout_cell={C.ZONEOUT_P}, "
                                            f"recurrent_dropout={C.RECDROP_P})",
