@@ -82,7 +82,8 @@ def _keep_grads_undefined(ctx, ws):
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, zoneout_h, zoneout_c, rec_mask = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs[:11]
+    zoneout_h, zoneout_c, rec_mask = inputs[-3:]  # the regulariser masks end the schema
     y, _, _, ws = output
     _keep_grads_undefined(ctx, ws)
     # the masks too: the backward sees exactly the forward's
@@ -104,13 +105,15 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
-        lengths, ctx.reverse, has_ih or has_hh, zoneout_h, zoneout_c, rec_mask)
-    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            dw_hr if w_hr is not None else None, None, None, None, None, None, None)
+        lengths, ctx.reverse, has_ih or has_hh, zoneout_h=zoneout_h, zoneout_c=zoneout_c, rec_mask=rec_mask)
+    grads = (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
+             dw_hr if w_hr is not None else None)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # lengths, flags, masks
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h, rec_mask = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs[:9]
+    zoneout_h, rec_mask = inputs[-2:]  # see _lstm_setup
     y, _, ws = output
     _keep_grads_undefined(ctx, ws)
     ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, zoneout_h, rec_mask)  # see _lstm_setup
@@ -130,9 +133,9 @@ def _gru_backward(ctx, dy, dh_n, _dws):
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
-        has_ih or has_hh, zoneout_h, rec_mask)
-    return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
-            None, None, None, None, None)
+        has_ih or has_hh, zoneout_h=zoneout_h, rec_mask=rec_mask)
+    grads = (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # see _lstm_backward
 
 
 def _recorded_backward(ctx, layer, inputs, grads):

@@ -61,7 +61,7 @@ def lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w: LayerWe
     c0 = state_or_zeros(c0, x, H)
     save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
     y, h, c, _ = torch.ops.fastrnn.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                                                zoneout_h, zoneout_c, rec_mask)
+                                                zoneout_h=zoneout_h, zoneout_c=zoneout_c, rec_mask=rec_mask)
     return y, h, c
 
 
@@ -75,8 +75,8 @@ def gru_layer(x: Tensor, h0: Optional[Tensor], w: LayerWeights, lengths: Optiona
         return functional._gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, zoneout_h, rec_mask)
     h0 = state_or_zeros(h0, x, w_hh.shape[1])
     save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
-    y, h, _ = torch.ops.fastrnn.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h,
-                                            rec_mask)
+    y, h, _ = torch.ops.fastrnn.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
+                                            zoneout_h=zoneout_h, rec_mask=rec_mask)
     return y, h
 
 

@@ -54,14 +54,14 @@ def _checked_lengths(lengths: Lengths, x: Tensor) -> Optional[Tensor]:
 _raw = {op: getattr(getattr(op, "default", op), "_op", op) for op in (_ops.lstm_forward, _ops.gru_forward)}
 
 
-def _call(op, save: bool, *args):
+def _call(op, save: bool, *args, **kwargs):
     # Without autograd (save=False: nothing needs a gradient) skip the Python autograd kernel
     # the op is registered with: it costs tens of microseconds per call, which matters for
     # cell-by-cell decoding. Under torch.compile the op is traced as it is.
     if not save and not torch.compiler.is_compiling():
         with torch._C._AutoDispatchBelowAutograd():
-            return _raw.get(op, op)(*args)
-    return op(*args)
+            return _raw.get(op, op)(*args, **kwargs)
+    return op(*args, **kwargs)
 
 
 def _transformed() -> bool:
@@ -129,7 +129,7 @@ def _lstm_layer(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Ten
     save = needs_grad([x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr])
     if regularised:
         y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               save, zoneout_h, zoneout_c, rec_mask)
+                               save, zoneout_h=zoneout_h, zoneout_c=zoneout_c, rec_mask=rec_mask)
     else:
         y, h_n, c_n, _ = _call(_ops.lstm_forward, save, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                                save)
@@ -161,8 +161,8 @@ def _gru_layer(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih
         return gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     save = needs_grad([x, h0, w_ih, w_hh, b_ih, b_hh])
     if regularised:
-        y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, zoneout_h,
-                          rec_mask)
+        y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
+                          zoneout_h=zoneout_h, rec_mask=rec_mask)
     else:
         y, h_n, _ = _call(_ops.gru_forward, save, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
     return y, h_n
