@@ -420,15 +420,16 @@ def zoneout_time(cfg, mode, dname, device, plan):
              "zoneout_changes_eval_y": _max_diff(y_fast, y_plain) > 0,
              "masks_change_y": _max_diff(y_train, y_fast) > 0}
     calls = {FAST: lambda inp: fast(inp)[0], LOOP: scripted, PLAIN: lambda inp: plain(inp)[0]}
+    for m in mods.values():  # every side in the mode timed
+        m.train(mode == "fwdbwd")
     if mode == "fwdbwd":
-        for m in mods.values():
-            m.train()
         fns = {n: _fwdbwd(calls[n], x, gy, list(m.parameters())) for n, m in mods.items()}
     else:
         fns = {n: _fwd(calls[n], x) for n in mods}
     timings = compare(fns, device, plan)
     return _timed_record(f"zoneout/{cfg.name}/lstm/{mode}/{dname}", "zoneout", cfg.name, "lstm", mode, dname,
-                         dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P, recurrent_dropout=C.RECDROP_P),
+                         dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P,
+                              recurrent_dropout=C.RECDROP_P),
                          timings, [LOOP, PLAIN], check=check,
                          impl_names={FAST: f"fastrnn.LSTM(zoneout={C.ZONEOUT_P}, zoneout_cell={C.ZONEOUT_P}, "
                                            f"recurrent_dropout={C.RECDROP_P})",

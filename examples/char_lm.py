@@ -50,8 +50,8 @@ MODEL_ARGS = ("cell", "layers", "hidden", "embed", "dropout", "weight_drop", "zo
 # arguments newer than some checkpoints: their value in a checkpoint that predates them
 ARGS_ADDED_LATER = {"weight_drop": 0.0, "zoneout": 0.0, "recurrent_dropout": 0.0, "layer_norm": False}
 # fastrnn's options among them: (argument, flag)
-FASTRNN_OPTIONS = (("weight_drop", "--weight-drop"), ("zoneout", "--zoneout"), ("recurrent_dropout", "--recurrent-dropout"),
-                   ("layer_norm", "--layer-norm"))
+FASTRNN_OPTIONS = (("weight_drop", "--weight-drop"), ("zoneout", "--zoneout"),
+                   ("recurrent_dropout", "--recurrent-dropout"), ("layer_norm", "--layer-norm"))
 WARMUP_STEPS = 5  # steps at the start of each run left out of the tokens/s figure
 
 

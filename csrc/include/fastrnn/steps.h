@@ -368,8 +368,9 @@ struct LstmProjCommitPoint {
     Position at;
     if (!locate(a, r, p, at)) return;
     const V fresh = L::load(a.hnew + at.k);
-    const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(at.tb, a.units, p), L::load(a.h + at.k), fresh)
-                                 : fresh;
+    const V h = a.zoneout_h.on()
+                    ? zoneout_blend(a.zoneout_h.template load<V>(at.tb, a.units, p), L::load(a.h + at.k), fresh)
+                    : fresh;
     L::store(a.h + at.k, h);
     L::store(a.y + at.tb * a.units + p, h);
   }
