@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_kernel(const Pe
       float d[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) d[i] = (dh0[i] + dh1[i]) + (dx0[i] + dx1[i]);
-      mma_store_partial(a, nt, ks, lane, d, partial);
+      mma_store_partial(a.ntiles, nt, ks, lane, d, partial);
     }
     __syncthreads();
     mma_reduce(a, tid, blockDim.x, partial, pre);
