@@ -4,6 +4,8 @@ B-fragment loads through the mma.sync maps, the reduction, the step loop's backw
 an emulated warp MMA, CTA by CTA under the per-batch-group counter protocol in adversarial
 orders, against the step loop's backward. On a GPU, FASTRNN_RECURRENCE=persistent runs the real
 kernel against the step loop."""
+import re
+
 import pytest
 import torch
 
@@ -202,3 +204,85 @@ def test_3xtf32_is_much_closer_than_plain_tf32(kind):
         got = _emulated(kind, t, d, y, ws, None, False, split=split)
         err[split] = (got[1].to(f64) - ref[1]).abs().max().item()  # dh0: through every product
     assert err[True] * 30 < err[False], err
+
+
+# ---------------------------------------------------------------------------------------------
+# The dispatch (no GPU needed)
+
+needs_cuda_build = pytest.mark.skipif(not fastrnn.built_with_cuda(), reason="CPU-only build: no CUDA dispatch")
+
+
+def _choice(cell, T=10, B=64, H=512, dtype=torch.float32, P=None, **device):
+    return ops._cuda_recurrence(cell, T, B, 16, H, H if P is None else P, dtype, True, True, **device)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("mode", ["persistent", "prefer-persistent"])
+def test_backwards_take_the_persistent_backward_where_it_fits(monkeypatch, mode):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", mode)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for cell in ("lstm", "gru"):
+            assert _choice(cell, dtype=dtype) == "persistent_mma"  # fastrnns: 128 CTAs
+    # H = 2048 LSTM fp32: the W_hh^T slice is 16 x 8192 x 4 bytes = 512 KiB
+    why = "W_hh^T slice (16 units x G*H) needs more shared memory"
+    if mode == "persistent":
+        with pytest.raises(NotImplementedError, match=r"FASTRNN_RECURRENCE=persistent.*" + re.escape(why)):
+            _choice("lstm", H=2048)
+    else:
+        assert _choice("lstm", H=2048) == f"step (fallback: the persistent backward's {why} than a CTA may have)"
+        assert _choice("lstm", P=8).startswith("step (fallback: it has no projection")
+        assert _choice("gru", dtype=torch.float64) == "step (fallback: float64 stays on the step loop)"
+        # 32 unit groups need 32 resident CTAs
+        assert _choice("lstm", sms=31).startswith("step (fallback: the persistent backward's CTAs")
+
+
+@needs_cuda_build
+def test_the_shared_memory_limit_of_the_backward(monkeypatch):
+    # 16 units x G*H of W_hh^T fragments (fp32 stored once, split at the MMA) + 4 KiB of partial
+    # tiles in 227 KiB: fp32 G*H <= 3568 (LSTM H <= 892, GRU H <= 1189); bf16 G*H <= 7136
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "prefer-persistent")
+    assert _choice("lstm", B=8, H=892, sms=1024) == "persistent_mma"
+    assert "more shared memory" in _choice("lstm", B=8, H=893, sms=1024)
+    assert _choice("gru", B=8, H=1189, sms=1024) == "persistent_mma"
+    assert "more shared memory" in _choice("gru", B=8, H=1190, sms=1024)
+    assert _choice("lstm", B=8, H=1784, dtype=torch.bfloat16, sms=1024) == "persistent_mma"
+    assert "more shared memory" in _choice("lstm", B=8, H=1785, dtype=torch.bfloat16, sms=1024)
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("value", ["auto", "step"])
+def test_auto_keeps_backwards_on_the_step_loop(monkeypatch, value):
+    monkeypatch.setenv("FASTRNN_RECURRENCE", value)
+    assert _choice("lstm") == "step"
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: the kernel itself
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,T,lengths,reverse,on_gpu", [(1, 7, None, False, False), (3, 5, "mixed", True, False),
+                                                         (8, 5, "mixed", False, True), (64, 3, "mixed", True, True)])
+def test_persistent_mma_backward_kernel_matches_the_step_loop(monkeypatch, cuda_device, kind, dtype, B, T, lengths,
+                                                              reverse, on_gpu):
+    H = 301
+    t = layer_tensors(kind, T, B, 16, H, dtype, device=cuda_device, seed=5)
+    lens = make_lengths(lengths, T, B)
+    if lens is not None and on_gpu:
+        lens = lens.to(cuda_device)
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
+    y, ws = _forward(kind, t, lens, reverse)
+    d = _grads(kind, {k: (v.cpu() if v is not None else None) for k, v in t.items()}, seed=6)
+    d = {k: (v.to(cuda_device) if v is not None else None) for k, v in d.items()}
+    monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
+    got = _step_loop_backward(kind, t, d, y, ws, lens, reverse)
+    assert fastrnn._C.last_path(f"{kind}_backward")["path"] == "cuda.persistent_mma"
+    cpu64 = {k: (v.cpu().to(f64) if v is not None else None) for k, v in t.items()}
+    lens_cpu = None if lens is None else lens.cpu()
+    y64, ws64 = _forward(kind, cpu64, lens_cpu, reverse)
+    ref = _step_loop_backward(kind, cpu64, _to64({k: (v.cpu() if v is not None else None) for k, v in d.items()}),
+                              y64, ws64, lens_cpu, reverse)
+    # as in the emulation test above (fp32 split: torch's TF32 flag is off by default)
+    tol = 1e-5 if dtype == torch.float32 else 16 * U[dtype]
+    _compare([g.cpu() for g in got], ref, tol)

@@ -110,7 +110,7 @@ const char* run_persistent_backward(BackwardPlan& p, const MmaBwdPartition& part
   p.dc = dc;
   p.fold_gate_grads(dgates, 0);
   p.fold_first_step(dstep[0]);  // iteration 0's hidden-side grads, by row
-  PathLog::record(p.op, path);
+  PathLog::record(p.op, path, /*grad_chunks=*/1);
   return nullptr;
 }
 
