@@ -7,6 +7,7 @@
 #include "fastrnn/persistent.h"
 #include "fastrnn/persistent_mma.h"
 #include "fastrnn/persistent_mma_bwd.h"
+#include "fastrnn/single_step.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -40,6 +41,11 @@ template <typename T>
 const char* persistent_mma_bwd_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaBwdPartition& part);
 template <typename T>
 const char* launch_persistent_mma_backward(const PersistentMmaBwdArgs<T>& a, const MmaBwdPartition& part);
+
+// The fused single step (single_step.cu), for float, double, Half and BFloat16: one launch of
+// the arguments run_single_step (persistent_host.h) prepared, on the current stream.
+template <typename T>
+void launch_single_step(const SingleStepArgs<T>& a);
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -1,7 +1,7 @@
 // The CUDA backend: each layer call asks the recurrence dispatch (recurrence.cpp) how to run,
 // then runs it: the step loop (GEMMs through ATen/cuBLAS on the current stream, pointwise steps
-// from lstm.cu / gru.cu) or a persistent kernel (persistent_mma.cu: forward and backward;
-// persistent.cu: forward). Kept in a .cpp so nvcc only
+// from lstm.cu / gru.cu), a persistent kernel (persistent_mma.cu: forward and backward;
+// persistent.cu: forward) or the fused single step (single_step.cu). Kept in a .cpp so nvcc only
 // compiles the kernel files.
 #include <torch/library.h>
 
@@ -33,6 +33,10 @@ using Loop = StepLoop<CudaKernels>;
 template <class StepLoopForward>
 void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
   cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
+  if (c.kind == cuda::Recurrence::kSingleStep) {
+    run_single_step(p, "cuda.single_step", [](const auto& a) { cuda::launch_single_step(a); });
+    return;
+  }
   const char* refused = nullptr;
   if (c.kind == cuda::Recurrence::kPersistentMma) {
     refused = run_persistent_forward(p, as_persistent_partition(c.mma), "cuda.persistent_mma", [&c](const auto& args, const PersistentPartition&) {

@@ -129,6 +129,7 @@ const char* recurrence_name(Recurrence r) {
   switch (r) {
     case Recurrence::kPersistent: return "persistent";
     case Recurrence::kPersistentMma: return "persistent_mma";
+    case Recurrence::kSingleStep: return "single_step";
     default: return "step";
   }
 }
@@ -148,6 +149,12 @@ RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {
   RecurrenceChoice c{Recurrence::kStepLoop, {}};
   const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kAuto || mode == Mode::kStepLoop) return c;
+  // A cell call runs as one fused kernel: the persistent kernels' T = 1 is the same work behind a
+  // projection GEMM and a cooperative launch.
+  if (!q.backward && single_step_fits(q.d.T, q.d.B, q.projected)) {
+    c.kind = Recurrence::kSingleStep;
+    return c;
+  }
   const char* why =
       q.backward ? persistent_backward_unavailable(q, c) : persistent_unavailable(q, mode == Mode::kPersistent, c);
   if (mode == Mode::kPrefer) {

@@ -18,6 +18,8 @@ enum class Recurrence {
   kPersistent,     // one cooperative launch per layer and direction over all steps (persistent.h)
   kPersistentMma,  // the same with tensor-core products and a step counter (persistent_mma.h; a
                    // backward: persistent_mma_bwd.h)
+  kSingleStep,     // a cell call (T = 1) as one fused kernel, both products and the cell math
+                   // (single_step.h)
 };
 
 const char* recurrence_name(Recurrence r);
@@ -54,11 +56,12 @@ struct RecurrenceChoice {
 
 // FASTRNN_RECURRENCE=auto (or unset) picks the fastest implementation validated on a GPU for the
 // call (today: the step loop); step forces the step loop; persistent forces a persistent
-// kernel — a forward: the tensor-core kernel where it fits, else the scalar one; a backward: the
-// tensor-core backward — and raises NotImplementedError naming the reason where it cannot run
-// the call; prefer-persistent runs the tensor-core persistent forward and backward wherever they
-// can and the step loop elsewhere, with the reason in `fallback` (so the whole CUDA suite runs
-// with every eligible call persistent). Any other value raises ValueError.
+// kernel — a forward: the fused single step for a cell call it fits, else the tensor-core kernel
+// where it fits, else the scalar one; a backward: the tensor-core backward — and raises
+// NotImplementedError naming the reason where it cannot run the call; prefer-persistent runs the
+// fused single step, the tensor-core persistent forward and backward wherever they can and the
+// step loop elsewhere, with the reason in `fallback` (so the whole CUDA suite runs with every
+// eligible call on them). Any other value raises ValueError.
 RecurrenceChoice choose_recurrence(const RecurrenceQuery& q);
 
 // Multiprocessors the current context may run blocks on: the device's count, or fewer under a

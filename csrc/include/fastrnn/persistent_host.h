@@ -1,7 +1,8 @@
-// Host side of the persistent forward (persistent.h) and backward (persistent_mma_bwd.h): the
-// arguments for a plan and what runs around the launch, shared by the CUDA launch
-// (cuda/ops_cuda.cpp) and the host emulations (cpu/persistent_emulation.cpp,
-// cpu/persistent_mma_emulation.cpp).
+// Host side of the persistent forward (persistent.h), the persistent backward
+// (persistent_mma_bwd.h) and the fused single step (single_step.h): the arguments for a plan and
+// what runs around the launch, shared by the CUDA launches (cuda/ops_cuda.cpp) and the host
+// emulations (cpu/persistent_emulation.cpp, cpu/persistent_mma_emulation.cpp,
+// cpu/single_step_emulation.cpp).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +12,8 @@
 #include "fastrnn/path_log.h"
 #include "fastrnn/persistent.h"
 #include "fastrnn/persistent_mma_bwd.h"
+#include "fastrnn/single_step.h"
+#include "fastrnn/step_loop.h"
 
 namespace fastrnn {
 
@@ -112,6 +115,37 @@ const char* run_persistent_backward(BackwardPlan& p, const MmaBwdPartition& part
   p.fold_first_step(dstep[0]);  // iteration 0's hidden-side grads, by row
   PathLog::record(p.op, path, /*grad_chunks=*/1);
   return nullptr;
+}
+
+// Runs plan p (single_step_fits) as one fused single step with `launch(args)`
+// (SingleStepArgs<scalar_t> for the plan's dtype): the products into the plan's input-projection
+// buffer and a [B, G*H] hproj, then the step loop's forward point.
+template <class Launch>
+void run_single_step(ForwardPlan& p, const char* path, Launch&& launch) {
+  TORCH_INTERNAL_ASSERT(single_step_fits(p.d.T, p.d.B, p.projected()), "not a single step");
+  const Tensor xproj = p.input_projection_buffer();
+  const Tensor hproj = at::empty({p.d.B, p.G * p.d.H}, p.x.options());
+  const Tensor b_hn = p.hidden_n_bias();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "single_step", [&] {
+    SingleStepArgs<scalar_t> a{};
+    a.x = p.x.const_data_ptr<scalar_t>();
+    a.h0 = p.h0.const_data_ptr<scalar_t>();
+    a.w_ih = p.w_ih.const_data_ptr<scalar_t>();
+    a.w_hh = p.w_hh.const_data_ptr<scalar_t>();
+    a.b_ih = p.b_ih.defined() ? p.b_ih.const_data_ptr<scalar_t>() : nullptr;
+    a.b_hh = p.b_hh.defined() ? p.b_hh.const_data_ptr<scalar_t>() : nullptr;
+    a.b_hh_rows = p.cell.hh_bias_input_blocks * p.d.H;
+    a.G = p.G;
+    a.I = p.d.I;
+    a.hproj = hproj.mutable_data_ptr<scalar_t>();
+    if (p.cell.has_cell_state()) {
+      a.lstm = lstm_forward_step<scalar_t>(p, xproj, hproj, Tensor());
+    } else {
+      a.gru = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
+    }
+    launch(a);
+  });
+  PathLog::record(p.op, path);
 }
 
 }  // namespace fastrnn
