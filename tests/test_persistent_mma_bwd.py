@@ -116,6 +116,21 @@ def test_emulated_mma_backward_matches_the_step_loop_in_fp64(kind, T, B, H, leng
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_the_persistent_forward_saves_what_the_persistent_backward_reads(kind):
+    # Both write the step loop's ws and y, so the whole persistent pair (emulated) differentiates
+    # like the step loop's pair: fp64, 1e-12 as above
+    T, B, H = 5, 3, 41
+    t = layer_tensors(kind, T, B, 5, H, f64, seed=8)
+    lens = make_lengths("mixed", T, B)
+    y, _, _, ws = ops._persistent_mma_forward_emulated(t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b_ih"],
+                                                       t["b_hh"], lens, True, True, True, "random", 0, 0)
+    d = _grads(kind, t, seed=9)
+    got = _emulated(kind, t, d, y, ws, lens, True)
+    y_ref, ws_ref = _forward(kind, t, lens, True)
+    _compare(got, _step_loop_backward(kind, t, d, y_ref, ws_ref, lens, True), 1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_every_cta_order_gives_the_same_bits(kind):
     # Each CTA's arithmetic depends only on what it reads; the protocol makes that iteration
     # s + 1's grads in every order.
