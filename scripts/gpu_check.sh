@@ -8,7 +8,7 @@
 #     say why);
 #   - compute-sanitizer memcheck and racecheck on a tiny LSTM/GRU case (step loop), and
 #     memcheck, racecheck and synccheck on a persistent case (scripts/gpu_check/persistent_case.py:
-#     forward and backward, T = 5, H = 301, an uneven partition);
+#     forward and backward, T = 5, H = 301, an uneven partition; and T = 1, the fused single step);
 #   - the benchmark suite with the step loop and with prefer-persistent;
 #   - the peak-memory attribution and, if time is left, the whole test suite;
 # and writes every log and result into OUTDIR, with one summary (summary.md, summary.tsv):
@@ -173,7 +173,7 @@ if [[ -n $SANITIZER ]]; then
     run_step sanitizer-racecheck 60 yes "$SANITIZER" --tool racecheck --racecheck-report all \
         --error-exitcode 1 --print-limit 100 "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     # The persistent kernels, forward and backward: T = 5 steps (the double-buffered state and
-    # grad buffers wrap twice), H = 301.
+    # grad buffers wrap twice), H = 301; and the fused single step (T = 1).
     for tool in memcheck racecheck synccheck; do
         run_step "persistent-$tool" 60 yes "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 100 \
             "$PY" -m scripts.gpu_check.persistent_case

@@ -2,7 +2,8 @@
 check on a GPU: LSTM and GRU layers with H = 301 (an uneven partition over any GPU's SMs, and
 not a multiple of a warp or a tile), odd T >= 3, B = 3, lengths (host and device) and reverse,
 fp32 and bf16, each forced onto the persistent forward and backward and compared with the step
-loop in the same process (outputs, then the grads of every input):
+loop in the same process (outputs, then the grads of every input); and a T = 1 call of each,
+which runs the fused single step forward:
 
   FASTRNN_RECURRENCE is set here; run as  compute-sanitizer --tool racecheck python -m scripts.gpu_check.persistent_case
 
@@ -35,9 +36,9 @@ TOL = {torch.float32: 2e-4, torch.bfloat16: 5e-2}
 TOL_GRAD = {torch.float32: 2e-3, torch.bfloat16: 0.15}
 
 
-def layer(cell, dtype, lengths, reverse, seed):
+def layer(cell, dtype, lengths, reverse, seed, T):
     g = torch.Generator().manual_seed(seed)
-    T, B, I, H = 5, 3, 7, 301
+    B, I, H = 3, 7, 301
     G = 4 if cell == "lstm" else 3
 
     def r(*shape, scale=0.5):
@@ -61,25 +62,28 @@ def main():
     failures = []
     for dtype in (torch.float32, torch.bfloat16):
         for cell in ("lstm", "gru"):
-            for lengths in (None, torch.tensor([5, 1, 3]), torch.tensor([3, 5, 1], device="cuda")):
-                for reverse in (False, True):
-                    run = layer(cell, dtype, lengths, reverse, seed=len(failures))
-                    os.environ["FASTRNN_RECURRENCE"] = "step"
-                    want, want_grads = run()
-                    os.environ["FASTRNN_RECURRENCE"] = "persistent"
-                    got, got_grads = run()
-                    path = fastrnn._C.last_path(f"{cell}_forward")["path"]
-                    bpath = fastrnn._C.last_path(f"{cell}_backward")["path"]
-                    err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want))
-                    gerr = max((a.float() - b.float()).abs().max().item() for a, b in zip(got_grads, want_grads))
-                    name = (f"{cell} {str(dtype)[6:]} lengths={None if lengths is None else lengths.device.type} "
-                            f"reverse={int(reverse)}")
-                    ok = (path.startswith("cuda.persistent") and bpath == "cuda.persistent_mma" and err <= TOL[dtype]
-                          and gerr <= TOL_GRAD[dtype])
-                    print(f"  {name:<44} {path}/{bpath} max|diff| {err:.2e} grads {gerr:.2e} "
-                          f"{'ok' if ok else 'FAILED'}")
-                    if not ok:
-                        failures.append(name)
+            cases = [(5, lengths, reverse) for lengths in (None, torch.tensor([5, 1, 3]),
+                                                           torch.tensor([3, 5, 1], device="cuda"))
+                     for reverse in (False, True)]
+            for T, lengths, reverse in cases + [(1, None, False)]:  # T = 1: the fused single step
+                run = layer(cell, dtype, lengths, reverse, seed=len(failures), T=T)
+                os.environ["FASTRNN_RECURRENCE"] = "step"
+                want, want_grads = run()
+                os.environ["FASTRNN_RECURRENCE"] = "persistent"
+                got, got_grads = run()
+                path = fastrnn._C.last_path(f"{cell}_forward")["path"]
+                bpath = fastrnn._C.last_path(f"{cell}_backward")["path"]
+                err = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, want))
+                gerr = max((a.float() - b.float()).abs().max().item() for a, b in zip(got_grads, want_grads))
+                name = (f"{cell} {str(dtype)[6:]} T={T} "
+                        f"lengths={None if lengths is None else lengths.device.type} reverse={int(reverse)}")
+                want_path = "cuda.single_step" if T == 1 else "cuda.persistent"
+                ok = (path.startswith(want_path) and bpath == "cuda.persistent_mma" and err <= TOL[dtype]
+                      and gerr <= TOL_GRAD[dtype])
+                print(f"  {name:<44} {path}/{bpath} max|diff| {err:.2e} grads {gerr:.2e} "
+                      f"{'ok' if ok else 'FAILED'}")
+                if not ok:
+                    failures.append(name)
     torch.cuda.synchronize()
     print("persistent_case:", "FAILED: " + ", ".join(failures) if failures else "all ok")
     return 1 if failures else 0
