@@ -71,7 +71,8 @@ if want == "1" and not use_cuda:
     sys.exit(f"FASTRNN_CUDA=1 but a CUDA build is impossible: {why}")
 
 sources = ["csrc/ops.cpp", "csrc/cpu/ops_cpu.cpp", "csrc/cpu/persistent_emulation.cpp",
-           "csrc/cpu/persistent_mma_emulation.cpp", "csrc/cpu/persistent_cpu.cpp"]
+           "csrc/cpu/persistent_mma_emulation.cpp", "csrc/cpu/persistent_cpu.cpp",
+           "csrc/cpu/single_step_emulation.cpp"]
 cxx_flags = ["-O3", "-Wno-psabi"]  # the C++ standard is torch's choice (C++20 for torch >= 2.13)
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 include_dirs = [os.path.join(ROOT, "csrc", "include")]

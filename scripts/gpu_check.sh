@@ -4,10 +4,11 @@
 # (scripts/toolchain_check.py; if not, it stops there and names the compiler and the fix), then
 # builds fastrnn in place for the local GPU and runs, each step under `timeout`:
 #   - the CUDA tests with FASTRNN_RECURRENCE=step, then again with prefer-persistent (every
-#     forward the persistent kernels can take runs on them; the rest fall back and say why);
+#     forward and backward the persistent kernels can take runs on them; the rest fall back and
+#     say why);
 #   - compute-sanitizer memcheck and racecheck on a tiny LSTM/GRU case (step loop), and
 #     memcheck, racecheck and synccheck on a persistent case (scripts/gpu_check/persistent_case.py:
-#     T = 5, H = 301, an uneven partition);
+#     forward and backward, T = 5, H = 301, an uneven partition; and T = 1, the fused single step);
 #   - the benchmark suite with the step loop and with prefer-persistent;
 #   - the peak-memory attribution and, if time is left, the whole test suite;
 # and writes every log and result into OUTDIR, with one summary (summary.md, summary.tsv):
@@ -149,8 +150,9 @@ print('fastrnn', fastrnn.__version__, 'from', fastrnn.__file__, 'ok:', tuple(y.s
 "
 
 # --- tests, sanitizers, benchmarks -------------------------------------------------------------
-# The CUDA suite on each path: the step loop (what auto runs), then every eligible forward on the
-# persistent kernels (prefer-persistent; fastrnn._C.last_path says which calls fell back, why).
+# The CUDA suite on each path: the step loop (what auto runs), then every eligible forward and
+# backward on the persistent kernels (prefer-persistent; fastrnn._C.last_path says which calls
+# fell back, why).
 run_step tests-cuda-step 120 yes env FASTRNN_RECURRENCE=step "$PY" -m pytest tests tests/tooling -m cuda -q -rs \
     -p no:cacheprovider --junitxml="$OUT/tests-cuda-step.xml"
 run_step tests-cuda-prefer 120 yes env FASTRNN_RECURRENCE=prefer-persistent "$PY" -m pytest tests tests/tooling -m cuda -q -rs \
@@ -170,7 +172,8 @@ if [[ -n $SANITIZER ]]; then
         "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
     run_step sanitizer-racecheck 60 yes "$SANITIZER" --tool racecheck --racecheck-report all \
         --error-exitcode 1 --print-limit 100 "$PY" -m scripts.gpu_check.sanitizer_case --device cuda
-    # The persistent kernels: T = 5 steps (the double-buffered state wraps twice), H = 301.
+    # The persistent kernels, forward and backward: T = 5 steps (the double-buffered state and
+    # grad buffers wrap twice), H = 301; and the fused single step (T = 1).
     for tool in memcheck racecheck synccheck; do
         run_step "persistent-$tool" 60 yes "$SANITIZER" --tool "$tool" --error-exitcode 1 --print-limit 100 \
             "$PY" -m scripts.gpu_check.persistent_case

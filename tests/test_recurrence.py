@@ -39,8 +39,9 @@ def test_persistent_runs_forwards_that_fit(monkeypatch, cell, dtype):
     # the tensor-core kernel first (tests/test_persistent_mma.py has where each kernel runs)
     assert _choice(cell, dtype=dtype, masked=True) == "persistent_mma"
     assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype) == "persistent_mma"  # fastrnns: <= 128 CTAs
-    # no persistent backward yet: the backward of a persistent forward is the step loop's
-    assert _choice(cell, dtype=dtype, backward=True) == "step (fallback: no persistent backward yet)"
+    # and the tensor-core backward (tests/test_persistent_mma_bwd.py has where it runs)
+    assert _choice(cell, dtype=dtype, backward=True, masked=True) == "persistent_mma"
+    assert _choice(cell, T=100, B=64, I=512, H=512, dtype=dtype, backward=True) == "persistent_mma"
 
 
 @needs_cuda_build
@@ -66,7 +67,10 @@ def test_prefer_persistent_takes_every_forward_that_fits(monkeypatch, cell, dtyp
     assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=76) == "persistent_mma"  # the last CTA: 1 unit
     # on 8 SMs only the scalar kernel would fit (38 units a block), which only `persistent` runs
     assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=8).startswith("step (fallback: the tensor-core")
-    assert _choice(cell, dtype=dtype, backward=True) == "step (fallback: no persistent backward yet)"
+    assert _choice(cell, dtype=dtype, backward=True) == "persistent_mma"
+    assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=19, backward=True) == "persistent_mma"
+    assert _choice(cell, T=3, B=3, I=5, H=301, dtype=dtype, sms=8, backward=True).startswith(
+        "step (fallback: the persistent backward's CTAs")
 
 
 @needs_cuda_build
@@ -135,7 +139,7 @@ def test_cuda_paths_can_be_forced(monkeypatch, cuda_device, cell):
     monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
     mod(x)[0].sum().backward()
     assert fastrnn._C.last_path(f"{cell}_forward")["path"] == "cuda.persistent_mma"
-    assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.step_loop"
+    assert fastrnn._C.last_path(f"{cell}_backward")["path"] == "cuda.persistent_mma"
     mod_proj = fastrnn.LSTM(4, 6, proj_size=3).to(cuda_device)
     with pytest.raises(NotImplementedError, match="no projection"):
         mod_proj(x)
@@ -149,10 +153,11 @@ def test_prefer_persistent_records_the_fallback(monkeypatch, cuda_device, cell):
     x = torch.randn(5, 3, 4, device=cuda_device, requires_grad=True)
     mod(x)[0].sum().backward()
     assert fastrnn._C.last_path(f"{cell}_forward") == {"path": "cuda.persistent_mma", "grad_chunks": 0}
-    assert fastrnn._C.last_path(f"{cell}_backward")["fallback"] == "no persistent backward yet"
-    mod.double()(x.double())
-    assert fastrnn._C.last_path(f"{cell}_forward") == {"path": "cuda.step_loop", "grad_chunks": 0,
-                                                       "fallback": "float64 stays on the step loop"}
+    assert fastrnn._C.last_path(f"{cell}_backward") == {"path": "cuda.persistent_mma", "grad_chunks": 1}
+    mod.double()(x.double())[0].sum().backward()
+    for op, chunks in (("forward", 0), ("backward", 1)):
+        assert fastrnn._C.last_path(f"{cell}_{op}") == {"path": "cuda.step_loop", "grad_chunks": chunks,
+                                                        "fallback": "float64 stays on the step loop"}
     monkeypatch.setenv("FASTRNN_RECURRENCE", "step")
     mod.float()(x)
     assert "fallback" not in fastrnn._C.last_path(f"{cell}_forward")

@@ -6,6 +6,8 @@
 
 #include "fastrnn/persistent.h"
 #include "fastrnn/persistent_mma.h"
+#include "fastrnn/persistent_mma_bwd.h"
+#include "fastrnn/single_step.h"
 #include "fastrnn/steps.h"
 
 namespace fastrnn {
@@ -31,6 +33,19 @@ template <typename T>
 const char* persistent_mma_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaPartition& part);
 template <typename T>
 const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& a, const MmaPartition& part, bool split);
+
+// The tensor-core persistent backward (persistent_mma.cu), the same pair: whether this device can
+// run a G-gate layer of H units over B rows (fills the partition), and the launch of the
+// arguments run_persistent_backward (persistent_host.h) prepared (counters: the launcher's).
+template <typename T>
+const char* persistent_mma_bwd_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaBwdPartition& part);
+template <typename T>
+const char* launch_persistent_mma_backward(const PersistentMmaBwdArgs<T>& a, const MmaBwdPartition& part);
+
+// The fused single step (single_step.cu), for float, double, Half and BFloat16: one launch of
+// the arguments run_single_step (persistent_host.h) prepared, on the current stream.
+template <typename T>
+void launch_single_step(const SingleStepArgs<T>& a);
 
 }  // namespace cuda
 }  // namespace fastrnn

@@ -1,6 +1,7 @@
 // The CUDA backend: each layer call asks the recurrence dispatch (recurrence.cpp) how to run,
 // then runs it: the step loop (GEMMs through ATen/cuBLAS on the current stream, pointwise steps
-// from lstm.cu / gru.cu) or a persistent forward (persistent_mma.cu, persistent.cu). Kept in a .cpp so nvcc only
+// from lstm.cu / gru.cu), a persistent kernel (persistent_mma.cu: forward and backward;
+// persistent.cu: forward) or the fused single step (single_step.cu). Kept in a .cpp so nvcc only
 // compiles the kernel files.
 #include <torch/library.h>
 
@@ -27,12 +28,15 @@ struct CudaKernels {
 
 using Loop = StepLoop<CudaKernels>;
 
-// Forwards run what the dispatch chooses; backwards run the step loop (there is no persistent
-// backward yet; choose_recurrence still validates FASTRNN_RECURRENCE for them). A fallback
-// reason goes into the path log next to the step loop's record.
+// Forwards and backwards run what the dispatch chooses. A fallback reason goes into the path log
+// next to the step loop's record.
 template <class StepLoopForward>
 void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
   cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, false));
+  if (c.kind == cuda::Recurrence::kSingleStep) {
+    run_single_step(p, "cuda.single_step", [](const auto& a) { cuda::launch_single_step(a); });
+    return;
+  }
   const char* refused = nullptr;
   if (c.kind == cuda::Recurrence::kPersistentMma) {
     refused = run_persistent_forward(p, as_persistent_partition(c.mma), "cuda.persistent_mma", [&c](const auto& args, const PersistentPartition&) {
@@ -56,8 +60,15 @@ void forward(ForwardPlan& p, StepLoopForward&& step_loop) {
 
 template <class StepLoopBackward>
 void backward(BackwardPlan& p, StepLoopBackward&& step_loop) {
-  const cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, true));
-  TORCH_INTERNAL_ASSERT(c.kind == cuda::Recurrence::kStepLoop, "fastrnn: no persistent backward");
+  cuda::RecurrenceChoice c = cuda::choose_recurrence(cuda::recurrence_query(p, true));
+  if (c.kind == cuda::Recurrence::kPersistentMma) {
+    const char* refused = run_persistent_backward(p, c.mma_bwd, c.split, "cuda.persistent_mma", [&c](const auto& args) {
+      return cuda::launch_persistent_mma_backward(args, c.mma_bwd);
+    });
+    if (refused == nullptr) return;
+    TORCH_CHECK_NOT_IMPLEMENTED(cuda::prefer_persistent(), "FASTRNN_RECURRENCE=persistent, but ", refused);
+    c.fallback = refused;
+  }
   step_loop(p);
   if (c.fallback != nullptr) PathLog::note_fallback(p.op, c.fallback);
 }

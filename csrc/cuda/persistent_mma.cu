@@ -1,8 +1,9 @@
-// The tensor-core persistent forward kernel (fastrnn/persistent_mma.h): one cooperative launch per
-// layer and direction (cooperative only for its guarantee that every CTA is resident, which the
-// spin-waits need; there is no grid.sync), per step warp-level mma.sync products, the shared cell
-// update, and a monotonic step counter instead of a grid barrier. Selected only by
-// FASTRNN_RECURRENCE=persistent / prefer-persistent (recurrence.cpp); not yet run on a GPU.
+// The tensor-core persistent kernels, forward (fastrnn/persistent_mma.h) and backward
+// (fastrnn/persistent_mma_bwd.h): one cooperative launch per layer and direction (cooperative
+// only for its guarantee that every CTA is resident, which the spin-waits need; there is no
+// grid.sync), per step warp-level mma.sync products, the shared cell math, and monotonic step
+// counters instead of a grid barrier. Selected only by FASTRNN_RECURRENCE=persistent /
+// prefer-persistent (recurrence.cpp); not yet run on a GPU.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -15,6 +16,7 @@
 #include <type_traits>
 
 #include "fastrnn/persistent_mma.h"
+#include "fastrnn/persistent_mma_bwd.h"
 #include "launch.h"
 #include "smem_optin.cuh"
 
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_kernel(const Pe
       float d[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) d[i] = (dh0[i] + dh1[i]) + (dx0[i] + dx1[i]);
-      mma_store_partial(a, nt, ks, lane, d, partial);
+      mma_store_partial(a.ntiles, nt, ks, lane, d, partial);
     }
     __syncthreads();
     mma_reduce(a, tid, blockDim.x, partial, pre);
@@ -149,6 +151,94 @@ __global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_kernel(const Pe
     persistent_update(a, s, blockIdx.x, tid, blockDim.x, pre);
     __syncthreads();  // every thread's h_s stores precede thread 0's release
     if (tid == 0) publish(a.counter);
+  }
+}
+
+// The backward (persistent_mma_bwd.h). CTA blockIdx.x: unit group blockIdx.x % unit_groups of
+// batch group blockIdx.x / unit_groups, whose counter it waits on and advances. Iteration q runs
+// s = T - 1 - q; q = T multiplies iteration 0's grads into dh0 and publishes nothing.
+template <typename T>
+__global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_bwd_kernel(const PersistentMmaBwdArgs<T> a) {
+  using S = MmaShape<T>;
+  using Op = MmaOperand<T>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  const MmaBwdSmem sm = mma_bwd_smem(sizeof(T), a.ktiles, a.tiles, a.kslices);
+  T* wf = reinterpret_cast<T*>(smem + sm.weights);
+  float* partial = reinterpret_cast<float*>(smem + sm.partial);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t ug = blockIdx.x % a.unit_groups, gb = blockIdx.x / a.unit_groups, steps = a.common.T;
+  unsigned long long* counter = a.counters + gb;
+  mma_bwd_load_weights(a, ug, tid, blockDim.x, wf);
+  __syncthreads();
+  // One k-tile's MMAs from its B fragment into the accumulators of its parity (dh: hi * hi, dx:
+  // the fp32 split's cross terms).
+  const auto k_tile = [&](const T (&b)[S::kB], int64_t kt, float (&dh)[4], float (&dx)[4]) {
+    if constexpr (sizeof(T) == 2) {
+      const uint4 av = *reinterpret_cast<const uint4*>(wf + (kt * 32 + lane) * S::kA);
+      const uint32_t af[4] = {av.x, av.y, av.z, av.w};
+      // element 2w in the low half of register w (b_pairs_adjacent: adjacent k of one row)
+      const uint32_t bf[2] = {bits16(b[0]) | (bits16(b[1]) << 16), bits16(b[2]) | (bits16(b[3]) << 16)};
+      warp_mma<T>(dh, af, bf);
+    } else {
+      const float4 av = *reinterpret_cast<const float4*>(wf + (kt * 32 + lane) * S::kA);
+      const float w[4] = {av.x, av.y, av.z, av.w};
+      uint32_t a_hi[4], a_lo[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float h = Op::hi(w[i]);
+        a_hi[i] = __float_as_uint(h);
+        a_lo[i] = __float_as_uint(Op::lo(w[i], h));
+      }
+      const float b0 = Op::hi(b[0]), b1 = Op::hi(b[1]);
+      const uint32_t b_hi[2] = {__float_as_uint(b0), __float_as_uint(b1)};
+      if (a.split) {
+        const uint32_t b_lo[2] = {__float_as_uint(Op::lo(b[0], b0)), __float_as_uint(Op::lo(b[1], b1))};
+        warp_mma<T>(dx, a_lo, b_hi);
+        warp_mma<T>(dx, a_hi, b_lo);
+      }
+      warp_mma<T>(dh, a_hi, b_hi);
+    }
+  };
+  // The B fragments come from L2 in chunks of kChunk k-tiles, all loads of a chunk issued before
+  // its MMAs: one L2 round trip a chunk instead of one a k-tile.
+  constexpr int kChunk = 8;
+  for (int64_t q = 0; q <= steps; ++q) {
+    const int64_t s = steps - 1 - q;
+    if (q > 0) {
+      if (tid == 0) wait_counter(counter, static_cast<unsigned long long>(a.unit_groups) * q);
+      __syncthreads();
+      const T* src = ((s + 1) & 1) ? a.dstep[1] : a.dstep[0];
+      for (int64_t item = warp; item < a.tiles * a.kslices; item += kMmaWarps) {
+        const int64_t lt = item % a.tiles, ks = item / a.tiles, nt = gb * a.tiles + lt;
+        if (nt >= a.ntiles || !mma_bwd_tile_needed(a, s, nt)) continue;  // warp-uniform
+        int64_t kt0, kt1;
+        mma_slice(a.ktiles, a.kslices, ks, kt0, kt1);
+        float dh0[4] = {}, dh1[4] = {}, dx0[4] = {}, dx1[4] = {};
+        for (int64_t kc = kt0; kc < kt1; kc += kChunk) {
+          T b[kChunk][S::kB];
+#pragma unroll
+          for (int c = 0; c < kChunk; ++c) {
+            if (kc + c < kt1) mma_bwd_load_b(a, src, nt, kc + c, lane, b[c]);
+          }
+#pragma unroll
+          for (int c = 0; c < kChunk; c += 2) {  // kChunk even: parity (kt - kt0) & 1 = c & 1
+            if (kc + c < kt1) k_tile(b[c], kc + c, dh0, dx0);
+            if (kc + c + 1 < kt1) k_tile(b[c + 1], kc + c + 1, dh1, dx1);
+          }
+        }
+        float d[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) d[i] = (dh0[i] + dh1[i]) + (dx0[i] + dx1[i]);
+        mma_store_partial(a.tiles, lt, ks, lane, d, partial);
+      }
+      __syncthreads();
+      mma_bwd_reduce(a, s, ug, gb, tid, blockDim.x, partial);
+      __syncthreads();
+    }
+    if (s < 0) break;
+    mma_bwd_update(a, s, ug, gb, tid, blockDim.x);
+    __syncthreads();  // every thread's grad stores precede thread 0's release
+    if (tid == 0) publish(counter);
   }
 }
 
@@ -202,9 +292,67 @@ const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& args, 
   }
 }
 
+template <typename T>
+const char* persistent_mma_bwd_unavailable(int64_t G, int64_t H, int64_t B, int64_t sms, MmaBwdPartition& part) {
+  if constexpr (std::is_same_v<T, double>) {
+    return "float64 stays on the step loop";
+  } else {
+    int device = 0, cooperative = 0, major = 0, optin = 0, per_sm = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 8) return "the tensor-core kernel needs compute capability 8.0 or newer (mma.sync with bf16 / tf32)";
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+    if (!cooperative) return "the device cannot launch cooperative kernels";
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    allow_all_shared_memory<persistent_mma_bwd_kernel<T>>(device);
+    // The shared memory depends on the tiles a CTA takes, which depend on the residency: plan for
+    // one tile a CTA, ask the occupancy for that size, plan again, and once more if the size grew.
+    const int64_t elem = int64_t(sizeof(T));
+    const char* why = plan_persistent_mma_bwd(G, H, B, elem, sms, 1 << 20, optin, part);
+    if (why != nullptr) return why;
+    for (int pass = 0; pass < 2; ++pass) {
+      const int64_t bytes = part.smem_bytes;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_mma_bwd_kernel<T>,
+                                                                   int(part.threads), bytes));
+      why = plan_persistent_mma_bwd(G, H, B, elem, sms, per_sm, optin, part);
+      if (why != nullptr || part.smem_bytes <= bytes) return why;
+    }
+    return why;
+  }
+}
+
+template <typename T>
+const char* launch_persistent_mma_backward(const PersistentMmaBwdArgs<T>& args, const MmaBwdPartition& part) {
+  if constexpr (std::is_same_v<T, double>) {
+    TORCH_INTERNAL_ASSERT(false, "fastrnn: no float64 tensor-core kernel");
+    return nullptr;
+  } else {
+    int device = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&device));
+    allow_all_shared_memory<persistent_mma_bwd_kernel<T>>(device);
+    // One step counter a batch group, zeroed on the current stream.
+    const at::Tensor counters =
+        at::zeros({part.batch_groups}, at::TensorOptions().dtype(at::kLong).device(at::kCUDA, device));
+    PersistentMmaBwdArgs<T> a = args;
+    a.counters = reinterpret_cast<unsigned long long*>(counters.mutable_data_ptr<int64_t>());
+    void* kargs[] = {&a};
+    const cudaError_t err = cudaLaunchCooperativeKernel(
+        reinterpret_cast<const void*>(persistent_mma_bwd_kernel<T>), dim3(unsigned(part.ctas)),
+        dim3(unsigned(part.threads)), kargs, size_t(part.smem_bytes), c10::cuda::getCurrentCUDAStream());
+    if (err == cudaErrorCooperativeLaunchTooLarge) {
+      (void)cudaGetLastError();
+      return "the device refused the cooperative launch: its CTAs cannot all be resident";
+    }
+    C10_CUDA_CHECK(err);
+    return nullptr;
+  }
+}
+
 #define FASTRNN_INSTANTIATE_PERSISTENT_MMA(T)                                                         \
   template const char* persistent_mma_unavailable<T>(int64_t, int64_t, int64_t, int64_t, MmaPartition&); \
-  template const char* launch_persistent_mma_forward<T>(const PersistentForwardArgs<T>&, const MmaPartition&, bool);
+  template const char* launch_persistent_mma_forward<T>(const PersistentForwardArgs<T>&, const MmaPartition&, bool); \
+  template const char* persistent_mma_bwd_unavailable<T>(int64_t, int64_t, int64_t, int64_t, MmaBwdPartition&);      \
+  template const char* launch_persistent_mma_backward<T>(const PersistentMmaBwdArgs<T>&, const MmaBwdPartition&);
 FASTRNN_INSTANTIATE_PERSISTENT_MMA(float)
 FASTRNN_INSTANTIATE_PERSISTENT_MMA(double)
 FASTRNN_INSTANTIATE_PERSISTENT_MMA(c10::Half)

@@ -1,5 +1,5 @@
 // The CUDA recurrence dispatch (see recurrence.h). `auto` runs the step loop everywhere until the
-// persistent kernel has passed the CUDA suite on a GPU and measured faster.
+// persistent kernels have passed the CUDA suite on a GPU and measured faster.
 #include "recurrence.h"
 
 #include <ATen/cuda/CUDAContext.h>
@@ -29,7 +29,6 @@ using Mode = RecurrenceMode;
 // slower than the step loop everywhere, which would only slow the suite and the benchmarks.
 const char* persistent_unavailable(const RecurrenceQuery& q, bool scalar, RecurrenceChoice& c) {
   if (q.projected) return "it has no projection (proj_size)";
-  if (q.unsupported_option != nullptr) return q.unsupported_option;
   if (q.dtype == at::kDouble) return "float64 stays on the step loop";
   const int64_t elem = int64_t(c10::elementSize(q.dtype));
   const char* mma_why =
@@ -54,6 +53,26 @@ const char* persistent_unavailable(const RecurrenceQuery& q, bool scalar, Recurr
     return nullptr;
   }
   return mma_why;
+}
+
+// Why the persistent backward cannot run this call (nullptr when it can); fills the choice. The
+// backward of any forward path: both save the step loop's activations.
+const char* persistent_backward_unavailable(const RecurrenceQuery& q, RecurrenceChoice& c) {
+  if (q.projected) return "it has no projection (proj_size)";
+  if (q.dtype == at::kDouble) return "float64 stays on the step loop";
+  const char* why =
+      q.probe_device
+          ? AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.dtype, "persistent_mma_bwd_unavailable",
+                                            [&] {
+                                              return persistent_mma_bwd_unavailable<scalar_t>(q.cell->gates, q.d.H,
+                                                                                              q.d.B, q.sms, c.mma_bwd);
+                                            })
+          : plan_persistent_mma_bwd(q.cell->gates, q.d.H, q.d.B, int64_t(c10::elementSize(q.dtype)), q.sms,
+                                    q.blocks_per_sm, q.smem_limit, c.mma_bwd);
+  if (why != nullptr) return why;
+  c.kind = Recurrence::kPersistentMma;
+  c.split = !(q.dtype == at::kFloat && q.allow_tf32);
+  return nullptr;
 }
 
 // Driver entry points, fetched once through the runtime (no link against libcuda).
@@ -110,6 +129,7 @@ const char* recurrence_name(Recurrence r) {
   switch (r) {
     case Recurrence::kPersistent: return "persistent";
     case Recurrence::kPersistentMma: return "persistent_mma";
+    case Recurrence::kSingleStep: return "single_step";
     default: return "step";
   }
 }
@@ -129,13 +149,18 @@ RecurrenceChoice choose_recurrence(const RecurrenceQuery& q) {
   RecurrenceChoice c{Recurrence::kStepLoop, {}};
   const Mode mode = recurrence_mode_from_env();
   if (mode == Mode::kAuto || mode == Mode::kStepLoop) return c;
-  // No persistent backward yet: the backward of a persistent forward is the step loop's
-  // (the forward saves the same activations).
-  if (q.backward) {
-    c.fallback = "no persistent backward yet";
+  // Options only the step loop runs (layer norm, zoneout, recurrent dropout) rule out every other
+  // kernel, the fused single step included.
+  const char* why = q.unsupported_option;
+  // A cell call runs as one fused kernel: the persistent kernels' T = 1 is the same work behind a
+  // projection GEMM and a cooperative launch.
+  if (why == nullptr && !q.backward && single_step_fits(q.d.T, q.d.B, q.projected)) {
+    c.kind = Recurrence::kSingleStep;
     return c;
   }
-  const char* why = persistent_unavailable(q, mode == Mode::kPersistent, c);
+  if (why == nullptr) {
+    why = q.backward ? persistent_backward_unavailable(q, c) : persistent_unavailable(q, mode == Mode::kPersistent, c);
+  }
   if (mode == Mode::kPrefer) {
     c.fallback = why;
     return c;

@@ -8,6 +8,7 @@
 #include "fastrnn/layer_plan.h"
 #include "fastrnn/persistent.h"
 #include "fastrnn/persistent_mma.h"
+#include "fastrnn/persistent_mma_bwd.h"
 
 namespace fastrnn {
 namespace cuda {
@@ -15,7 +16,10 @@ namespace cuda {
 enum class Recurrence {
   kStepLoop,       // per step one cuBLAS GEMM + one fused pointwise kernel (step_loop.h)
   kPersistent,     // one cooperative launch per layer and direction over all steps (persistent.h)
-  kPersistentMma,  // the same with tensor-core products and a step counter (persistent_mma.h)
+  kPersistentMma,  // the same with tensor-core products and a step counter (persistent_mma.h; a
+                   // backward: persistent_mma_bwd.h)
+  kSingleStep,     // a cell call (T = 1) as one fused kernel, both products and the cell math
+                   // (single_step.h)
 };
 
 const char* recurrence_name(Recurrence r);
@@ -43,21 +47,22 @@ RecurrenceQuery recurrence_query(const LayerPlan& p, bool backward);
 struct RecurrenceChoice {
   Recurrence kind;
   PersistentPartition part;        // for kPersistent
-  MmaPartition mma;                // for kPersistentMma
+  MmaPartition mma;                // for kPersistentMma (a forward)
+  MmaBwdPartition mma_bwd;         // for kPersistentMma (a backward)
   bool split = true;               // kPersistentMma in fp32: 3xTF32 (else plain TF32)
   const char* fallback = nullptr;  // a string literal: why the preferred persistent path does not
-                                   // run this call (FASTRNN_RECURRENCE=prefer-persistent, or a
-                                   // backward under persistent); nullptr otherwise
+                                   // run this call (FASTRNN_RECURRENCE=prefer-persistent);
+                                   // nullptr otherwise
 };
 
 // FASTRNN_RECURRENCE=auto (or unset) picks the fastest implementation validated on a GPU for the
 // call (today: the step loop); step forces the step loop; persistent forces a persistent
-// forward — the tensor-core kernel where it fits, else the scalar one — (whose backward is the
-// step loop until a persistent backward exists) and raises
+// kernel — a forward: the fused single step for a cell call it fits, else the tensor-core kernel
+// where it fits, else the scalar one; a backward: the tensor-core backward — and raises
 // NotImplementedError naming the reason where it cannot run the call; prefer-persistent runs the
-// tensor-core persistent forward wherever it can and the step loop elsewhere, with the reason in
-// `fallback` (so the whole CUDA suite runs with every eligible call persistent). Any other value
-// raises ValueError.
+// fused single step, the tensor-core persistent forward and backward wherever they can and the
+// step loop elsewhere, with the reason in `fallback` (so the whole CUDA suite runs with every
+// eligible call on them). Any other value raises ValueError.
 RecurrenceChoice choose_recurrence(const RecurrenceQuery& q);
 
 // Multiprocessors the current context may run blocks on: the device's count, or fewer under a

@@ -13,7 +13,8 @@ namespace fastrnn {
 
 struct PathRecord {
   const char* path = nullptr;  // a string literal: "cpu.step_loop", "cpu.single_step",
-                               // "cpu.persistent_emulation", "cuda.step_loop", "cuda.persistent"
+                               // "cpu.persistent_emulation", "cpu.persistent_mma_emulation",
+                               // "cuda.step_loop", "cuda.persistent", "cuda.persistent_mma"
   int64_t grad_chunks = 0;     // backward: how many runs of steps the gate grads were folded in
   const char* fallback = nullptr;  // a string literal: why a preferred path did not run this call
 };

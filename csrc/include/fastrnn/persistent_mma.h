@@ -262,14 +262,14 @@ C10_HOST_DEVICE FASTRNN_INLINE void mma_load_b(const PersistentMmaArgs<T>& a, co
   }
 }
 
-// A lane's D fragment of item (nt, ks) into the partial tiles [kslices, ntiles * 8, 16].
-template <typename T>
-C10_HOST_DEVICE FASTRNN_INLINE void mma_store_partial(const PersistentMmaArgs<T>& a, int64_t nt, int64_t ks, int lane,
-                                                      const at::opmath_type<T> (&d)[mma::kC],
-                                                      at::opmath_type<T>* partial) {
+// A lane's D fragment of item (nt, ks) into the partial tiles [kslices, ntiles * 8, 16] (the
+// forward's and the backward's: ntiles batch tiles, 16 rows of the A operand each).
+template <typename Acc>
+C10_HOST_DEVICE FASTRNN_INLINE void mma_store_partial(int64_t ntiles, int64_t nt, int64_t ks, int lane,
+                                                      const Acc (&d)[mma::kC], Acc* partial) {
   for (int i = 0; i < mma::kC; ++i) {
     const mma::RowCol rc = mma::c_m16n8(lane, i);
-    partial[(ks * a.ntiles * mma::kN + nt * mma::kN + rc.col) * mma::kM + rc.row] = d[i];
+    partial[(ks * ntiles * mma::kN + nt * mma::kN + rc.col) * mma::kM + rc.row] = d[i];
   }
 }
 
