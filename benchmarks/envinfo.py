@@ -26,7 +26,7 @@ def cpu_model() -> str:
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 # Environment variables that limit the ISA the libraries use, or their threads.
 CPU_ENV = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
-           "OMP_NUM_THREADS", "MKL_NUM_THREADS", "FASTRNN_RECURRENCE")
+           "OMP_NUM_THREADS", "MKL_NUM_THREADS", "FASTRNN_RECURRENCE", "FASTRNN_CPU_KERNEL")
 
 
 def _cpuinfo_fields() -> dict:

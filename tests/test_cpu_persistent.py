@@ -2,7 +2,8 @@
 FASTRNN_RECURRENCE=persistent: the same outputs, states and saved activations as the step loop and
 as reference.py, for sizes that exercise the micro-kernel's edges (H not a multiple of the vector
 width, row tiles of 1, 3 and 64 rows, threads owning unequal numbers of units), lengths, reverse,
-inference, every float type, 1 to 3 threads; and the CPU dispatch (`_cpu_recurrence`)."""
+inference, every float type, 1 to 3 threads, each micro-kernel the CPU can run
+(FASTRNN_CPU_KERNEL); and the CPU dispatch (`_cpu_recurrence`)."""
 import contextlib
 
 import pytest
@@ -66,9 +67,25 @@ IDS = [f"{c[0]}-T{c[1]}-B{c[2]}-H{c[4]}-t{c[5]}-{c[6] or 'full'}-{'rev' if c[7] 
        for c in CASES]
 
 
+# The micro-kernels, best first; FASTRNN_CPU_KERNEL picks any the CPU can run, so each is tested here.
+KERNELS = ["avx512", "avx2", "baseline"]
+
+
+def _runnable(kernel):
+    best = ops._cpu_persistent_kernel()  # FASTRNN_CPU_KERNEL unset: the CPU's best
+    if KERNELS.index(kernel) < KERNELS.index(best):
+        pytest.skip(f"this CPU (or build) runs at most the {best} kernel")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [f64, torch.float32])
-def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype):
+def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype,
+                                          kernel):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    _runnable(kernel)
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", kernel)
+    assert ops._cpu_persistent_kernel() == kernel
     t = layer_tensors(kind, T, B, I, H, dtype)
     lens = _lengths(lengths, T, B)
     with _threads(threads):
@@ -237,5 +254,28 @@ def test_unknown_value_is_a_value_error_on_the_cpu(monkeypatch, bad):
                         None, False, False)
 
 
-def test_the_kernel_in_use_is_named():
-    assert ops._cpu_persistent_kernel() in ("avx512", "avx2", "baseline")
+def test_the_kernel_in_use_is_named(monkeypatch):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    best = ops._cpu_persistent_kernel()
+    assert best in KERNELS
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", "baseline")  # every CPU runs the baseline
+    assert ops._cpu_persistent_kernel() == "baseline"
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", "")  # empty: unset
+    assert ops._cpu_persistent_kernel() == best
+
+
+@pytest.mark.parametrize("bad", ["AVX2", "avx", "sse"])
+def test_unknown_kernel_is_a_value_error(monkeypatch, bad):
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", bad)
+    with pytest.raises(ValueError, match=f"FASTRNN_CPU_KERNEL must be one of avx512, avx2, baseline; got '{bad}'"):
+        ops._cpu_persistent_kernel()
+
+
+def test_a_kernel_above_the_cpu_is_a_value_error(monkeypatch):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    best = ops._cpu_persistent_kernel()
+    if best == KERNELS[0]:
+        pytest.skip("this CPU runs every kernel")
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", KERNELS[KERNELS.index(best) - 1])
+    with pytest.raises(ValueError, match=f"runs at most the {best} kernel"):
+        ops._cpu_persistent_kernel()
