@@ -52,46 +52,44 @@ constexpr int64_t kUnitChunk = cpu::kLanes;
 // The block of K one pass of the micro-kernel covers (see run_thread).
 constexpr int64_t kKBlock = 64;
 
-// ---- Micro-kernels: C[mr, NV*W] = A[mr, K] * Panel[K, NV*W] for mr <= MR: A rows lda apart, the
-// panel k-major, NR = G*W values per k (W consecutive units of each of the G gates). One call
-// covers NV of the G gate vectors (the caller offsets panel and c to the first): NV = G where
-// the registers allow, so accumulator (r, q) is gate q of W units of row r and the tile holds
-// every gate the cell math of those units needs. Vector q of row r is stored at
-// c + r * ldr + q * ldq. Written on GCC vector types: they compile to zmm, ymm or xmm registers
-// in the per-ISA entry points below, and GCC contracts a * b + c into FMA where the ISA has it.
-template <typename A, int Bytes, int G_, int MR_, int NV_ = G_>
+// ---- Micro-kernels: C[mr, G*W] = A[mr, K] * Panel[K, G*W] for mr <= MR: A rows lda apart, the
+// panel k-major (G*W values per k: W consecutive units of each of the G gates), so accumulator
+// (r, q) is gate q of W units of row r and the tile holds every gate the cell math of those
+// units needs. Vector q of row r is stored at c + r * ldr + q * ldq. Written on GCC vector
+// types: they compile to zmm, ymm or xmm registers in the per-ISA entry points below, and GCC
+// contracts a * b + c into FMA where the ISA has it.
+template <typename A, int Bytes, int G_, int MR_>
 struct Micro {
   typedef A V __attribute__((vector_size(Bytes)));
   static constexpr int W = Bytes / int(sizeof(A));
-  static constexpr int G = G_, MR = MR_, NR = G_ * W, NV = NV_;
-  static_assert(G % NV == 0, "a panel is whole passes of NV vectors");
+  static constexpr int G = G_, MR = MR_, NR = G_ * W;
 
   // One k of the product into one set of accumulators.
   template <int mr>
-  FASTRNN_INLINE static void fma_k(V (&acc)[mr][NV], const A* a, int64_t lda, int64_t k, const A* panel) {
-    V b[NV];
+  FASTRNN_INLINE static void fma_k(V (&acc)[mr][G], const A* a, int64_t lda, int64_t k, const A* panel) {
+    V b[G];
 #pragma GCC unroll 8
-    for (int q = 0; q < NV; ++q) std::memcpy(&b[q], panel + k * NR + q * W, sizeof(V));
+    for (int q = 0; q < G; ++q) std::memcpy(&b[q], panel + k * NR + q * W, sizeof(V));
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
       const A x = a[r * lda + k];
 #pragma GCC unroll 8
-      for (int q = 0; q < NV; ++q) acc[r][q] += x * b[q];
+      for (int q = 0; q < G; ++q) acc[r][q] += x * b[q];
     }
   }
 
   // accumulate: add to what c holds (a later block of K) instead of overwriting it.
-  // A short tile (one row: NV chains) cannot cover the FMA latency (~4 cycles, 2 FMAs a cycle:
+  // A short tile (one row: G chains) cannot cover the FMA latency (~4 cycles, 2 FMAs a cycle:
   // 8 chains in flight), so it keeps S sets of accumulators on interleaved k, summed at the end.
   template <int mr>
   FASTRNN_INLINE static void tile(const A* a, int64_t lda, int64_t K, const A* panel, A* c, int64_t ldr,
                                   int64_t ldq, bool accumulate) {
-    constexpr int S = mr * NV >= 8 ? 1 : (8 + mr * NV - 1) / (mr * NV);
-    V acc[S][mr][NV];
+    constexpr int S = mr * G >= 8 ? 1 : (8 + mr * G - 1) / (mr * G);
+    V acc[S][mr][G];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
-      for (int q = 0; q < NV; ++q) {
+      for (int q = 0; q < G; ++q) {
         if (accumulate) {
           std::memcpy(&acc[0][r][q], c + r * ldr + q * ldq, sizeof(V));
         } else {
@@ -112,7 +110,7 @@ struct Micro {
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
-      for (int q = 0; q < NV; ++q) {
+      for (int q = 0; q < G; ++q) {
 #pragma GCC unroll 8
         for (int t = 1; t < S; ++t) acc[0][r][q] += acc[t][r][q];
         std::memcpy(c + r * ldr + q * ldq, &acc[0][r][q], sizeof(V));
@@ -139,16 +137,16 @@ struct Micro {
   }
 };
 
-// Register blocking per ISA: MR * NV accumulators + NV panel vectors + 1 broadcast fit the
-// registers, MR as large as that allows (each broadcast feeds NV FMAs, each panel load MR):
-//   AVX-512 (32 zmm): 24 accumulators, 6 rows (LSTM) / 8 rows (GRU) x all G gates of 16 floats;
-//   AVX2 + FMA (16 ymm): GRU 4 rows x 3 gates (12 + 3 + 1 = 16); LSTM 6 rows x 2 gates, two
-//     passes a panel (12 + 2 + 1 = 15: 3 rows x 4 gates would need 17 registers, and spilled);
-//   baseline (SSE2, no FMA; 16 xmm): 2 rows x G gates of 4 floats.
+// Register blocking per ISA: MR * G accumulators + G panel vectors + 1 broadcast fit the
+// registers, MR as large as that allows (each broadcast feeds G FMAs, each panel load MR):
+//   AVX-512 (32 zmm): 24 accumulators, 6 rows (LSTM) / 8 rows (GRU) of 16 floats x G gates;
+//   AVX2 + FMA (16 ymm): 12, 3 / 4 rows of 8 floats (LSTM needs 17 registers: one panel vector
+//     stays a memory operand; 6 rows x 2 gates a pass, which fits, measured no faster);
+//   baseline (SSE2, no FMA; 16 xmm): 8 / 6, 2 rows of 4 floats.
 template <typename A, int G>
 using MicroAvx512 = Micro<A, 64, G, 24 / G>;
 template <typename A, int G>
-using MicroAvx2 = std::conditional_t<G == 4, Micro<A, 32, 4, 6, 2>, Micro<A, 32, G, 12 / G>>;
+using MicroAvx2 = Micro<A, 32, G, 12 / G>;
 template <typename A, int G>
 using MicroBase = Micro<A, 16, G, 2>;
 
@@ -398,10 +396,8 @@ FASTRNN_INLINE void run_thread(const Shared<T>& sh, int tid, int nt) {
             for (int64_t r = r0; r < r0 + mr; ++r) prefetch_row<G>(sh, s, r, u0 + ug);
           }
           for (int64_t sp = 0; sp < kSub; ++sp) {
-            for (int q0 = 0; q0 < G; q0 += M::NV) {
-              M::tile_rows(mr, h_in + r0 * K + k0, K, kc, gpanels + sp * panel_size + k0 * M::NR + q0 * M::W,
-                           gates + r0 * ldr + q0 * kUnitChunk + sp * M::W, ldr, kUnitChunk, k0 > 0);
-            }
+            M::tile_rows(mr, h_in + r0 * K + k0, K, kc, gpanels + sp * panel_size + k0 * M::NR,
+                         gates + r0 * ldr + sp * M::W, ldr, kUnitChunk, k0 > 0);
           }
           r0 += mr;
         }
