@@ -234,14 +234,21 @@ def test_auto_follows_the_measured_rule(monkeypatch, value):
         monkeypatch.delenv("FASTRNN_RECURRENCE", raising=False)
     else:
         monkeypatch.setenv("FASTRNN_RECURRENCE", value)
-    # docs/DESIGN.md, "The persistent CPU recurrence": measured slower than the step loop on a
-    # quiet machine at every shape, so auto keeps the step loop (and the fused single step)
+    # docs/DESIGN.md, "The persistent CPU recurrence": faster than the step loop, on both
+    # micro-kernels, only for a batch of one on >= 2 threads, float32, T >= 4, 128 <= H <= 2048
     for cell in ("lstm", "gru"):
-        for T, B, I, H in [(100, 64, 512, 512), (64, 32, 64, 256), (100, 8, 256, 256), (100, 1, 256, 256),
-                           (1, 1, 256, 256)]:
+        for T, B, I, H in [(100, 1, 256, 256), (4, 1, 8, 128), (40, 1, 4, 2048)]:
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=2) == "persistent"
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=16) == "persistent"
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=1) == "step"  # one thread
+            for dtype in (torch.float64, torch.bfloat16, torch.float16):
+                assert _choice(cell, T=T, B=B, I=I, H=H, dtype=dtype) == "step"
+        for T, B, I, H in [(100, 64, 512, 512), (64, 32, 64, 256), (100, 8, 256, 256), (100, 2, 256, 256),
+                           (1, 1, 256, 256), (3, 1, 256, 256), (100, 1, 64, 64), (100, 1, 256, 4096)]:
             for dtype in (torch.float32, torch.float64, torch.bfloat16):
                 assert _choice(cell, T=T, B=B, I=I, H=H, dtype=dtype) == "step"
-    assert _choice("lstm", T=100, B=64, I=512, H=512, P=128) == "step"  # projection
+    assert _choice("lstm", T=100, B=1, I=256, H=256, P=128) == "step"  # projection
+    assert _choice("lstm", T=100, B=1, I=256, H=256, backward=True) == "step"  # no persistent backward
 
 
 @pytest.mark.parametrize("bad", ["Step", "persistant", "1"])

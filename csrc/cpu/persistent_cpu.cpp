@@ -587,14 +587,18 @@ const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
   return nullptr;
 }
 
-// auto: where measurements found the persistent recurrence faster than the step loop. Nowhere
-// yet: on a quiet 2-core AVX-512 Xeon (the benchmark suite, fp32, 2 threads, interleaved with the
-// step loop; docs/DESIGN.md, "The persistent CPU recurrence") it was 5-15% slower at every B >= 32
-// config (fastrnns, charrnn: its micro-kernel reaches ~90% of MKL's GEMM rate) and even at B = 8.
-// The earlier wins were measured under heavy load, where one barrier per step suffers less from a
-// descheduled thread than the step loop's fork/joins. Kept as the one place the rule goes once a
-// faster micro-kernel, or an AMD EPYC (whose MKL small-M GEMM is the slow one), says otherwise.
-bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
+// auto: where measurements found the persistent recurrence faster than the step loop, on both
+// micro-kernels (AVX-512, and AVX2 with MKL limited to AVX2), interleaved and repeated
+// (docs/DESIGN.md, "The persistent CPU recurrence", has the tables): a batch of one on two or
+// more threads, float32, T >= 4, 128 <= H <= 2048 (measured: T 4..40, H 128..2048, LSTM and GRU;
+// persistent / step loop time 0.2-0.72). There each step is a few microseconds of work, which
+// the step loop's parallel regions per step cost as much again. Not at B >= 2 (the AVX2 kernel
+// lost at B = 2..64, the AVX-512 one at B >= 16 or 32 by shape), not on one thread (the AVX2
+// kernel tied or lost at B = 1), not at H <= 64 (one 16-unit chunk a thread: a step is too
+// short for a barrier that a descheduled partner can stall; measured up to 200x slower).
+bool persistent_preferred(const CpuRecurrenceQuery& q) {
+  return q.d.B == 1 && q.threads >= 2 && q.dtype == at::kFloat && q.d.T >= 4 && q.d.H >= 128 && q.d.H <= 2048;
+}
 
 }  // namespace
 
