@@ -4,7 +4,9 @@ One layer's inference forward at T = 40, I = 4 (so the recurrent product dominat
 work), fp32, for LSTM and GRU at B x H = 64x512, 32x256, 8x256, 1x256. Both paths run in the same
 process (FASTRNN_RECURRENCE is read at every call), interleaved call by call; each figure is the
 best of --reps calls: CPU time of the process with one thread (what a shared machine disturbs
-least), wall time with more. Prints GFLOP/s = 2 T B G H (I + H) / time and persistent / step.
+least), wall time with more. Prints GFLOP/s = 2 T B G H (I + H) / time and persistent / step,
+then the same from the medians (which, unlike the best call, also count the calls that paid
+for fresh pages or a descheduled thread).
 No result of this tool is asserted anywhere: it informs docs/DESIGN.md's crossover rules.
 """
 import argparse
@@ -33,9 +35,9 @@ def layer_call(cell, T, B, I, H):
 
 
 def measure(fn, paths, reps, cpu_time):
-    """{path: best seconds of `reps` calls}, the paths alternating call by call."""
+    """{path: sorted seconds of `reps` calls}, the paths alternating call by call."""
     clock = time.process_time if cpu_time else time.perf_counter
-    best = {p: float("inf") for p in paths}
+    times = {p: [] for p in paths}
     with torch.no_grad():
         for p in paths:  # warm-up (and first-touch of the buffers)
             os.environ["FASTRNN_RECURRENCE"] = p
@@ -45,8 +47,8 @@ def measure(fn, paths, reps, cpu_time):
                 os.environ["FASTRNN_RECURRENCE"] = p
                 t0 = clock()
                 fn()
-                best[p] = min(best[p], clock() - t0)
-    return best
+                times[p].append(clock() - t0)
+    return {p: sorted(t) for p, t in times.items()}
 
 
 def main(argv=None):
@@ -66,18 +68,21 @@ def main(argv=None):
     print(f"# {args.threads} thread(s), kernel {kernel}, T={args.T} I={args.I}, best of {args.reps} "
           f"({'CPU' if cpu_time else 'wall'} time), load {os.getloadavg()[0]:.2f}; "
           f"MKL_ENABLE_INSTRUCTIONS={os.environ.get('MKL_ENABLE_INSTRUCTIONS', '-')}")
-    print("cell  B    H    step GFLOP/s  persistent GFLOP/s  persistent/step time")
+    print("cell  B    H    step GFLOP/s  persistent GFLOP/s  persistent/step time  (medians)")
     saved = os.environ.get("FASTRNN_RECURRENCE")
     try:
         for cell in args.cells.split(","):
             for shape in args.shapes.split(","):
                 B, H = map(int, shape.split("x"))
                 fn = layer_call(cell, args.T, B, args.I, H)
-                best = measure(fn, ["step", "persistent"], args.reps, cpu_time)
+                times = measure(fn, ["step", "persistent"], args.reps, cpu_time)
+                best = {p: t[0] for p, t in times.items()}
+                med = {p: t[len(t) // 2] for p, t in times.items()}
                 flops = 2 * args.T * B * GATES[cell] * H * (args.I + H)
                 rate = {p: flops / t / 1e9 for p, t in best.items()}
                 print(f"{cell:5} {B:<4} {H:<4} {rate['step']:12.1f}  {rate['persistent']:18.1f}  "
-                      f"{best['persistent'] / best['step']:.3f}", flush=True)
+                      f"{best['persistent'] / best['step']:20.3f}  ({flops / med['step'] / 1e9:.1f} / "
+                      f"{flops / med['persistent'] / 1e9:.1f}, {med['persistent'] / med['step']:.3f})", flush=True)
     finally:
         if saved is None:
             os.environ.pop("FASTRNN_RECURRENCE", None)
