@@ -49,6 +49,39 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().double() - b.detach().double()).abs().max().item()
 
 
+GATES = {"lstm": 4, "gru": 3}
+
+
+def rnn_gemm_flops(cell: str, positions: int, I: int, H: int, layers: int, backward: bool) -> int:
+    """GEMM flops of a one-direction stack over `positions` (step, batch entry) pairs (T * B, or
+    the sum of the lengths: padded positions do no useful work). Layer l, input width I_l (I,
+    then H), G gates: forward 2 * positions * G*H * (I_l + H) (input projection x W_ih^T and
+    recurrent product h W_hh^T); the backward's GEMMs are two of each size again (dx = dgates W_ih
+    and dW_ih = dgates^T x; dh = dgates W_hh and dW_hh = dgates^T h), so fwd+bwd is 3x the forward.
+    The pointwise cell math is not counted."""
+    G = GATES[cell]
+    fwd = sum(2 * positions * G * H * ((I if layer == 0 else H) + H) for layer in range(layers))
+    return 3 * fwd if backward else fwd
+
+
+def _flops(count: int, formula: str) -> dict:
+    return {"count": int(count), "formula": formula}
+
+
+_RNN_FORMULA = ("sum over layers of 2*N*G*H*(I_l + H), N = (step, entry) positions; x3 with the backward "
+                "(dx, dW_ih, dh, dW_hh GEMMs); pointwise not counted")
+
+
+def _ops_of(cell: str, backward: bool):
+    return [f"{cell}_forward"] + ([f"{cell}_backward"] if backward else [])
+
+
+def _paths(ops) -> dict:
+    """Which implementation fastrnn ran for each op of the call just made (fastrnn._C.last_path)."""
+    fr = _fastrnn()
+    return {op: fr._C.last_path(op) for op in ops}
+
+
 # ---------------------------------------------------------------- layer configs
 
 
@@ -153,18 +186,22 @@ def layer_fns(cfg, cell, mode, dname, device):
     return fns, pair, x
 
 
-def _first_calls(fns, x):
-    """One call of each side (it doubles as the first warm-up round): outputs and input grads."""
-    ys, dxs = {}, {}
+def _first_calls(fns, x, ops=()):
+    """One call of each side (it doubles as the first warm-up round): outputs, input grads, and
+    the paths fastrnn's side ran for `ops` (read right after its call, before another fastrnn
+    side can overwrite the record)."""
+    ys, dxs, paths = {}, {}, {}
     for n, fn in fns.items():
         ys[n] = fn().detach()
+        if n == FAST:
+            paths = _paths(ops)
         dxs[n] = None if x.grad is None else x.grad.clone()
-    return ys, dxs
+    return ys, dxs, paths
 
 
 def layer_time(cfg, cell, mode, dname, device, plan):
     fns, pair, x = layer_fns(cfg, cell, mode, dname, device)
-    ys, dxs = _first_calls(fns, x)
+    ys, dxs, paths = _first_calls(fns, x, _ops_of(cell, mode == "fwdbwd"))
     check = {"max_abs_diff_y": _max_diff(ys[FAST], ys[TORCH])}
     if mode == "fwdbwd":
         check["max_abs_diff_dx"] = _max_diff(dxs[FAST], dxs[TORCH])
@@ -173,9 +210,13 @@ def layer_time(cfg, cell, mode, dname, device, plan):
         {"fwd": "forward under no_grad, eval mode",
          "fwdtrain": "training forward: grad enabled, input requires grad, no backward",
          "fwdbwd": "forward + backward of y (input requires grad)"}[mode])
-    return _timed_record(f"layer/{cfg.name}/{cell}/{mode}/{dname}", "layer", cfg.name, cell, mode, dname,
-                         cfg.shape(), timings, [TORCH], impl_names={FAST: pair.fast_impl, TORCH: pair.ref_impl},
-                         check=check, note=note)
+    rec = _timed_record(f"layer/{cfg.name}/{cell}/{mode}/{dname}", "layer", cfg.name, cell, mode, dname,
+                        cfg.shape(), timings, [TORCH], impl_names={FAST: pair.fast_impl, TORCH: pair.ref_impl},
+                        check=check, note=note)
+    rec["flops"] = _flops(rnn_gemm_flops(cell, cfg.T * cfg.B, cfg.I, cfg.H, cfg.layers, mode == "fwdbwd"),
+                          _RNN_FORMULA)
+    rec["impls"][FAST]["paths"] = paths
+    return rec
 
 
 def _storage_key(t: torch.Tensor):
@@ -272,7 +313,7 @@ def varlen_time(cfg, cell, dname, device, plan):
     fns = {FAST: _fwdbwd(lambda inp: pair.fast_fn(inp, lengths=lengths), x, gy, pair.fast_params),
            PACKED: _fwdbwd(packed, x, gy, ref_params),
            PADDED: _fwdbwd(pair.ref_fn, x, gy, ref_params)}
-    ys, _ = _first_calls(fns, x)
+    ys, _, paths = _first_calls(fns, x, _ops_of(cell, True))
     check = {"max_abs_diff_y_vs_packed": _max_diff(ys[FAST], ys[PACKED])}
     timings = compare(fns, device, plan, warm_rounds=1)
     shape = dict(cfg.shape(), lengths_min=int(lengths.min()), lengths_max=int(lengths.max()),
@@ -284,6 +325,9 @@ def varlen_time(cfg, cell, dname, device, plan):
                                     PADDED: "nn on the padded tensor (ignores lengths)"},
                         note=f"lengths uniform in [{shape['lengths_min']}..{cfg.T}] (seed {C.VARLEN_SEED}); "
                              "packing and unpacking are inside the timed region")
+    rec["flops"] = _flops(rnn_gemm_flops(cell, int(lengths.sum()), cfg.I, cfg.H, cfg.layers, True),
+                          _RNN_FORMULA + "; N = the sum of the lengths (the padded side computes more)")
+    rec["impls"][FAST]["paths"] = paths
     return rec
 
 
@@ -336,14 +380,18 @@ def wdrop_time(cfg, dname, device, plan):
              "max_abs_diff_y_eval_vs_plain": _max_diff(ys[FAST], ys[PLAIN]),
              "mask_changes_y": _max_diff(y_train, ys[FAST]) > 0}
     fns = {n: _fwdbwd(lambda inp, m=m: m(inp)[0], x, gy, list(m.parameters())) for n, m in mods.items()}
+    _, _, paths = _first_calls(fns, x, _ops_of("lstm", True))  # a training warm-up round
     timings = compare(fns, device, plan, warm_rounds=1)
-    return _timed_record(f"wdrop/{cfg.name}/lstm/fwdbwd/{dname}", "wdrop", cfg.name, "lstm", "fwdbwd", dname,
-                         dict(cfg.shape(), p=C.WDROP_P), timings, [PARAM, PLAIN], check=check,
-                         impl_names={FAST: f"fastrnn.LSTM(weight_drop={C.WDROP_P})",
-                                     PARAM: "torch.nn.LSTM, weight_hh_l0 parametrized with F.dropout",
-                                     PLAIN: "fastrnn.LSTM"},
-                         note=cfg.note + "; training forward + backward of y (input requires grad), a fresh mask "
-                                         "each call on both weight-drop sides")
+    rec = _timed_record(f"wdrop/{cfg.name}/lstm/fwdbwd/{dname}", "wdrop", cfg.name, "lstm", "fwdbwd", dname,
+                        dict(cfg.shape(), p=C.WDROP_P), timings, [PARAM, PLAIN], check=check,
+                        impl_names={FAST: f"fastrnn.LSTM(weight_drop={C.WDROP_P})",
+                                    PARAM: "torch.nn.LSTM, weight_hh_l0 parametrized with F.dropout",
+                                    PLAIN: "fastrnn.LSTM"},
+                        note=cfg.note + "; training forward + backward of y (input requires grad), a fresh mask "
+                                        "each call on both weight-drop sides")
+    rec["flops"] = _flops(rnn_gemm_flops("lstm", cfg.T * cfg.B, cfg.I, cfg.H, cfg.layers, True), _RNN_FORMULA)
+    rec["impls"][FAST]["paths"] = paths
+    return rec
 
 
 # ---------------------------------------------------------------- zoneout + recurrent dropout
@@ -575,6 +623,11 @@ def train_time(dname, device, plan, quick, corpus_path=None):
     rec["check"] = {"loss_first_abs_diff": abs(rec["impls"][FAST]["loss_first"] - rec["impls"][TORCH]["loss_first"]),
                     "loss_uniform": math.log(V)}
     rec["corpus"] = {"name": corpus_name, "chars": len(text), "vocab": V, "sha1": text_hash(text)}
+    positions = p["B"] * p["T"]
+    rec["flops"] = _flops(rnn_gemm_flops("lstm", positions, p["emb"], p["H"], p["layers"], True)
+                          + 3 * 2 * positions * p["H"] * V,
+                          _RNN_FORMULA + "; plus the output layer, 3 * 2*N*H*V (forward, dlogits W, dW)")
+    rec["impls"][FAST]["paths"] = _paths(_ops_of("lstm", True))  # the torch side runs no fastrnn op
     return rec
 
 
@@ -637,5 +690,8 @@ def generate_time(dname, device, plan, quick, corpus_path=None):
                         note="batch 1, embedding -> LSTMCell per layer -> linear -> softmax -> multinomial, "
                              "no_grad, untrained weights; time of a whole sample divided by its length")
     rec["check"] = {"same_sample": samples[FAST] == samples[TORCH]}
+    rec["flops"] = _flops(rnn_gemm_flops("lstm", 1, p["emb"], p["H"], p["layers"], False) + 2 * p["H"] * V,
+                          _RNN_FORMULA + ", per character (N = 1); plus the output layer, 2*H*V")
+    rec["impls"][FAST]["paths"] = _paths(_ops_of("lstm", False))  # the torch side runs no fastrnn op
     rec["samples"] = {n: s[:80] for n, s in samples.items()}
     return rec

@@ -4,6 +4,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 
 import torch
 
@@ -19,6 +20,75 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# /proc/cpuinfo flags that decide which kernels (fastrnn's, MKL's, oneDNN's) a CPU can run.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+# Environment variables that limit the ISA the libraries use, or their threads.
+CPU_ENV = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+           "OMP_NUM_THREADS", "MKL_NUM_THREADS", "FASTRNN_RECURRENCE", "FASTRNN_CPU_KERNEL")
+
+
+def _cpuinfo_fields() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    if fields:
+                        break
+                    continue
+                k, _, v = line.partition(":")
+                fields[k.strip()] = v.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_info() -> dict:
+    """What a CPU timing depends on beyond the model name: vendor, the ISA features the kernels
+    use, torch's ATen CPU capability, the ISA / thread limits set in the environment, and which
+    micro-kernel fastrnn's persistent CPU recurrence runs in this process."""
+    fields = _cpuinfo_fields()
+    flags = set(fields.get("flags", "").split())
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    try:
+        kernel = torch.ops.fastrnn._cpu_persistent_kernel()
+    except (AttributeError, RuntimeError):  # an older build without the op
+        kernel = None
+    return {
+        "model": cpu_model(),
+        "vendor": fields.get("vendor_id") or platform.processor() or None,
+        "isa": {f: f in flags for f in ISA_FLAGS} if flags else None,
+        "aten_cpu_capability": capability,
+        "env": {k: os.environ[k] for k in CPU_ENV if k in os.environ},
+        "threads": torch.get_num_threads(),
+        "logical_cpus": os.cpu_count(),
+        "persistent_kernel": kernel,
+    }
+
+
+def gemm_peak(dtype: torch.dtype = torch.float32, reps: int = 5, shape=(6400, 512, 2048)) -> dict:
+    """The machine's large-GEMM rate, the ceiling the CPU cases are set against: torch.mm of
+    [M, K] @ [K, N] (default: the fastrnns input projection, 6400 x 512 @ 512 x 2048), best of
+    `reps` timed calls after one warm-up, in GFLOP/s (2 M K N flops a call)."""
+    M, K, N = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(M, K, generator=g).to(dtype)
+    b = torch.randn(K, N, generator=g).to(dtype)
+    out = torch.empty(M, N, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(max(1, reps)):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return {"shape": [M, K, N], "dtype": str(dtype).replace("torch.", ""), "reps": reps, "best_ms": best * 1e3,
+            "gflops": 2.0 * M * K * N / best / 1e9}
 
 
 def _git(*args):
@@ -77,6 +147,7 @@ def collect(device: torch.device) -> dict:
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cpu_model": cpu_model(),
+        "cpu": cpu_info(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),

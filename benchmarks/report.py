@@ -23,6 +23,29 @@ def _spread(impl):
     return f" [{_num(ms['q1'])}-{_num(ms['q3'])}]"
 
 
+def add_rates(rec: dict, peaks) -> None:
+    """Each impl's achieved rate: `gflops` = the record's GEMM flops (cases.rnn_gemm_flops: the
+    same work counted for every side) / its median time, and `peak_fraction` = that over the
+    machine's large-GEMM rate for the record's dtype measured in the same run (meta.gemm_peak,
+    CPU runs only). Records without a flop count (memory) are left alone."""
+    flops = rec.get("flops")
+    if not flops or "error" in rec or rec.get("unit", "").split("/")[0] != "ms":
+        return
+    peak = (peaks or {}).get(rec["dtype"])
+    for impl in rec["impls"].values():
+        impl["gflops"] = flops["count"] / (impl["value"] / 1e3) / 1e9
+        if peak:
+            impl["peak_fraction"] = impl["gflops"] / peak["gflops"]
+
+
+def rate_text(impl: dict) -> str:
+    """'71.2 (64%)': GFLOP/s and the fraction of the machine's GEMM rate, or '' where unknown."""
+    if "gflops" not in impl:
+        return ""
+    frac = impl.get("peak_fraction")
+    return _num(impl["gflops"]) + (f" ({100 * frac:.0f}%)" if frac is not None else "")
+
+
 def shape_text(r: dict) -> str:
     """Compact shape, e.g. T100 B64 I512 H512 L1."""
     s = r.get("shape", {})
@@ -36,11 +59,12 @@ def case_label(r: dict) -> str:
 
 
 def rows(results: List[dict]):
-    """One row per ratio: (label, shape, dtype, fastrnn text, baseline name, baseline text, ratio, extra)."""
+    """One row per ratio: (label, shape, dtype, fastrnn text, baseline name, baseline text, ratio,
+    rates, extra); rates: GFLOP/s (fraction of the machine's GEMM rate) of fastrnn / of the baseline."""
     out = []
     for r in results:
         if "error" in r:
-            out.append((r["name"], "", "", "ERROR", "", "", None, r["error"].strip().splitlines()[-1][:80]))
+            out.append((r["name"], "", "", "ERROR", "", "", None, "", r["error"].strip().splitlines()[-1][:80]))
             continue
         fast = r["impls"]["fastrnn"]
         label = case_label(r)
@@ -53,8 +77,12 @@ def rows(results: List[dict]):
                 extra.append(f"host {_num(fast['host_ms']['median'])} vs {_num(base['host_ms']['median'])} ms")
             if "lengths_min" in r["shape"]:
                 extra.append(f"lengths {r['shape']['lengths_min']}..{r['shape']['lengths_max']}")
+            paths = sorted({v["path"] for v in fast.get("paths", {}).values() if v})
+            if paths:
+                extra.append("ran " + ", ".join(paths))
+            rates = f"{rate_text(fast)} / {rate_text(base)}" if "gflops" in fast else ""
             out.append((label, shape_text(r), r["dtype"], fmt_value(fast["value"], r["unit"]) + _spread(fast), b,
-                        fmt_value(base["value"], r["unit"]) + _spread(base), r["ratios"][f"fastrnn/{b}"],
+                        fmt_value(base["value"], r["unit"]) + _spread(base), r["ratios"][f"fastrnn/{b}"], rates,
                         "; ".join(extra)))
     return out
 
@@ -69,15 +97,43 @@ def header_lines(meta: dict) -> List[str]:
                 if meta.get("loadavg_start") and meta.get("loadavg_end") else "")]
     if meta["device"] == "cuda":
         lines.append("TF32: " + ", ".join(f"{k}={v}" for k, v in meta["tf32"].items()))
+    cpu = cpu_text(meta)
+    if cpu:
+        lines.append(cpu)
     lines.append("ratio = fastrnn / baseline (time or bytes; < 1 means fastrnn is faster or smaller); "
                  "times: median [IQR]")
+    peak = peak_text(meta)
+    if peak:
+        lines.append(peak)
     return lines
+
+
+def peak_text(meta: dict) -> str:
+    """What the GFLOP/s column means and the machine's GEMM rate it is a fraction of ('' without)."""
+    if not meta.get("gemm_peak"):
+        return ""
+    return ("GFLOP/s: the case's GEMM flops (recurrent + input products, and the backward's) / median time, "
+            "fastrnn / baseline, (%) of the machine's large-GEMM rate measured in the same run: "
+            + ", ".join(f"{d} {_num(p['gflops'])} GFLOP/s (torch.mm {p['shape'][0]}x{p['shape'][1]} @ "
+                        f"{p['shape'][1]}x{p['shape'][2]}, best of {p['reps']})" for d, p in meta["gemm_peak"].items()))
+
+
+def cpu_text(meta: dict) -> str:
+    """One line on the CPU: vendor, ISA features present, ATen's capability, ISA limits set in the
+    environment, and the persistent recurrence's micro-kernel ('' for results without it)."""
+    cpu = meta.get("cpu")
+    if not cpu:
+        return ""
+    isa = ",".join(k for k, v in (cpu.get("isa") or {}).items() if v) or "-"
+    env = " ".join(f"{k}={v}" for k, v in cpu.get("env", {}).items())
+    return (f"CPU vendor {cpu.get('vendor')}, ISA {isa}, ATen {cpu.get('aten_cpu_capability')}, "
+            f"persistent micro-kernel {cpu.get('persistent_kernel')}" + (f", env {env}" if env else ""))
 
 
 def table(meta: dict, results: List[dict]) -> str:
     body = rows(results)
-    head = ("case", "shape", "dtype", "fastrnn", "baseline", "baseline value", "ratio", "")
-    cells = [head] + [row[:6] + ("-" if row[6] is None else f"{row[6]:.3f}", row[7]) for row in body]
+    head = ("case", "shape", "dtype", "fastrnn", "baseline", "baseline value", "ratio", "GFLOP/s (of peak)", "")
+    cells = [head] + [row[:6] + ("-" if row[6] is None else f"{row[6]:.3f}",) + row[7:] for row in body]
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     lines = header_lines(meta) + [""]
     for i, row in enumerate(cells):

@@ -95,6 +95,8 @@ def main(argv=None) -> int:
 
     plan = plan_for(args.device, args.quick)
     meta = envinfo.collect(args.device)
+    if args.device.type == "cpu":  # the ceiling each CPU case's GFLOP/s is set against (report.add_rates)
+        meta["gemm_peak"] = {d: envinfo.gemm_peak(cases.DTYPES[d], reps=3 if args.quick else 5) for d in args.dtype}
     meta.update(quick=args.quick, argv=sys.argv[1:], plan=vars(plan), configs=args.configs, cells=args.cells,
                 dtypes=args.dtype, complete=False)
     os.makedirs(args.out, exist_ok=True)
@@ -122,6 +124,8 @@ def main(argv=None) -> int:
                 err = traceback.format_exc()
                 progress(err)
                 recs = [{"name": label.replace(" ", "/"), "group": label.split()[0], "error": err}]
+            for rec in recs:
+                report.add_rates(rec, meta.get("gemm_peak"))
             doc["results"] += recs
             report.write_json(stem + ".json", doc)
             ratios = [f"{k}={v:.3f}" for r in recs for k, v in r.get("ratios", {}).items()]

@@ -57,12 +57,17 @@ def markdown(doc: dict, source: str) -> str:
         "Ratio = fastrnn / baseline, both measured in the same process (time, or bytes for memory): "
         "below 1 means fastrnn is faster or smaller. Times are medians, [interquartile range].",
         "",
-        "| case | shape | dtype | fastrnn | baseline | baseline value | ratio | |",
-        "|---|---|---|---:|---|---:|---:|---|",
     ]
-    for label, shape, dtype, fast, base, base_val, ratio, extra in report.rows(doc["results"]):
+    for extra in (report.cpu_text(meta), report.peak_text(meta)):
+        if extra:
+            lines += [extra + ".", ""]
+    lines += [
+        "| case | shape | dtype | fastrnn | baseline | baseline value | ratio | GFLOP/s (of peak) | |",
+        "|---|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for label, shape, dtype, fast, base, base_val, ratio, rates, extra in report.rows(doc["results"]):
         r = "-" if ratio is None else f"{ratio:.3f}"
-        lines.append(f"| {label} | {shape} | {dtype} | {fast} | {base} | {base_val} | {r} | {extra} |")
+        lines.append(f"| {label} | {shape} | {dtype} | {fast} | {base} | {base_val} | {r} | {rates} | {extra} |")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 FASTRNN_RECURRENCE=persistent: the same outputs, states and saved activations as the step loop and
 as reference.py, for sizes that exercise the micro-kernel's edges (H not a multiple of the vector
 width, row tiles of 1, 3 and 64 rows, threads owning unequal numbers of units), lengths, reverse,
-inference, every float type, 1 to 3 threads; and the CPU dispatch (`_cpu_recurrence`)."""
+inference, every float type, 1 to 3 threads, each micro-kernel the CPU can run
+(FASTRNN_CPU_KERNEL); and the CPU dispatch (`_cpu_recurrence`)."""
 import contextlib
 
 import pytest
@@ -66,9 +67,25 @@ IDS = [f"{c[0]}-T{c[1]}-B{c[2]}-H{c[4]}-t{c[5]}-{c[6] or 'full'}-{'rev' if c[7] 
        for c in CASES]
 
 
+# The micro-kernels, best first; FASTRNN_CPU_KERNEL picks any the CPU can run, so each is tested here.
+KERNELS = ["avx512", "avx2", "baseline"]
+
+
+def _runnable(kernel):
+    best = ops._cpu_persistent_kernel()  # FASTRNN_CPU_KERNEL unset: the CPU's best
+    if KERNELS.index(kernel) < KERNELS.index(best):
+        pytest.skip(f"this CPU (or build) runs at most the {best} kernel")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind,T,B,I,H,threads,lengths,reverse,save", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [f64, torch.float32])
-def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype):
+def test_persistent_matches_the_step_loop(monkeypatch, kind, T, B, I, H, threads, lengths, reverse, save, dtype,
+                                          kernel):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    _runnable(kernel)
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", kernel)
+    assert ops._cpu_persistent_kernel() == kernel
     t = layer_tensors(kind, T, B, I, H, dtype)
     lens = _lengths(lengths, T, B)
     with _threads(threads):
@@ -217,14 +234,21 @@ def test_auto_follows_the_measured_rule(monkeypatch, value):
         monkeypatch.delenv("FASTRNN_RECURRENCE", raising=False)
     else:
         monkeypatch.setenv("FASTRNN_RECURRENCE", value)
-    # docs/DESIGN.md, "The persistent CPU recurrence": measured slower than the step loop on a
-    # quiet machine at every shape, so auto keeps the step loop (and the fused single step)
+    # docs/DESIGN.md, "The persistent CPU recurrence": faster than the step loop, on both
+    # micro-kernels, only for a batch of one on >= 2 threads, float32, T >= 4, 128 <= H <= 2048
     for cell in ("lstm", "gru"):
-        for T, B, I, H in [(100, 64, 512, 512), (64, 32, 64, 256), (100, 8, 256, 256), (100, 1, 256, 256),
-                           (1, 1, 256, 256)]:
+        for T, B, I, H in [(100, 1, 256, 256), (4, 1, 8, 128), (40, 1, 4, 2048)]:
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=2) == "persistent"
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=16) == "persistent"
+            assert _choice(cell, T=T, B=B, I=I, H=H, threads=1) == "step"  # one thread
+            for dtype in (torch.float64, torch.bfloat16, torch.float16):
+                assert _choice(cell, T=T, B=B, I=I, H=H, dtype=dtype) == "step"
+        for T, B, I, H in [(100, 64, 512, 512), (64, 32, 64, 256), (100, 8, 256, 256), (100, 2, 256, 256),
+                           (1, 1, 256, 256), (3, 1, 256, 256), (100, 1, 64, 64), (100, 1, 256, 4096)]:
             for dtype in (torch.float32, torch.float64, torch.bfloat16):
                 assert _choice(cell, T=T, B=B, I=I, H=H, dtype=dtype) == "step"
-    assert _choice("lstm", T=100, B=64, I=512, H=512, P=128) == "step"  # projection
+    assert _choice("lstm", T=100, B=1, I=256, H=256, P=128) == "step"  # projection
+    assert _choice("lstm", T=100, B=1, I=256, H=256, backward=True) == "step"  # no persistent backward
 
 
 @pytest.mark.parametrize("bad", ["Step", "persistant", "1"])
@@ -237,5 +261,47 @@ def test_unknown_value_is_a_value_error_on_the_cpu(monkeypatch, bad):
                         None, False, False)
 
 
-def test_the_kernel_in_use_is_named():
-    assert ops._cpu_persistent_kernel() in ("avx512", "avx2", "baseline")
+def test_the_kernel_in_use_is_named(monkeypatch):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    best = ops._cpu_persistent_kernel()
+    assert best in KERNELS
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", "baseline")  # every CPU runs the baseline
+    assert ops._cpu_persistent_kernel() == "baseline"
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", "")  # empty: unset
+    assert ops._cpu_persistent_kernel() == best
+
+
+@pytest.mark.parametrize("bad", ["AVX2", "avx", "sse"])
+def test_unknown_kernel_is_a_value_error(monkeypatch, bad):
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", bad)
+    with pytest.raises(ValueError, match=f"FASTRNN_CPU_KERNEL must be one of avx512, avx2, baseline; got '{bad}'"):
+        ops._cpu_persistent_kernel()
+
+
+def test_a_kernel_above_the_cpu_is_a_value_error(monkeypatch):
+    monkeypatch.delenv("FASTRNN_CPU_KERNEL", raising=False)
+    best = ops._cpu_persistent_kernel()
+    if best == KERNELS[0]:
+        pytest.skip("this CPU runs every kernel")
+    monkeypatch.setenv("FASTRNN_CPU_KERNEL", KERNELS[KERNELS.index(best) - 1])
+    with pytest.raises(ValueError, match=f"runs at most the {best} kernel"):
+        ops._cpu_persistent_kernel()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_auto_runs_the_persistent_recurrence_for_a_batch_of_one(monkeypatch, cell):
+    """What auto now picks by default (B = 1 on two threads) runs end to end from the module and
+    matches torch.nn: float32, the sums in another order than MKL's, K = 128 terms a step of
+    order one: a few ulp (~1e-6) per step, not growing over 6 steps of saturating gates."""
+    monkeypatch.delenv("FASTRNN_RECURRENCE", raising=False)
+    torch.manual_seed(0)
+    ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(8, 128)
+    mod = (fastrnn.LSTM if cell == "lstm" else fastrnn.GRU)(8, 128)
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 8)  # unbatched: B = 1
+    with _threads(2), torch.no_grad():
+        y, _ = mod(x)
+        path = fastrnn._C.last_path(f"{cell}_forward")["path"]
+        y_ref, _ = ref(x)
+    assert path == "cpu.persistent"
+    torch.testing.assert_close(y, y_ref, rtol=2e-5, atol=2e-5)

@@ -64,37 +64,57 @@ struct Micro {
   static constexpr int W = Bytes / int(sizeof(A));
   static constexpr int G = G_, MR = MR_, NR = G_ * W;
 
+  // One k of the product into one set of accumulators.
+  template <int mr>
+  FASTRNN_INLINE static void fma_k(V (&acc)[mr][G], const A* a, int64_t lda, int64_t k, const A* panel) {
+    V b[G];
+#pragma GCC unroll 8
+    for (int q = 0; q < G; ++q) std::memcpy(&b[q], panel + k * NR + q * W, sizeof(V));
+#pragma GCC unroll 8
+    for (int r = 0; r < mr; ++r) {
+      const A x = a[r * lda + k];
+#pragma GCC unroll 8
+      for (int q = 0; q < G; ++q) acc[r][q] += x * b[q];
+    }
+  }
+
   // accumulate: add to what c holds (a later block of K) instead of overwriting it.
+  // A short tile (one row: G chains) cannot cover the FMA latency (~4 cycles, 2 FMAs a cycle:
+  // 8 chains in flight), so it keeps S sets of accumulators on interleaved k, summed at the end.
   template <int mr>
   FASTRNN_INLINE static void tile(const A* a, int64_t lda, int64_t K, const A* panel, A* c, int64_t ldr,
                                   int64_t ldq, bool accumulate) {
-    V acc[mr][G];
+    constexpr int S = mr * G >= 8 ? 1 : (8 + mr * G - 1) / (mr * G);
+    V acc[S][mr][G];
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
       for (int q = 0; q < G; ++q) {
         if (accumulate) {
-          std::memcpy(&acc[r][q], c + r * ldr + q * ldq, sizeof(V));
+          std::memcpy(&acc[0][r][q], c + r * ldr + q * ldq, sizeof(V));
         } else {
-          acc[r][q] = V{};
+          acc[0][r][q] = V{};
         }
+#pragma GCC unroll 8
+        for (int t = 1; t < S; ++t) acc[t][r][q] = V{};
       }
     }
-    for (int64_t k = 0; k < K; ++k) {
-      V b[G];
+    int64_t k = 0;
+    if constexpr (S > 1) {
+      for (; k + S <= K; k += S) {
 #pragma GCC unroll 8
-      for (int q = 0; q < G; ++q) std::memcpy(&b[q], panel + k * NR + q * W, sizeof(V));
-#pragma GCC unroll 8
-      for (int r = 0; r < mr; ++r) {
-        const A x = a[r * lda + k];
-#pragma GCC unroll 8
-        for (int q = 0; q < G; ++q) acc[r][q] += x * b[q];
+        for (int t = 0; t < S; ++t) fma_k<mr>(acc[t], a, lda, k + t, panel);
       }
     }
+    for (; k < K; ++k) fma_k<mr>(acc[0], a, lda, k, panel);
 #pragma GCC unroll 8
     for (int r = 0; r < mr; ++r) {
 #pragma GCC unroll 8
-      for (int q = 0; q < G; ++q) std::memcpy(c + r * ldr + q * ldq, &acc[r][q], sizeof(V));
+      for (int q = 0; q < G; ++q) {
+#pragma GCC unroll 8
+        for (int t = 1; t < S; ++t) acc[0][r][q] += acc[t][r][q];
+        std::memcpy(c + r * ldr + q * ldq, &acc[0][r][q], sizeof(V));
+      }
     }
   }
 
@@ -120,7 +140,8 @@ struct Micro {
 // Register blocking per ISA: MR * G accumulators + G panel vectors + 1 broadcast fit the
 // registers, MR as large as that allows (each broadcast feeds G FMAs, each panel load MR):
 //   AVX-512 (32 zmm): 24 accumulators, 6 rows (LSTM) / 8 rows (GRU) of 16 floats x G gates;
-//   AVX2 + FMA (16 ymm): 12, 3 / 4 rows of 8 floats;
+//   AVX2 + FMA (16 ymm): 12, 3 / 4 rows of 8 floats (LSTM needs 17 registers: one panel vector
+//     stays a memory operand; 6 rows x 2 gates a pass, which fits, measured no faster);
 //   baseline (SSE2, no FMA; 16 xmm): 8 / 6, 2 rows of 4 floats.
 template <typename A, int G>
 using MicroAvx512 = Micro<A, 64, G, 24 / G>;
@@ -159,18 +180,27 @@ struct SpinBarrier {
   }
 };
 
-// A 64-byte aligned buffer a thread allocates inside the region (first touch on its core).
+// A thread's scratch (its packed W_hh slice and gate buffer): 64-byte aligned, allocated by the
+// thread itself (first touch on its core) and kept by it for the next call. A fresh buffer per
+// call came as fresh pages from the OS: zeroing them took ~18% of the CPU time of a T = 40,
+// B = 8, H = 256 LSTM forward. Grows to the largest call's need; a call needing under a quarter
+// of what is held gives the rest back. nullptr when the allocation fails.
 template <typename A>
-struct Buffer {
-  A* p = nullptr;
-  explicit Buffer(int64_t n) {
-    const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(A) + 63) / 64 * 64;
-    p = static_cast<A*>(std::aligned_alloc(64, bytes));
+A* thread_scratch(int64_t n) {
+  struct Held {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~Held() { std::free(p); }
+  };
+  thread_local Held held;
+  const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(A) + 63) / 64 * 64;
+  if (bytes > held.bytes || bytes < held.bytes / 4) {
+    std::free(held.p);
+    held.p = std::aligned_alloc(64, bytes);
+    held.bytes = held.p != nullptr ? bytes : 0;
   }
-  ~Buffer() { std::free(p); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-};
+  return static_cast<A*>(held.p);
+}
 
 // What every thread of a call shares. T: storage type; A: opmath type.
 template <typename T>
@@ -267,6 +297,36 @@ struct GruUnits {
   }
 };
 
+// Prefetches into L2 what the cell math of row r will touch for the kUnitChunk units from u at
+// step s: the input projection of its G gates and c (read), y and saved (written). run_thread
+// issues it while it computes the group's products, so the cell math after them finds its
+// operands near: the input projection of a step is B * G * H values that last lived in memory
+// when the input GEMM wrote them (before the prefetch, loads of it and of c held ~13% of the
+// thread's samples at B = 64, H = 512).
+// (A template, not a generic lambda: GCC 12 dropped the prefetches of the lambda form.)
+template <int RW, typename T>
+FASTRNN_INLINE void prefetch_units(const T* p) {
+  for (int64_t off = 0; off < kUnitChunk * int64_t(sizeof(T)); off += 64) {
+    __builtin_prefetch(reinterpret_cast<const char*>(p) + off, RW, 2);
+  }
+}
+
+template <int G, typename T>
+FASTRNN_INLINE void prefetch_row(const Shared<T>& sh, int64_t s, int64_t r, int64_t u) {
+  const int64_t b = entry_of(sh.order, r);
+  int64_t t;
+  if (!step_time(s, seq_length(sh.lengths, b, sh.steps), sh.reverse, t)) return;
+  const int64_t tb = t * sh.B + b, H = sh.H;
+  for (int q = 0; q < G; ++q) prefetch_units<0>(sh.xproj + tb * sh.xstride + q * H + u);
+  if (sh.c != nullptr) prefetch_units<0>(sh.c + r * H + u);
+  prefetch_units<1>(sh.y + tb * H + u);
+  if (sh.saved != nullptr) {
+    for (int64_t blk = 0; blk < sh.saved_width / H; ++blk) {
+      prefetch_units<1>(sh.saved + tb * sh.saved_width + blk * H + u);
+    }
+  }
+}
+
 // One thread's whole call: pack its W_hh slice, then all T steps. Everything is inlined into the
 // per-ISA entry points, so the micro-kernel and the cell math compile for that ISA.
 //
@@ -285,21 +345,30 @@ FASTRNN_INLINE void run_thread(const Shared<T>& sh, int tid, int nt) {
   const int64_t U = sl.U, u0 = sl.u0, K = sh.K, H = sh.H;
   const int64_t groups = (U + kUnitChunk - 1) / kUnitChunk;
   const int64_t panel_size = K * M::NR;
-  Buffer<A> packed(groups * kSub * panel_size), gates(sh.B * G * kUnitChunk);
-  if (packed.p == nullptr || gates.p == nullptr) sh.failed->store(true);
+  const int64_t packed_size = groups * kSub * panel_size;
+  A* const scratch = thread_scratch<A>(packed_size + sh.B * G * kUnitChunk);
+  if (scratch == nullptr) sh.failed->store(true);
+  A* const packed = scratch;                // [groups * kSub panels of K x NR]
+  A* const gates = scratch + packed_size;  // [B, G, kUnitChunk]
   if (!sh.failed->load()) {
     // panel (group gi, sub-panel sp)[k][q * W + w] = W_hh[q * H + unit, k], unit = u0 + gi * kUnitChunk
-    // + sp * W + w; zero past the thread's units.
+    // + sp * W + w; zero past the thread's units. K in blocks of kPackBlock, so the block of the
+    // panel being written (kPackBlock * NR values, 4 KiB on AVX-512 LSTM) stays in L1 while its
+    // G * W source rows pass: each destination line is filled in L1, not re-fetched per row.
+    constexpr int64_t kPackBlock = 16;
     for (int64_t pn = 0; pn < groups * kSub; ++pn) {
-      for (int q = 0; q < G; ++q) {
-        for (int w = 0; w < M::W; ++w) {
-          const int64_t jj = pn * M::W + w;  // local unit
-          A* dst = packed.p + pn * panel_size + q * M::W + w;
-          if (jj < U) {
-            const T* src = sh.w_hh + (q * H + u0 + jj) * K;
-            for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = static_cast<A>(src[k]);
-          } else {
-            for (int64_t k = 0; k < K; ++k) dst[k * M::NR] = A(0);
+      for (int64_t k0 = 0; k0 < K; k0 += kPackBlock) {
+        const int64_t k1 = std::min(K, k0 + kPackBlock);
+        for (int q = 0; q < G; ++q) {
+          for (int w = 0; w < M::W; ++w) {
+            const int64_t jj = pn * M::W + w;  // local unit
+            A* dst = packed + pn * panel_size + q * M::W + w;
+            if (jj < U) {
+              const T* src = sh.w_hh + (q * H + u0 + jj) * K;
+              for (int64_t k = k0; k < k1; ++k) dst[k * M::NR] = static_cast<A>(src[k]);
+            } else {
+              for (int64_t k = k0; k < k1; ++k) dst[k * M::NR] = A(0);
+            }
           }
         }
       }
@@ -318,14 +387,17 @@ FASTRNN_INLINE void run_thread(const Shared<T>& sh, int tid, int nt) {
     const int64_t tiles = (n + M::MR - 1) / M::MR;
     for (int64_t gi = 0; gi < groups; ++gi) {
       const int64_t ug = gi * kUnitChunk, uend = std::min(U, ug + kUnitChunk);  // local units of the group
-      const A* gpanels = packed.p + gi * kSub * panel_size;
+      const A* gpanels = packed + gi * kSub * panel_size;
       for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
         const int64_t kc = std::min(kKBlock, K - k0);
         for (int64_t ti = 0, r0 = 0; ti < tiles; ++ti) {
           const int mr = int(n / tiles + (ti < n % tiles ? 1 : 0));
+          if (k0 == 0) {
+            for (int64_t r = r0; r < r0 + mr; ++r) prefetch_row<G>(sh, s, r, u0 + ug);
+          }
           for (int64_t sp = 0; sp < kSub; ++sp) {
             M::tile_rows(mr, h_in + r0 * K + k0, K, kc, gpanels + sp * panel_size + k0 * M::NR,
-                         gates.p + r0 * ldr + sp * M::W, ldr, kUnitChunk, k0 > 0);
+                         gates + r0 * ldr + sp * M::W, ldr, kUnitChunk, k0 > 0);
           }
           r0 += mr;
         }
@@ -335,7 +407,7 @@ FASTRNN_INLINE void run_thread(const Shared<T>& sh, int tid, int nt) {
         int64_t t;
         if (!step_time(s, seq_length(sh.lengths, b, sh.steps), sh.reverse, t)) continue;  // not in the prefix
         const int64_t tb = t * sh.B + b;
-        const A* g = gates.p + r * ldr - ug;  // indexed by local unit
+        const A* g = gates + r * ldr - ug;  // indexed by local unit
         const A* hi = h_in + r * K;
         A* ho = h_out + r * K;
         int64_t jj = ug;
@@ -381,9 +453,29 @@ Isa detect_isa() {
 #endif
 }
 
+const char* isa_name(Isa i) {
+  switch (i) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+// The micro-kernel a call runs: the CPU's best, or a lower one named by FASTRNN_CPU_KERNEL
+// ("avx512", "avx2", "baseline"; read at every call), so that one machine can test and time
+// every kernel it can execute. Naming one the CPU (or this build) cannot run is a ValueError.
 Isa isa() {
-  static const Isa i = detect_isa();
-  return i;
+  static const Isa detected = detect_isa();
+  const char* env = std::getenv("FASTRNN_CPU_KERNEL");
+  if (env == nullptr || *env == '\0') return detected;
+  for (Isa i : {Isa::kAvx512, Isa::kAvx2, Isa::kBase}) {
+    if (std::strcmp(env, isa_name(i)) == 0) {
+      TORCH_CHECK_VALUE(i <= detected, "FASTRNN_CPU_KERNEL=", env, ", but this CPU (or build) runs at most the ",
+                        isa_name(detected), " kernel");
+      return i;
+    }
+  }
+  TORCH_CHECK_VALUE(false, "FASTRNN_CPU_KERNEL must be one of avx512, avx2, baseline; got '", env, "'");
 }
 
 #if FASTRNN_PERSISTENT_MULTI_ISA || (defined(__AVX512F__) && defined(__AVX512VL__) && defined(__AVX512BW__) && \
@@ -407,8 +499,8 @@ void thread_base(const Shared<T>& sh, int tid, int nt) {
 }
 
 template <class Cell, typename T>
-void run_thread_isa(const Shared<T>& sh, int tid, int nt) {
-  switch (isa()) {
+void run_thread_isa(Isa kernel, const Shared<T>& sh, int tid, int nt) {
+  switch (kernel) {
 #ifdef FASTRNN_HAS_AVX512_KERNEL
     case Isa::kAvx512: return thread_avx512<Cell>(sh, tid, nt);
 #endif
@@ -463,16 +555,17 @@ void forward(ForwardPlan& p) {
   sh.barrier = &barrier;
   sh.failed = &failed;
   const int64_t want = call_threads(d.H);
+  const Isa kernel = isa();
 #ifdef _OPENMP
   if (want > 1) {
 #pragma omp parallel num_threads(int(want))
-    run_thread_isa<Cell>(sh, omp_get_thread_num(), omp_get_num_threads());
+    run_thread_isa<Cell>(kernel, sh, omp_get_thread_num(), omp_get_num_threads());
   } else {
-    run_thread_isa<Cell>(sh, 0, 1);
+    run_thread_isa<Cell>(kernel, sh, 0, 1);
   }
 #else
   (void)want;
-  run_thread_isa<Cell>(sh, 0, 1);
+  run_thread_isa<Cell>(kernel, sh, 0, 1);
 #endif
   TORCH_CHECK(!failed.load(), p.op, ": the persistent CPU recurrence could not allocate its per-thread buffers");
   // Row r ran L_r steps, so its last state is in hbuf[L_r % 2].
@@ -494,14 +587,18 @@ const char* persistent_unavailable(const CpuRecurrenceQuery& q) {
   return q.unsupported_option;
 }
 
-// auto: where measurements found the persistent recurrence faster than the step loop. Nowhere
-// yet: on a quiet 2-core AVX-512 Xeon (the benchmark suite, fp32, 2 threads, interleaved with the
-// step loop; docs/DESIGN.md, "The persistent CPU recurrence") it was 5-15% slower at every B >= 32
-// config (fastrnns, charrnn: its micro-kernel reaches ~90% of MKL's GEMM rate) and even at B = 8.
-// The earlier wins were measured under heavy load, where one barrier per step suffers less from a
-// descheduled thread than the step loop's fork/joins. Kept as the one place the rule goes once a
-// faster micro-kernel, or an AMD EPYC (whose MKL small-M GEMM is the slow one), says otherwise.
-bool persistent_preferred(const CpuRecurrenceQuery&) { return false; }
+// auto: where measurements found the persistent recurrence faster than the step loop, on both
+// micro-kernels (AVX-512, and AVX2 with MKL limited to AVX2), interleaved and repeated
+// (docs/DESIGN.md, "The persistent CPU recurrence", has the tables): a batch of one on two or
+// more threads, float32, T >= 4, 128 <= H <= 2048 (measured: T 4..40, H 128..2048, LSTM and GRU;
+// persistent / step loop time 0.2-0.72). There each step is a few microseconds of work, which
+// the step loop's parallel regions per step cost as much again. Not at B >= 2 (the AVX2 kernel
+// lost at B = 2..64, the AVX-512 one at B >= 16 or 32 by shape), not on one thread (the AVX2
+// kernel tied or lost at B = 1), not at H <= 64 (one 16-unit chunk a thread: a step is too
+// short for a barrier that a descheduled partner can stall; measured up to 200x slower).
+bool persistent_preferred(const CpuRecurrenceQuery& q) {
+  return q.d.B == 1 && q.threads >= 2 && q.dtype == at::kFloat && q.d.T >= 4 && q.d.H >= 128 && q.d.H <= 2048;
+}
 
 }  // namespace
 
@@ -534,13 +631,7 @@ void persistent_forward(ForwardPlan& p) {
   PathLog::record(p.op, "cpu.persistent");
 }
 
-const char* persistent_kernel_name() {
-  switch (isa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "baseline";
-  }
-}
+const char* persistent_kernel_name() { return isa_name(isa()); }
 
 namespace {
 

@@ -38,7 +38,8 @@ CpuRecurrence choose_cpu_recurrence(const CpuRecurrenceQuery& q);
 // "cpu.persistent" in the path log. Requires choose_cpu_recurrence to have said kPersistent.
 void persistent_forward(ForwardPlan& p);
 
-// The micro-kernel this process runs: "avx512", "avx2" or "baseline".
+// The micro-kernel a call runs now: "avx512", "avx2" or "baseline" (the CPU's best, or the lower
+// one FASTRNN_CPU_KERNEL names).
 const char* persistent_kernel_name();
 
 }  // namespace cpu

@@ -11,6 +11,7 @@ import pytest
 
 from _subprocess import ROOT  # (tests/: on sys.path under pytest, from conftest.py)
 from benchmarks import configs as C  # (the repository root: pyproject's pytest pythonpath)
+from benchmarks import report
 from benchmarks.timing import summarize
 
 RENDER = os.path.join(ROOT, "scripts", "render_perf_table.py")
@@ -51,6 +52,77 @@ def test_outputs_written(quick_run):
     assert meta["threads"] >= 1 and meta["torch"] and meta["cpu_model"] and meta["device_name"]
     for key in ("cuda", "cudnn", "git_commit", "tf32", "plan"):
         assert key in meta
+
+
+def test_cpu_and_kernel_recorded(quick_run):
+    """The run says what CPU, ISA, library limits and micro-kernel its timings come from."""
+    import torch
+
+    _, _, doc, _ = quick_run
+    cpu = doc["meta"]["cpu"]
+    assert cpu["model"] == doc["meta"]["cpu_model"] and cpu["threads"] == doc["meta"]["threads"]
+    assert cpu["persistent_kernel"] in ("avx512", "avx2", "baseline")
+    assert cpu["persistent_kernel"] == torch.ops.fastrnn._cpu_persistent_kernel()  # same build, same CPU
+    assert cpu["aten_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    from benchmarks import envinfo
+
+    if os.path.exists("/proc/cpuinfo"):
+        assert cpu["vendor"] and set(cpu["isa"]) == set(envinfo.ISA_FLAGS)
+    assert set(cpu["env"]) <= set(envinfo.CPU_ENV)
+    for name, value in cpu["env"].items():
+        assert os.environ.get(name) == value  # the child inherited this environment
+    (peak,) = doc["meta"]["gemm_peak"].values()
+    M, K, N = peak["shape"]
+    assert peak["gflops"] == pytest.approx(2 * M * K * N / (peak["best_ms"] / 1e3) / 1e9, rel=1e-9)
+
+
+def test_rates_and_paths_reported(quick_run):
+    """Every timed case with GEMM work carries its flop count, each side's GFLOP/s from it and
+    the fraction of the run's GEMM rate; fastrnn's side names the path each op ran."""
+    _, _, doc, _ = quick_run
+    peaks = doc["meta"]["gemm_peak"]
+    for r in doc["results"]:
+        if r["group"] == "memory":
+            assert "flops" not in r
+            continue
+        assert r["flops"]["count"] > 0 and r["flops"]["formula"], r["name"]
+        for name, impl in r["impls"].items():
+            assert impl["gflops"] == pytest.approx(r["flops"]["count"] / (impl["value"] / 1e3) / 1e9, rel=1e-9)
+            assert impl["peak_fraction"] == pytest.approx(impl["gflops"] / peaks[r["dtype"]]["gflops"], rel=1e-9)
+        cell = r["cell"]
+        ops = {f"{cell}_forward"} | ({f"{cell}_backward"} if r["mode"] in ("fwdbwd", "train_step") else set())
+        paths = r["impls"]["fastrnn"]["paths"]
+        assert set(paths) == ops, r["name"]
+        for op, rec in paths.items():
+            assert rec["path"].startswith("cpu."), (r["name"], op, rec)
+
+
+def test_gemm_flop_count():
+    from benchmarks.cases import rnn_gemm_flops
+
+    # LSTM, 7 positions, I = 3, H = 5: forward 2*7*(4*5)*(3 + 5) = 2240; backward 2x that again
+    assert rnn_gemm_flops("lstm", 7, 3, 5, 1, False) == 2240
+    assert rnn_gemm_flops("lstm", 7, 3, 5, 1, True) == 3 * 2240
+    # a second layer takes the H-wide output: + 2*7*20*(5 + 5)
+    assert rnn_gemm_flops("lstm", 7, 3, 5, 2, False) == 2240 + 2800
+    assert rnn_gemm_flops("gru", 7, 3, 5, 1, False) == 2 * 7 * 15 * 8
+
+
+def test_add_rates_and_table_column():
+    from benchmarks import report
+
+    rec = {"name": "layer/x/lstm/fwd/fp32", "group": "layer", "config": "x", "cell": "lstm", "mode": "fwd",
+           "dtype": "fp32", "shape": {"T": 1}, "unit": "ms", "baselines": ["torch.nn"],
+           "impls": {"fastrnn": {"value": 2.0}, "torch.nn": {"value": 4.0}},
+           "ratios": {"fastrnn/torch.nn": 0.5}, "flops": {"count": 10**9, "formula": "f"}}
+    report.add_rates(rec, {"fp32": {"gflops": 1000.0}})
+    assert rec["impls"]["fastrnn"]["gflops"] == pytest.approx(500.0)  # 1 GFLOP in 2 ms
+    assert rec["impls"]["torch.nn"]["peak_fraction"] == pytest.approx(0.25)
+    ((*_, rates, _),) = report.rows([rec])
+    assert rates == "500.0 (50%) / 250.0 (25%)"
+    memory = {"name": "m", "unit": "bytes", "impls": {"fastrnn": {"value": 1.0}}, "dtype": "fp32"}
+    report.add_rates(memory, {"fp32": {"gflops": 1.0}})
+    assert "gflops" not in memory["impls"]["fastrnn"]  # no flop count: nothing added
 
 
 def _expected_names(meta):
@@ -145,6 +217,8 @@ def test_render_perf_table(quick_run, tmp_path):
         cols = [c.strip() for c in line.strip("|").split("|")]
         assert cols[2] == r["dtype"] and cols[4] == b
         assert cols[6] == f"{r['ratios'][f'fastrnn/{b}']:.3f}"
+        if r["group"] != "memory":  # GFLOP/s (fraction of the GEMM rate) of both sides
+            assert cols[7] == f"{report.rate_text(r['impls']['fastrnn'])} / {report.rate_text(r['impls'][b])}"
     assert doc["meta"]["device_name"] in proc.stdout and doc["meta"]["torch"] in proc.stdout
 
     # Newest-file lookup in a directory, and the README block rewrite.
