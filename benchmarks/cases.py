@@ -474,8 +474,10 @@ def zoneout_time(cfg, mode, dname, device, plan):
         fns = {n: _fwdbwd(calls[n], x, gy, list(m.parameters())) for n, m in mods.items()}
     else:
         fns = {n: _fwd(calls[n], x) for n in mods}
+    fns[FAST]()  # the paths of fastrnn's side, read before another fastrnn side runs
+    paths = _paths(_ops_of("lstm", mode == "fwdbwd"))
     timings = compare(fns, device, plan)
-    return _timed_record(f"zoneout/{cfg.name}/lstm/{mode}/{dname}", "zoneout", cfg.name, "lstm", mode, dname,
+    rec = _timed_record(f"zoneout/{cfg.name}/lstm/{mode}/{dname}", "zoneout", cfg.name, "lstm", mode, dname,
                          dict(cfg.shape(), zoneout=C.ZONEOUT_P, zoneout_cell=C.ZONEOUT_P,
                               recurrent_dropout=C.RECDROP_P),
                          timings, [LOOP, PLAIN], check=check,
@@ -486,6 +488,10 @@ def zoneout_time(cfg, mode, dname, device, plan):
                          note=cfg.note + ("; training forward + backward of y (input requires grad), fresh masks "
                                           "each call on both regularised sides" if mode == "fwdbwd" else
                                           "; eval forward under no_grad (zoneout's expectation, no masks)"))
+    rec["flops"] = _flops(rnn_gemm_flops("lstm", cfg.T * cfg.B, cfg.I, cfg.H, cfg.layers, mode == "fwdbwd"),
+                          _RNN_FORMULA)
+    rec["impls"][FAST]["paths"] = paths
+    return rec
 
 
 # ---------------------------------------------------------------- layer norm

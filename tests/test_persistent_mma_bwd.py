@@ -41,7 +41,7 @@ def _step_loop_backward(kind, t, d, y, ws, lengths, reverse):
         out = ops.lstm_backward(d["dy"], d["dh_n"], d["dc_n"], t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], None,
                                 y, ws, lengths, reverse, True)
         return list(out[:7])
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = ops.gru_backward(d["dy"], d["dh_n"], t["x"], t["h0"], t["w_ih"], t["w_hh"],
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *_ = ops.gru_backward(d["dy"], d["dh_n"], t["x"], t["h0"], t["w_ih"], t["w_hh"],
                                                            y, ws, lengths, reverse, True)
     return [dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh]
 
