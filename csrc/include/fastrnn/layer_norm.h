@@ -9,9 +9,9 @@
 
 #include <tuple>
 
-namespace fastrnn {
+#include "fastrnn/cell_math.h"  // kLayerNormEps
 
-inline constexpr double kLayerNormEps = 1e-5;  // the eps; variance biased (over the row)
+namespace fastrnn {
 
 // x [M, N] (any strides), w [N], b [N] or undefined -> (LN(x) * w + b [M, N] contiguous in the
 // opmath type, mean [M], rstd [M] in the opmath type).
