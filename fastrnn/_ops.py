@@ -85,9 +85,16 @@ def _keep_grads_undefined(ctx, ws):
     ctx.set_materialize_grads(False)
 
 
+def _layer_norm_args(inputs, first, count):
+    """The layer-norm group of an op's inputs (ln_ih, ln_hh[, ln_c_w, ln_c_b]), None-padded when
+    the call left them out."""
+    ln = list(inputs[first:first + count])
+    return ln + [None] * (count - len(ln))
+
+
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, *ln = inputs
-    ln = ln + [None] * (4 - len(ln))  # ln_ih, ln_hh, ln_c_w, ln_c_b (None: no layer norm)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs[:11]
+    ln = _layer_norm_args(inputs, 11, 4)
     y, _, _, ws = output
     _keep_grads_undefined(ctx, ws)
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *ln)
@@ -95,7 +102,8 @@ def _lstm_setup(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, *ln = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths = ctx.saved_tensors[:11]
+    ln = ctx.saved_tensors[11:15]
     layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated in turn
 
@@ -115,8 +123,8 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, *ln = inputs
-    ln = ln + [None] * (2 - len(ln))  # ln_ih, ln_hh (None: no layer norm)
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs[:9]
+    ln = _layer_norm_args(inputs, 9, 2)
     y, _, ws = output
     _keep_grads_undefined(ctx, ws)
     ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, *ln)
@@ -124,7 +132,8 @@ def _gru_setup(ctx, inputs, output):
 
 
 def _gru_backward(ctx, dy, dh_n, _dws):
-    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths, *ln = ctx.saved_tensors
+    x, h0, w_ih, w_hh, b_ih, b_hh, y, ws, lengths = ctx.saved_tensors[:9]
+    ln = ctx.saved_tensors[9:11]
     layer_norm = ln[0] is not None
     if torch.is_grad_enabled():  # see _lstm_backward
 
