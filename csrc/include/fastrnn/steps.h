@@ -205,7 +205,7 @@ struct LstmBackwardStep : StepCommon {  // units = H
   scalar_t* dgates_step;      // [B, 4H]    by row: the same for this iteration, zero for finished
                               //            entries; the next GEMM computes dh_{s-1} from it
   // Layer norm of c (docs/DESIGN.md, "Layer norm"): phase A (LstmLnOutBackwardPoint) takes dh
-  // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); ATen takes the row means of ln_gw;
+  // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); RowMeansPoint takes the row means of ln_gw;
   // phase B (LstmLnCellBackwardPoint) finishes dc through the norm and runs the cell backward.
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* ln_c_mean;     // [T, B]     time order: mean and rstd of each saved c row
