@@ -9,13 +9,12 @@ Oracle: fastrnn.reference's *_layer_norm_reference, a per-step Python loop over
 F.layer_norm written from those equations (it uses no fastrnn op), stacked here over layers and
 directions as torch.nn stacks them.
 """
+import copy
 import io
-import os
 import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import fastrnn
@@ -579,3 +578,26 @@ def test_to_torch_refuses():
     with pytest.raises(ValueError, match="layer_norm"):
         fastrnn.to_torch(fastrnn.LSTMCell(I, H, layer_norm=True))
     assert isinstance(fastrnn.to_torch(fastrnn.GRU(I, H)), nn.GRU)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
+def test_trace_matches_eager(device):
+    opts = dict(num_layers=2, bidirectional=True)
+    m = _build("GRU", opts, device)
+    x, hx, _ = _inputs("GRU", opts, device)
+    traced = torch.jit.trace(m, (x, hx), check_trace=False)
+    for a, b in zip(_flat(traced(x, hx)), _flat(m(x, hx))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_autocast_casts_the_norm_parameters():
+    """Under CPU autocast (bfloat16) the layer runs in bfloat16, norm parameters included (the op
+    refuses mixed dtypes), and agrees with the bfloat16 module run without autocast."""
+    m = _build("LSTM", {}, "cpu", torch.float32)
+    x, hx, _ = _inputs("LSTM", {}, "cpu", torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = m(x, hx)
+    assert y.dtype == torch.bfloat16
+    m16 = copy.deepcopy(m).to(torch.bfloat16)  # the parameters rounded as autocast rounds them
+    y16, _ = m16(x.bfloat16(), tuple(t.bfloat16() for t in hx))
+    torch.testing.assert_close(y, y16, rtol=0, atol=0)  # the same casts, the same kernel

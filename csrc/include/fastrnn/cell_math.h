@@ -57,6 +57,21 @@ C10_HOST_DEVICE FASTRNN_INLINE double tanh_(double x) {
 #endif
 }
 
+C10_HOST_DEVICE FASTRNN_INLINE float sqrt_(float x) {
+#ifdef __CUDA_ARCH__
+  return sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+C10_HOST_DEVICE FASTRNN_INLINE double sqrt_(double x) {
+#ifdef __CUDA_ARCH__
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 // Loads, stores and transcendentals for a value type V. This primary template is one lane
 // (V = float or double); the CPU code specialises it for SIMD vectors.
 template <typename V>
@@ -129,8 +144,52 @@ C10_HOST_DEVICE FASTRNN_INLINE LstmGateGrads<V> lstm_cell_backward(V dh, V dc, V
 }
 
 // Layer norm (fastrnn's layer_norm option; docs/DESIGN.md, "Layer norm"): LN(v; w, b) =
-// (v - mean(v)) * rstd * w + b over one row, rstd = 1 / sqrt(var(v) + eps). The row reductions
-// run outside (ATen, layer_norm.h); these are the per-element pieces around them.
+// (v - mean(v)) * rstd * w + b over one row, rstd = 1 / sqrt(var(v) + eps), variance biased.
+// The row reductions are steps.h's row points (or ATen, layer_norm.h, over whole sequences);
+// these are the per-element pieces around them.
+inline constexpr double kLayerNormEps = 1e-5;
+
+// sum over i < n of f(i) in A. A single chain of dependent additions runs at one add per FP
+// latency: on the CPU (OpenMP builds) the loop is a SIMD reduction, elsewhere four independent
+// partial sums.
+template <typename A, typename F>
+C10_HOST_DEVICE FASTRNN_INLINE A row_sum(int64_t n, F&& f) {
+#if !defined(__CUDA_ARCH__) && defined(_OPENMP)
+  A s(0);
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += f(i);
+  return s;
+#else
+  A s0(0), s1(0), s2(0), s3(0);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += f(i);
+    s1 += f(i + 1);
+    s2 += f(i + 2);
+    s3 += f(i + 3);
+  }
+  for (; i < n; ++i) s0 += f(i);
+  return (s0 + s1) + (s2 + s3);
+#endif
+}
+
+// Mean and rstd of the n values x[0..n) in the accumulation type A (two passes: the variance from
+// the centred values).
+template <typename A, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE void layer_norm_stats(const T* x, int64_t n, A& mean, A& rstd) {
+  const A m = row_sum<A>(n, [&](int64_t i) { return A(x[i]); }) / A(n);
+  const A sq = row_sum<A>(n, [&](int64_t i) {
+    const A d = A(x[i]) - m;
+    return d * d;
+  });
+  mean = m;
+  rstd = A(1) / sqrt_(sq / A(n) + A(kLayerNormEps));
+}
+
+template <typename V>
+C10_HOST_DEVICE FASTRNN_INLINE V layer_norm_value(V x, V mean, V rstd, V w) {
+  return (x - mean) * rstd * w;
+}
 //
 // LSTM with a normalised cell: h = o tanh(cn), cn = LN(c; w_c, b_c); c stays the state.
 template <typename V>

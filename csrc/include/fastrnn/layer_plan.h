@@ -344,12 +344,6 @@ struct ForwardPlan : LayerPlan {
     }
   }
 
-  // Layer norm: hproj [>= n, G*H] (h W_hh^T by row) becomes LN(hproj; w_hh) over its first n rows.
-  void normalise_hidden(const Tensor& hproj, int64_t n) const {
-    Tensor rows = hproj.narrow(0, 0, n);
-    rows.copy_(std::get<0>(layer_norm_rows(rows, ln.w_hh, Tensor())));
-  }
-
   // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
   // of b_hh (LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0): b_hn stays inside the reset product,
   // see hidden_n_bias).
@@ -467,7 +461,7 @@ struct BackwardPlan : LayerPlan {
     Tensor raw;         // [T, B, G*H] h_prev W_hh^T
     Tensor mean, rstd;  // [T*B]       its row statistics (opmath)
     Tensor draw;        // [T, B, G*H] grads of raw, written per iteration (zero where inactive)
-    Tensor dw;          // [G*H]       grad of the norm's weight, summed (opmath)
+    Tensor param;       // [T, B, G*H] the weight grad's terms (opmath), summed after the loop
   };
 
   HiddenNorm hidden_norm() const {
@@ -484,26 +478,17 @@ struct BackwardPlan : LayerPlan {
     if (reg.rec_rows.defined()) hn.h_prev.mul_(reg.rec_rows);  // recurrent dropout: the product read m * h_prev
     hn.raw = at::mm(hn.h_prev.view({d.T * d.B, d.P}), w_hh.t()).view({d.T, d.B, G * d.H});
     std::tie(hn.mean, hn.rstd) = layer_norm_stats(hn.raw.view({d.T * d.B, G * d.H}));
-    hn.draw = at::zeros({d.T, d.B, G * d.H}, x.options());
-    hn.dw = at::zeros({G * d.H}, hn.mean.options());
+    // rows past an iteration's active prefix (host lengths) are never written: zeros there
+    const bool partial = !sched.active.empty();
+    hn.draw = detail::zeros_if(partial, {d.T, d.B, G * d.H}, x);
+    hn.param = partial ? at::zeros({d.T, d.B, G * d.H}, hn.mean.options()) : at::empty({d.T, d.B, G * d.H}, hn.mean.options());
     return hn;
-  }
-
-  // Iteration s: the hidden-side gate grads dgates_step [>= n, G*H] (by row, dW_hh's row order)
-  // through the norm into hn.draw[s]; returns that [B, G*H] slice for the recurrent GEMM.
-  Tensor hidden_norm_backward(HiddenNorm& hn, const Tensor& dgates_step, int64_t s, int64_t n) const {
-    auto [draw, dw] = layer_norm_rows_backward(dgates_step.narrow(0, 0, n), hn.raw[s].narrow(0, 0, n),
-                                               hn.mean.narrow(0, s * d.B, n), hn.rstd.narrow(0, s * d.B, n), ln.w_hh,
-                                               true);
-    hn.draw[s].narrow(0, 0, n).copy_(draw);
-    hn.dw.add_(dw);
-    return hn.draw[s];
   }
 
   // After the loop: dW_hh and the hidden norm's weight grad.
   void finish_hidden_norm(const HiddenNorm& hn) {
     dw_hh.addmm_(hn.draw.view({d.T * d.B, G * d.H}).t(), hn.h_prev.view({d.T * d.B, d.P}));
-    d_ln_hh = hn.dw.to(x.scalar_type());
+    d_ln_hh = hn.param.view({d.T * d.B, G * d.H}).sum(0).to(x.scalar_type());
   }
 
   // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the

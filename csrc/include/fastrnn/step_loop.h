@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "fastrnn/gemm.h"
 #include "fastrnn/layer_plan.h"
@@ -92,6 +93,80 @@ GruForwardStep<T> gru_forward_step(ForwardPlan& p, const Tensor& xproj, const Te
   return a;
 }
 
+// ---- Layer norm's per-step pieces (docs/DESIGN.md, "Layer norm"): row points of steps.h.
+
+// [B, 2] opmath: a buffer of row statistics (mean, rstd).
+inline Tensor layer_norm_row_stats(const LayerPlan& p) {
+  return at::empty({p.d.B, 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
+}
+
+// The statistics of x's rows [B, n] (by row) into stats.
+template <typename T>
+RowStatsStep<T> row_stats_step(const LayerPlan& p, const Tensor& x, int64_t n, const Tensor& stats) {
+  RowStatsStep<T> st{};
+  p.fill_common(st, 1);
+  st.x = x.const_data_ptr<T>();
+  st.n = n;
+  st.stats = stats.mutable_data_ptr<at::opmath_type<T>>();
+  return st;
+}
+
+// The hidden norm of a forward: statistics of hproj's rows, which the forward point reads.
+// stats: from layer_norm_row_stats, alive for the loop.
+template <typename T>
+RowStatsStep<T> hidden_row_stats(const ForwardPlan& p, ForwardStep<T>& a, const Tensor& hproj, const Tensor& stats) {
+  const RowStatsStep<T> st = row_stats_step<T>(p, hproj, p.G * p.d.H, stats);
+  a.ln_h_stats = st.stats;
+  a.ln_hh_w = p.ln.w_hh.const_data_ptr<T>();
+  return st;
+}
+
+// A row point's launch at iteration s over n rows.
+template <class Kernels, class Step>
+void run_rows(Step& st, int64_t s, int64_t n) {
+  st.s = s;
+  st.rows = n;
+  Kernels::template run<std::conditional_t<std::is_same_v<Step, RowStatsStep<typename Step::scalar_type>>,
+                                           RowStatsPoint, RowMeansPoint>>(st);
+}
+
+// The hidden norm of a backward: per iteration the hidden-side gate grads dgates_step [B, G*H]
+// through the norm into hn.draw (hidden_norm_backward).
+template <typename T>
+LnBackwardStep<T> hidden_norm_backward_step(const BackwardPlan& p, const BackwardPlan::HiddenNorm& hn,
+                                            const Tensor& dgates_step, const Tensor& gmeans) {
+  using A = at::opmath_type<T>;
+  LnBackwardStep<T> b{};
+  p.fill_common(b, 1);
+  b.g = dgates_step.const_data_ptr<T>();
+  b.w = p.ln.w_hh.const_data_ptr<T>();
+  b.gmeans = gmeans.mutable_data_ptr<A>();
+  b.n = p.G * p.d.H;
+  b.x = hn.raw.const_data_ptr<T>();
+  b.mean = hn.mean.const_data_ptr<A>();
+  b.rstd = hn.rstd.const_data_ptr<A>();
+  b.dx = hn.draw.mutable_data_ptr<T>();
+  b.param = hn.param.mutable_data_ptr<A>();
+  return b;
+}
+
+// Iteration s of it, over n rows: returns draw[s] [B, G*H] for the recurrent GEMM.
+template <class Kernels, typename T>
+Tensor hidden_norm_backward(LnBackwardStep<T> b, const BackwardPlan::HiddenNorm& hn, int64_t s, int64_t n) {
+  const int64_t off = s * b.B;  // (s, r) order: iteration s's rows start at row s * B
+  b.x += off * b.n;
+  b.mean += off;
+  b.rstd += off;
+  b.dx += off * b.n;
+  b.param += off * b.n;
+  b.s = s;
+  b.rows = n;
+  Kernels::template run<LnGradMeansPoint>(b);
+  b.units = b.n;
+  Kernels::template run<LnInputGradPoint>(b);
+  return hn.draw[s];
+}
+
 template <class Kernels>
 struct StepLoop {
   static constexpr const char* kPathName = Kernels::kStepLoopPath;
@@ -138,9 +213,18 @@ struct StepLoop {
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
     const bool ln = p.ln.on();
     const Tensor ln_o = ln ? at::empty({d.B, d.H}, p.x.options()) : Tensor();  // phase 1's o, by row
+    const Tensor h_stats = ln ? layer_norm_row_stats(p) : Tensor(), c_stats = ln ? layer_norm_row_stats(p) : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_forward", [&] {
       auto a = lstm_forward_step<scalar_t>(p, xproj, hproj, hfull);
-      if (ln) a.ln_o = ln_o.mutable_data_ptr<scalar_t>();
+      RowStatsStep<scalar_t> hs{}, cs{};
+      if (ln) {
+        hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
+        cs = row_stats_step<scalar_t>(p, p.c, d.H, c_stats);
+        a.ln_o = ln_o.mutable_data_ptr<scalar_t>();
+        a.ln_c_stats = cs.stats;
+        a.ln_c_w = p.ln.w_c.const_data_ptr<scalar_t>();
+        a.ln_c_b = p.ln.b_c.const_data_ptr<scalar_t>();
+      }
       LstmProjCommitStep<scalar_t> pc{};
       if (p.projected()) {
         p.fill_common(pc, d.P);
@@ -154,13 +238,12 @@ struct StepLoop {
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
-        if (ln) p.normalise_hidden(hproj, n);
+        if (ln) run_rows<Kernels>(hs, s, n);  // the product's row statistics
         a.s = s;
         a.rows = n;
         Kernels::template run<LstmForwardPoint>(a);
         if (ln) {  // h = o tanh(LN(c)) over the rows' new c (steps.h, LstmLnOutPoint)
-          const Tensor cn = std::get<0>(layer_norm_rows(p.c.narrow(0, 0, n), p.ln.w_c, p.ln.b_c));
-          a.ln_cn = cn.const_data_ptr<at::opmath_type<scalar_t>>();
+          run_rows<Kernels>(cs, s, n);
           Kernels::template run<LstmLnOutPoint>(a);
         }
         if (p.projected()) {
@@ -181,13 +264,16 @@ struct StepLoop {
     const Tensor b_hn = p.hidden_n_bias();
     Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
+    const Tensor h_stats = p.ln.on() ? layer_norm_row_stats(p) : Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
       auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
+      RowStatsStep<scalar_t> hs{};
+      if (p.ln.on()) hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
       Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
-        if (p.ln.on()) p.normalise_hidden(hproj, n);
+        if (p.ln.on()) run_rows<Kernels>(hs, s, n);
         a.s = s;
         a.rows = n;
         Kernels::template run<GruForwardPoint>(a);
@@ -218,13 +304,15 @@ struct StepLoop {
     // of every saved c, and the buffers of the two phases of the c norm's backward.
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor c_mean, c_rstd, ln_gw, ln_c_param;
+    Tensor c_mean, c_rstd, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
     if (ln) {
       hn = p.hidden_norm();
       const int64_t W = p.saved.size(2);
       std::tie(c_mean, c_rstd) = layer_norm_stats(p.saved.view({d.T * d.B, W}).narrow(1, LstmCell::kC * d.H, d.H));
       ln_gw = at::empty({d.B, 2, d.H}, c_mean.options());
+      ln_gw_mean = at::empty({d.B, 2}, c_mean.options());
       ln_c_param = at::zeros({d.T, d.B, 2 * d.H}, c_mean.options());
+      h_gmeans = at::empty({d.B, 2}, c_mean.options());
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -248,7 +336,18 @@ struct StepLoop {
         a.ln_c_w = p.ln.w_c.const_data_ptr<scalar_t>();
         a.ln_c_b = p.ln.b_c.const_data_ptr<scalar_t>();
         a.ln_gw = ln_gw.mutable_data_ptr<acc_t>();
+        a.ln_gw_mean = ln_gw_mean.const_data_ptr<acc_t>();
         a.ln_c_param = ln_c_param.mutable_data_ptr<acc_t>();
+      }
+      RowMeansStep<scalar_t> gm{};
+      LnBackwardStep<scalar_t> hb{};
+      if (ln) {
+        p.fill_common(gm, 1);
+        gm.x = ln_gw.const_data_ptr<acc_t>();
+        gm.m = 2;
+        gm.n = d.H;
+        gm.means = ln_gw_mean.mutable_data_ptr<acc_t>();
+        hb = hidden_norm_backward_step<scalar_t>(p, hn, dgates_step, h_gmeans);
       }
       LstmProjBackwardStep<scalar_t> pb{};
       if (p.projected()) {
@@ -281,10 +380,9 @@ struct StepLoop {
           continue;
         }
         Kernels::template run<LstmLnOutBackwardPoint>(a);
-        const Tensor gw_mean = ln_gw.narrow(0, 0, n).mean(2);  // [n, 2]
-        a.ln_gw_mean = gw_mean.const_data_ptr<acc_t>();
+        run_rows<Kernels>(gm, s, n);
         Kernels::template run<LstmLnCellBackwardPoint>(a);
-        hidden_grad(p, gemm_hh, p.hidden_norm_backward(hn, dgates_step, s, n), n, direct, tmp);
+        hidden_grad(p, gemm_hh, hidden_norm_backward<Kernels>(hb, hn, s, n), n, direct, tmp);
       }
     });
     if (ln) {
@@ -310,7 +408,11 @@ struct StepLoop {
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    if (ln) hn = p.hidden_norm();  // see lstm_backward
+    Tensor h_gmeans;
+    if (ln) {  // see lstm_backward
+      hn = p.hidden_norm();
+      h_gmeans = at::empty({d.B, 2}, hn.mean.options());
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
       GruBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
@@ -324,6 +426,8 @@ struct StepLoop {
       a.dgates_step = dgates_step.mutable_data_ptr<scalar_t>();
       a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       Tensor tmp;
+      LnBackwardStep<scalar_t> hb{};
+      if (ln) hb = hidden_norm_backward_step<scalar_t>(p, hn, dgates_step, h_gmeans);
       for (int64_t s = d.T - 1; s >= 0; --s) {
         const int64_t n = p.sched.rows(s, d.B);
         chunks.enter(s, a, dgates);
@@ -332,7 +436,7 @@ struct StepLoop {
         Kernels::template run<GruBackwardPoint>(a);
         // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh), with layer
         // norm the grads of those products through the norm
-        hidden_grad(p, gemm_hh, ln ? p.hidden_norm_backward(hn, dgates_step, s, n) : dgates_step, n, true, tmp);
+        hidden_grad(p, gemm_hh, ln ? hidden_norm_backward<Kernels>(hb, hn, s, n) : dgates_step, n, true, tmp);
         if (!ln && chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
       }
     });

@@ -117,7 +117,20 @@ struct ForwardStep : StepCommon {  // units = H
                               //            nullptr: save nothing
   KeepWeights<scalar_t> zoneout_h;  // [T, B, H] on h (not used by an LSTM step with projection:
                                     //            lstm_proj_commit zones the projected state)
+  // Layer norm of the recurrent product (docs/DESIGN.md, "Layer norm"): hproj is read as
+  // LN(hproj; ln_hh_w) with its rows' statistics (RowStatsPoint).
+  const at::opmath_type<scalar_t>* ln_h_stats;  // [B, 2] by row: mean, rstd of hproj's row; nullptr: no norm
+  const scalar_t* ln_hh_w;                      // [G*H] the norm's weight
 };
+
+// Element off (block q's q * H) of unit j of row r's recurrent product (hp: the row's start plus
+// j), through the hidden norm when there is one.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V hidden_in(const ForwardStep<T>& a, const T* hp, int64_t r, int64_t j, int64_t off) {
+  const V v = Lanes<V>::load(hp + off);
+  if (a.ln_h_stats == nullptr) return v;
+  return layer_norm_value<V>(v, V(a.ln_h_stats[2 * r]), V(a.ln_h_stats[2 * r + 1]), Lanes<V>::load(a.ln_hh_w + off + j));
+}
 
 // xproj = x W_ih^T + b_ih + b_hh; saved: i, f, g, o, c (and o * tanh(c) with projection).
 template <typename scalar_t>
@@ -128,9 +141,11 @@ struct LstmForwardStep : ForwardStep<scalar_t> {
   KeepWeights<scalar_t> zoneout_c;  // [T, B, H] on c
   // Layer norm of c (docs/DESIGN.md, "Layer norm"): h = o tanh(LN(c)) in two phases around the
   // row statistics of c. Phase 1 (LstmForwardPoint with ln_o set) stores c, o and the saved
-  // gates; phase 2 (LstmLnOutPoint) reads LN(c) and writes h.
+  // gates; RowStatsPoint takes c's statistics; phase 2 (LstmLnOutPoint) writes h.
   scalar_t* ln_o;             // [B, H]     by row: phase 1's o; nullptr: no layer norm of c
-  const at::opmath_type<scalar_t>* ln_cn;  // [rows, H] by row: LN(c; w_c) + b_c of this iteration
+  const at::opmath_type<scalar_t>* ln_c_stats;  // [B, 2] by row: mean, rstd of the new c
+  const scalar_t* ln_c_w;     // [H]        the norm's weight and bias
+  const scalar_t* ln_c_b;
 };
 
 struct LstmForwardPoint {
@@ -144,10 +159,10 @@ struct LstmForwardPoint {
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
     const V c_prev = L::load(a.c + k);
-    auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + L::load(hp + C::kI * H),
-                                  L::load(xp + C::kF * H) + L::load(hp + C::kF * H),
-                                  L::load(xp + C::kG * H) + L::load(hp + C::kG * H),
-                                  L::load(xp + C::kO * H) + L::load(hp + C::kO * H), c_prev);
+    auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + hidden_in<V>(a, hp, r, j, C::kI * H),
+                                  L::load(xp + C::kF * H) + hidden_in<V>(a, hp, r, j, C::kF * H),
+                                  L::load(xp + C::kG * H) + hidden_in<V>(a, hp, r, j, C::kG * H),
+                                  L::load(xp + C::kO * H) + hidden_in<V>(a, hp, r, j, C::kO * H), c_prev);
     // Zoneout on c: the state (and the saved c) is the zoned one; v.h stays o * tanh(c~).
     if (a.zoneout_c.on()) v.c = zoneout_blend(a.zoneout_c.template load<V>(tb, H, j), c_prev, v.c);
     L::store(a.c + k, v.c);
@@ -180,7 +195,9 @@ struct LstmLnOutPoint {
     Position p;
     if (!locate(a, r, j, p)) return;
     const int64_t H = a.units;
-    const V h = lstm_ln_hidden<V>(L::load(a.ln_o + p.k), L::load(a.ln_cn + p.k));
+    const V cn = layer_norm_value<V>(L::load(a.c + p.k), V(a.ln_c_stats[2 * r]), V(a.ln_c_stats[2 * r + 1]),
+                                     L::load(a.ln_c_w + j)) + L::load(a.ln_c_b + j);
+    const V h = lstm_ln_hidden<V>(L::load(a.ln_o + p.k), cn);
     if (a.hfull != nullptr) {
       L::store(a.hfull + p.k, h);
       if (a.saved != nullptr) L::store(a.saved + p.tb * C::saved_width(H, true) + C::kHFull * H + j, h);
@@ -216,7 +233,7 @@ struct LstmBackwardStep : StepCommon {  // units = H
   KeepWeights<scalar_t> zoneout_c;  // [T, B, H] the forward's; the saved c is then the zoned state
                                     //            and the cell's own c~ is recomputed from i, f, g
   // Layer norm of c (docs/DESIGN.md, "Layer norm"): phase A (LstmLnOutBackwardPoint) takes dh
-  // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); ATen takes the row means of ln_gw;
+  // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); RowMeansPoint takes the row means of ln_gw;
   // phase B (LstmLnCellBackwardPoint) finishes dc through the norm and runs the cell backward.
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t* ln_c_mean;     // [T, B]     time order: mean and rstd of each saved c row
@@ -433,11 +450,12 @@ struct GruForwardPoint {
     using C = GruCell;
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
-    const V hn = a.b_hn != nullptr ? L::load(hp + C::kN * H) + L::load(a.b_hn + j) : L::load(hp + C::kN * H);
+    const V hn_raw = hidden_in<V>(a, hp, r, j, C::kN * H);
+    const V hn = a.b_hn != nullptr ? hn_raw + L::load(a.b_hn + j) : hn_raw;
     const V h_prev = L::load(a.h + k);
-    const auto v = gru_cell_forward<V>(L::load(xp + C::kR * H) + L::load(hp + C::kR * H),
-                                       L::load(xp + C::kZ * H) + L::load(hp + C::kZ * H), L::load(xp + C::kN * H), hn,
-                                       h_prev);
+    const auto v = gru_cell_forward<V>(L::load(xp + C::kR * H) + hidden_in<V>(a, hp, r, j, C::kR * H),
+                                       L::load(xp + C::kZ * H) + hidden_in<V>(a, hp, r, j, C::kZ * H),
+                                       L::load(xp + C::kN * H), hn, h_prev);
     const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), h_prev, v.h) : v.h;
     L::store(a.h + k, h);
     L::store(a.y + tb * H + j, h);
@@ -496,6 +514,93 @@ struct GruBackwardPoint {
     L::store(dstep + C::kR * H, d.dr);
     L::store(dstep + C::kZ * H, d.dz);
     L::store(dstep + C::kN * H, d.dn_h);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm's row reductions (docs/DESIGN.md, "Layer norm"). A row point is launched over
+// rows x 1 (units = 1) and runs its whole row serially: on the CPU a step's rows then take one pass
+// on the calling thread (fewer items than a task's grain), on CUDA one thread a row. They compute
+// for every launched row, finished ones included (their values are finite and unused).
+
+// Mean and rstd of each row of x.
+template <typename scalar_t>
+struct RowStatsStep : StepCommon {  // units = 1
+  using scalar_type = scalar_t;
+  const scalar_t* x;                      // [rows, n] by row
+  int64_t n;
+  at::opmath_type<scalar_t>* stats;       // [B, 2] by row: mean, rstd (biased variance, eps)
+};
+
+struct RowStatsPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const RowStatsStep<T>& a, int64_t r, int64_t) {
+    layer_norm_stats(a.x + r * a.n, a.n, a.stats[2 * r], a.stats[2 * r + 1]);
+  }
+};
+
+// Row means of m vectors of n per row.
+template <typename scalar_t>
+struct RowMeansStep : StepCommon {  // units = 1
+  using scalar_type = scalar_t;
+  const at::opmath_type<scalar_t>* x;     // [rows, m, n] by row
+  int64_t m, n;
+  at::opmath_type<scalar_t>* means;       // [B, m] by row
+};
+
+struct RowMeansPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const RowMeansStep<T>& a, int64_t r, int64_t) {
+    using A = at::opmath_type<T>;
+    for (int64_t q = 0; q < a.m; ++q) {
+      const A* x = a.x + (r * a.m + q) * a.n;
+      a.means[r * a.m + q] = row_sum<A>(a.n, [&](int64_t i) { return x[i]; }) / A(a.n);
+    }
+  }
+};
+
+// The backward of a layer norm without bias over rows of n: given g, the grad of its output, and
+// its input x with the statistics, dx = rstd (g w - mean(g w) - xhat mean(g w xhat)); the weight's
+// grad terms g xhat are stored per element (summed after the loop). LnGradMeansPoint (units = 1)
+// takes the two row means, then LnInputGradPoint (units = n) the elements.
+template <typename scalar_t>
+struct LnBackwardStep : StepCommon {
+  using scalar_type = scalar_t;
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* g;          // [rows, n] by row
+  const scalar_t* x;          // [rows, n] by row
+  const acc_t* mean;          // [rows]    by row
+  const acc_t* rstd;
+  const scalar_t* w;          // [n]
+  acc_t* gmeans;              // [B, 2]    by row: mean(g w), mean(g w xhat)
+  scalar_t* dx;               // [rows, n] by row
+  acc_t* param;               // [rows, n] by row: g xhat
+  int64_t n;
+};
+
+struct LnGradMeansPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LnBackwardStep<T>& a, int64_t r, int64_t) {
+    using A = at::opmath_type<T>;
+    const T* g = a.g + r * a.n;
+    const T* x = a.x + r * a.n;
+    const A mean = a.mean[r], rstd = a.rstd[r];
+    const T* w = a.w;
+    a.gmeans[2 * r] = row_sum<A>(a.n, [&](int64_t i) { return A(g[i]) * A(w[i]); }) / A(a.n);
+    a.gmeans[2 * r + 1] = row_sum<A>(a.n, [&](int64_t i) { return A(g[i]) * A(w[i]) * (A(x[i]) - mean) * rstd; }) / A(a.n);
+  }
+};
+
+struct LnInputGradPoint {
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void run(const LnBackwardStep<T>& a, int64_t r, int64_t j) {
+    using L = Lanes<V>;
+    const int64_t e = r * a.n + j;
+    const V rstd(a.rstd[r]);
+    const V g = L::load(a.g + e), xhat = (L::load(a.x + e) - V(a.mean[r])) * rstd;
+    L::store(a.dx + e, layer_norm_input_grad<V>(g * L::load(a.w + j), xhat, rstd, V(a.gmeans[2 * r]),
+                                                V(a.gmeans[2 * r + 1])));
+    L::store(a.param + e, g * xhat);
   }
 };
 
