@@ -555,14 +555,22 @@ def layernorm_time(cfg, mode, dname, device, plan):
         fns[SCRIPT]()
         check["max_abs_diff_dx_vs_script"] = _max_diff(dx_fast, x.grad)
         fns[PLAIN]()
+    fns[FAST]()  # the paths of fastrnn's side, read before another fastrnn side runs
+    paths = _paths(_ops_of("lstm", mode == "fwdbwd"))
     timings = compare(fns, device, plan, warm_rounds=1 if mode == "fwdbwd" else 0)
-    return _timed_record(f"layernorm/{cfg.name}/lstm/{mode}/{dname}", "layernorm", cfg.name, "lstm", mode, dname,
+    rec = _timed_record(f"layernorm/{cfg.name}/lstm/{mode}/{dname}", "layernorm", cfg.name, "lstm", mode, dname,
                          cfg.shape(), timings, [SCRIPT, PLAIN], check=check,
                          impl_names={FAST: "fastrnn.LSTM(layer_norm=True)",
                                      SCRIPT: "torch.jit.script'ed layer-norm LSTM cell loop (F.layer_norm x 3)",
                                      PLAIN: "fastrnn.LSTM"},
                          note=cfg.note + ("; inference (no grad)" if mode == "fwd" else
                                           "; training forward + backward of y (input requires grad)"))
+    # the useful GEMM work, the plain layer's (the norms' own work and the backward's recomputed
+    # products are overhead of the implementation)
+    rec["flops"] = _flops(rnn_gemm_flops("lstm", cfg.T * cfg.B, cfg.I, cfg.H, cfg.layers, mode == "fwdbwd"),
+                          _RNN_FORMULA)
+    rec["impls"][FAST]["paths"] = paths
+    return rec
 
 
 # ---------------------------------------------------------------- char-LM training step
