@@ -24,7 +24,23 @@ from ._runner import fx_leaf, gru_cell, lstm_cell, traceable
 __all__ = ["LSTMCell", "GRUCell"]
 
 
-class _CellBase(nn.RNNCellBase):
+class _LayerNormInit:
+    """The reset_parameters of fastrnn's layers and cells (a base before torch.nn's class)."""
+
+    def reset_parameters(self) -> None:
+        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) on every parameter; then, with layer_norm, the
+        norms' weights (weight_ln_*) back to ones and their biases (bias_ln_*) to zeros: the
+        identity norm."""
+        super().reset_parameters()
+        with torch.no_grad():
+            for name, p in self.named_parameters(recurse=False):
+                if name.startswith("weight_ln_"):
+                    p.fill_(1.0)
+                elif name.startswith("bias_ln_"):
+                    p.zero_()
+
+
+class _CellBase(_LayerNormInit, nn.RNNCellBase):
     """Shared by LSTMCell and GRUCell. nn.RNNCellBase.__init__ is not run: this builds the same
     parameters after checking the arguments; reset_parameters and extra_repr are nn.RNNCellBase's."""
 
@@ -65,13 +81,6 @@ class _CellBase(nn.RNNCellBase):
         self.reset_parameters()
 
     _cell_norm_names: Tuple[str, ...] = ()  # LSTMCell: the norm of c
-
-    def reset_parameters(self) -> None:
-        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) on every parameter; then, with layer_norm, the
-        norms' weights back to ones and their bias to zeros (the identity norm)."""
-        super().reset_parameters()
-        from .modules import _reset_layer_norm  # (modules imports this file)
-        _reset_layer_norm(self)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -34,23 +34,12 @@ from . import _cells, _inputs
 from ._inputs import Lengths
 from ._runner import fx_leaf, run_stack, traceable, weight_slots
 # the cells live in cells.py and are fastrnn.modules' classes too (their __module__: pickles)
-from .cells import GRUCell, LSTMCell
+from .cells import GRUCell, LSTMCell, _LayerNormInit
 
 __all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
 
-def _reset_layer_norm(module: nn.Module) -> None:
-    """The layer_norm parameters of a layer or cell at their init: norm weights (weight_ln_*) ones,
-    norm biases (bias_ln_*) zeros."""
-    with torch.no_grad():
-        for name, p in module.named_parameters(recurse=False):
-            if name.startswith("weight_ln_"):
-                p.fill_(1.0)
-            elif name.startswith("bias_ln_"):
-                p.zero_()
-
-
-class _RNNBase(nn.RNNBase):
+class _RNNBase(_LayerNormInit, nn.RNNBase):
     """Shared by LSTM (4 gates, optional projection) and GRU (3 gates).
 
     The subclasses are nn.LSTM / nn.GRU too (listed after this base, so these methods win).
@@ -151,12 +140,6 @@ class _RNNBase(nn.RNNBase):
 
     def flatten_parameters(self) -> None:
         """No-op: the fused kernels read each weight where it is (kept for torch.nn compatibility)."""
-
-    def reset_parameters(self) -> None:
-        """torch.nn's init, U(-1/sqrt(H), 1/sqrt(H)) on every parameter; then, with layer_norm, the
-        norms' weights back to ones and their bias to zeros (the identity norm)."""
-        super().reset_parameters()
-        _reset_layer_norm(self)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
