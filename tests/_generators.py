@@ -64,3 +64,46 @@ def layer_tensors(kind, T, B, I, H, dtype, device="cpu", seed=0):
          "b_ih": r(G * H), "b_hh": r(G * H)}
     t["c0"] = r(B, H) if kind == "lstm" else None
     return t
+
+
+# The option tests' modules (weight drop, zoneout / recurrent dropout, layer norm): one small size,
+# and configurations covering lengths, bidirectional, 2 layers, batch_first, proj_size,
+# bias=False and unbatched input. "lengths" / "unbatched" are for option_inputs, the rest
+# constructor arguments.
+OPTION_DIMS = (6, 3, 4, 5, 3)  # T, B, I, H, P (P: proj_size where a configuration projects)
+OPTION_LENGTHS = [4, 6, 2]
+_T, _B, _I, _H, _P = OPTION_DIMS
+OPTION_CONFIGS = [
+    ("LSTM", dict()),
+    ("LSTM", dict(num_layers=2, bidirectional=True, lengths=True)),
+    ("LSTM", dict(proj_size=_P, batch_first=True, lengths=True)),
+    ("LSTM", dict(num_layers=2, bias=False, proj_size=_P, bidirectional=True)),
+    ("LSTM", dict(unbatched=True, num_layers=2)),
+    ("GRU", dict()),
+    ("GRU", dict(num_layers=2, bidirectional=True, lengths=True, batch_first=True)),
+    ("GRU", dict(bias=False, unbatched=True, bidirectional=True)),
+]
+
+
+def config_id(config):
+    """A readable pytest id for an OPTION_CONFIGS entry."""
+    mode, opts = config
+    return "-".join([mode.lower()] + [k if v is True else f"{k}{v}" for k, v in opts.items()])
+
+
+def option_inputs(mode, opts, device, dtype=torch.float64, state_scale=1.0):
+    """x, hx (torch.nn's form: (h0, c0) for an LSTM) and lengths (or None) for an OPTION_CONFIGS
+    entry, drawn in float64 from a fixed seed and cast to dtype; the states scaled by state_scale."""
+    g = torch.Generator().manual_seed(1)
+    D = 2 if opts.get("bidirectional") else 1
+    L = opts.get("num_layers", 1) * D
+    Pw = opts.get("proj_size", 0) or _H
+    unbatched = opts.get("unbatched")
+    shape = (_T, _I) if unbatched else ((_B, _T, _I) if opts.get("batch_first") else (_T, _B, _I))
+    batch = () if unbatched else (_B,)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
+    h0 = (state_scale * torch.randn(L, *batch, Pw, generator=g, dtype=torch.float64)).to(device, dtype)
+    c0 = (state_scale * torch.randn(L, *batch, _H, generator=g, dtype=torch.float64)).to(device, dtype)
+    hx = (h0, c0) if mode == "LSTM" else h0
+    lengths = torch.tensor(OPTION_LENGTHS) if opts.get("lengths") else None
+    return x, hx, lengths

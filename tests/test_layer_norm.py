@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 import fastrnn
+from _generators import OPTION_CONFIGS, OPTION_DIMS, OPTION_LENGTHS, config_id, option_inputs
 from fastrnn import functional as Fn
 from fastrnn import reference as R
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
-T, B, I, H, P = 6, 3, 4, 5, 3
-LENGTHS = [4, 6, 2]
+T, B, I, H, P = OPTION_DIMS
+LENGTHS = OPTION_LENGTHS
 # float64 on both sides: each op rounds at 2^-53 ~ 1.1e-16. The longest chains are dot products of
 # <= 2H + I = 14 terms and row means over G*H <= 20 features, per step over T = 6 steps and two
 # layers; the norms multiply differences by rstd = 1/std of a row, which for these random weights
@@ -33,21 +34,7 @@ LENGTHS = [4, 6, 2]
 # more) cannot meet.
 TOL64 = dict(rtol=1e-9, atol=1e-9)
 
-CONFIGS = [
-    ("LSTM", dict()),
-    ("LSTM", dict(num_layers=2, bidirectional=True, lengths=True)),
-    ("LSTM", dict(proj_size=P, batch_first=True, lengths=True)),
-    ("LSTM", dict(num_layers=2, bias=False, proj_size=P, bidirectional=True)),
-    ("LSTM", dict(unbatched=True, num_layers=2)),
-    ("GRU", dict()),
-    ("GRU", dict(num_layers=2, bidirectional=True, lengths=True, batch_first=True)),
-    ("GRU", dict(bias=False, unbatched=True, bidirectional=True)),
-]
-
-
-def _cfg_id(c):
-    mode, opts = c
-    return "-".join([mode.lower()] + [k if v is True else f"{k}{v}" for k, v in opts.items()])
+CONFIGS = OPTION_CONFIGS
 
 
 def _build(mode, opts, device, dtype=torch.float64):
@@ -63,20 +50,8 @@ def _build(mode, opts, device, dtype=torch.float64):
     return m.to(dtype)
 
 
-def _inputs(mode, opts, device, dtype=torch.float64):
-    g = torch.Generator().manual_seed(1)
-    D = 2 if opts.get("bidirectional") else 1
-    L = opts.get("num_layers", 1) * D
-    Pw = opts.get("proj_size", 0) or H
-    unbatched = opts.get("unbatched")
-    shape = (T, I) if unbatched else ((B, T, I) if opts.get("batch_first") else (T, B, I))
-    batch = () if unbatched else (B,)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
-    h0 = (0.5 * torch.randn(L, *batch, Pw, generator=g, dtype=torch.float64)).to(device, dtype)
-    c0 = (0.5 * torch.randn(L, *batch, H, generator=g, dtype=torch.float64)).to(device, dtype)
-    hx = (h0, c0) if mode == "LSTM" else h0
-    lengths = torch.tensor(LENGTHS) if opts.get("lengths") else None
-    return x, hx, lengths
+def _ln_inputs(mode, opts, device, dtype=torch.float64):
+    return option_inputs(mode, opts, device, dtype, state_scale=0.5)
 
 
 def _reference_stack(m, x, hx, lengths, params=None):
@@ -151,11 +126,11 @@ def _leaves(m, x, hx):
 # against the reference
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[_cfg_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
 def test_forward_and_grads_match_reference(config, device):
     mode, opts = config
     m = _build(mode, opts, device)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = _ln_inputs(mode, opts, device)
     x, hx, leaves = _leaves(m, x, hx)
     got = _outputs_and_grads(m(x, hx, lengths=lengths), leaves)
     want = _outputs_and_grads(_reference_stack(m, x, hx, lengths), leaves)
@@ -166,7 +141,7 @@ def test_forward_and_grads_match_reference(config, device):
 
 def test_padded_positions_are_zero_and_get_no_gradient(device):
     m = _build("LSTM", dict(bidirectional=True), device)
-    x, hx, _ = _inputs("LSTM", dict(bidirectional=True), device)
+    x, hx, _ = _ln_inputs("LSTM", dict(bidirectional=True), device)
     x = x.detach().requires_grad_()
     y, _ = m(x, hx, lengths=LENGTHS)
     y.pow(2).sum().backward()
@@ -211,7 +186,7 @@ def test_double_backward(mode, device):
     gradients agree with the reference's own."""
     opts = dict(lengths=True)
     m = _build(mode, opts, device)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = _ln_inputs(mode, opts, device)
     x = x.detach().requires_grad_()
     params = list(m.parameters())
 
@@ -244,7 +219,7 @@ LOW_TOL = {torch.float32: (dict(rtol=1.3e-5, atol=1.3e-5), dict(rtol=2.5e-5, ato
 def test_low_precision_against_reference(mode, dtype, device):
     opts = dict(bidirectional=True, lengths=True)
     m = _build(mode, opts, device, dtype)
-    x, hx, lengths = _inputs(mode, opts, device, dtype)
+    x, hx, lengths = _ln_inputs(mode, opts, device, dtype)
     x, hx, leaves = _leaves(m, x, hx)
     got = _outputs_and_grads(m(x, hx, lengths=lengths), leaves)
     want = _outputs_and_grads(_reference_stack(m, x, hx, lengths), leaves)
@@ -373,7 +348,7 @@ def test_extra_repr():
 
 def test_pickle_round_trip_and_old_pickles_load_off():
     m = _build("LSTM", dict(num_layers=2), "cpu")
-    x, hx, _ = _inputs("LSTM", dict(num_layers=2), "cpu")
+    x, hx, _ = _ln_inputs("LSTM", dict(num_layers=2), "cpu")
     back = pickle.loads(pickle.dumps(m))
     assert back.layer_norm
     for a, b in zip(_flat(back(x, hx)), _flat(m(x, hx))):
@@ -397,7 +372,7 @@ def test_packed_sequence_matches_lengths():
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     m = _build("LSTM", opts, "cpu")
-    x, hx, lengths = _inputs("LSTM", opts, "cpu")
+    x, hx, lengths = _ln_inputs("LSTM", opts, "cpu")
     y, (h, c) = m(pack_padded_sequence(x, lengths, enforce_sorted=False), hx)
     y_l, (h_l, c_l) = m(x, hx, lengths=lengths)
     torch.testing.assert_close(pad_packed_sequence(y, total_length=T)[0], y_l, **TOL64)
@@ -473,7 +448,7 @@ def test_backward_op_returns_empty_norm_grads_without_layer_norm():
 def test_forced_persistent_raises_and_prefer_falls_back(device, monkeypatch):
     for mode in ("LSTM", "GRU"):
         m = _build(mode, {}, device, torch.float32)
-        x, hx, _ = _inputs(mode, {}, device, torch.float32)
+        x, hx, _ = _ln_inputs(mode, {}, device, torch.float32)
         monkeypatch.setenv("FASTRNN_RECURRENCE", "persistent")
         with pytest.raises(NotImplementedError, match="layer_norm"):
             m(x, hx)
@@ -507,7 +482,7 @@ def test_cell_call_skips_the_fused_single_step():
 def test_script_matches_eager(mode, device):
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     m = _build(mode, opts, device)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = _ln_inputs(mode, opts, device)
     scripted = torch.jit.script(m)
     x, hx, leaves = _leaves(m, x, hx)
     got = _outputs_and_grads(scripted(x, hx, lengths=lengths), leaves)
@@ -531,7 +506,7 @@ def test_script_cell(mode, device):
 def test_compile_fullgraph_matches_eager(mode, device):
     opts = dict(num_layers=2, bidirectional=True)
     m = _build(mode, opts, device)
-    x, hx, _ = _inputs(mode, opts, device)
+    x, hx, _ = _ln_inputs(mode, opts, device)
     x, hx, leaves = _leaves(m, x, hx)
     torch._dynamo.reset()
     try:
@@ -547,7 +522,7 @@ def test_compile_fullgraph_matches_eager(mode, device):
 def test_export(device):
     opts = dict(num_layers=2, bidirectional=True, batch_first=True)
     m = _build("LSTM", opts, device)
-    x, hx, _ = _inputs("LSTM", opts, device)
+    x, hx, _ = _ln_inputs("LSTM", opts, device)
     ep = torch.export.export(m, (x, hx))
     fused = [n for n in ep.graph.nodes if getattr(n.target, "namespace", None) == "fastrnn"]
     assert len(fused) == 4
@@ -584,7 +559,7 @@ def test_to_torch_refuses():
 def test_trace_matches_eager(device):
     opts = dict(num_layers=2, bidirectional=True)
     m = _build("GRU", opts, device)
-    x, hx, _ = _inputs("GRU", opts, device)
+    x, hx, _ = _ln_inputs("GRU", opts, device)
     traced = torch.jit.trace(m, (x, hx), check_trace=False)
     for a, b in zip(_flat(traced(x, hx)), _flat(m(x, hx))):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -594,7 +569,7 @@ def test_autocast_casts_the_norm_parameters():
     """Under CPU autocast (bfloat16) the layer runs in bfloat16, norm parameters included (the op
     refuses mixed dtypes), and agrees with the bfloat16 module run without autocast."""
     m = _build("LSTM", {}, "cpu", torch.float32)
-    x, hx, _ = _inputs("LSTM", {}, "cpu", torch.float32)
+    x, hx, _ = _ln_inputs("LSTM", {}, "cpu", torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y, _ = m(x, hx)
     assert y.dtype == torch.bfloat16

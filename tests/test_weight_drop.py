@@ -22,33 +22,19 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
+from _generators import OPTION_CONFIGS, OPTION_DIMS, OPTION_LENGTHS, config_id, option_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
-T, B, I, H, P = 6, 3, 4, 5, 3
-LENGTHS = [4, 6, 2]
+T, B, I, H, P = OPTION_DIMS
+LENGTHS = OPTION_LENGTHS
 # float64 on both sides: each op rounds at 2^-53 ~ 1.1e-16; dot products of <= 2H + I = 14
 # terms over T = 6 steps with |W_hh_eff| entries <= 1/sqrt(H) / (1 - p) <= 0.9 keep the
 # accumulated difference near 1e-14 (state derivatives stay O(1) through the saturating
 # activations); 1e-10 is a wide margin that a wrong mask (differences O(0.1)) cannot meet.
 TOL64 = dict(rtol=1e-9, atol=1e-10)
 
-# (mode, options) covering lengths, bidirectional, 2 layers, batch_first, proj_size, bias=False,
-# unbatched input
-CONFIGS = [
-    ("LSTM", dict()),
-    ("LSTM", dict(num_layers=2, bidirectional=True, lengths=True)),
-    ("LSTM", dict(proj_size=P, batch_first=True, lengths=True)),
-    ("LSTM", dict(num_layers=2, bias=False, proj_size=P, bidirectional=True)),
-    ("LSTM", dict(unbatched=True, num_layers=2)),
-    ("GRU", dict(num_layers=2, bidirectional=True, lengths=True, batch_first=True)),
-    ("GRU", dict(bias=False, unbatched=True, bidirectional=True)),
-]
-
-
-def _cfg_id(c):
-    mode, opts = c
-    return "-".join([mode.lower()] + [k if v is True else f"{k}{v}" for k, v in opts.items()])
+CONFIGS = OPTION_CONFIGS
 
 
 def _build(mode, opts, device, p):
@@ -58,23 +44,6 @@ def _build(mode, opts, device, p):
     plain = getattr(nn, mode)(I, H, device=device, dtype=torch.float64, **kw)
     plain.load_state_dict(fast.state_dict())
     return fast, plain
-
-
-def _inputs(mode, opts, device):
-    """x, hx (nn's form) and lengths (or None) for the configuration, float64."""
-    g = torch.Generator().manual_seed(1)
-    D = 2 if opts.get("bidirectional") else 1
-    L = opts.get("num_layers", 1) * D
-    Pw = opts.get("proj_size", 0) or H
-    unbatched = opts.get("unbatched")
-    shape = (T, I) if unbatched else ((B, T, I) if opts.get("batch_first") else (T, B, I))
-    batch = () if unbatched else (B,)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
-    h0 = torch.randn(L, *batch, Pw, generator=g, dtype=torch.float64).to(device)
-    c0 = torch.randn(L, *batch, H, generator=g, dtype=torch.float64).to(device)
-    hx = (h0, c0) if mode == "LSTM" else h0
-    lengths = torch.tensor(LENGTHS) if opts.get("lengths") else None
-    return x, hx, lengths
 
 
 def _hh_names(module):
@@ -131,12 +100,12 @@ def _outputs_and_grads(out, leaves):
 
 
 @pytest.mark.parametrize("p", [0.3, 0.7])
-@pytest.mark.parametrize("config", CONFIGS, ids=[_cfg_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
 def test_forward_and_grads_match_nn_with_masked_weight_hh(config, p, device):
     mode, opts = config
     fast, plain = _build(mode, opts, device, p)
     fast.train()
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     hxs = list(hx) if isinstance(hx, tuple) else [hx]
     x.requires_grad_(True)
     for h in hxs:
@@ -161,7 +130,7 @@ def test_gradcheck_training_forward(mode, device):
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     fast, _ = _build(mode, opts, device, 0.4)
     fast.train()
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     hxs = list(hx) if isinstance(hx, tuple) else [hx]
     names = [n for n, _ in fast.named_parameters()]
     inputs = [t.detach().clone().requires_grad_(True) for t in [x, *hxs, *fast.parameters()]]
@@ -222,7 +191,7 @@ def _binomial_bound(n, p):
 def test_mask_values_rate_and_independence(mode, p, device):
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     fast, _ = _build(mode, opts, device, p)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     masks = _masks(fast, x, hx, lengths, seed=5)
     assert len(masks) == 4  # one per layer and direction
     scale = 1 / (1 - p)
@@ -250,13 +219,13 @@ def test_mask_values_rate_and_independence(mode, p, device):
         assert not torch.allclose(other[n], masks[n])
 
 
-@pytest.mark.parametrize("config", CONFIGS[:3] + CONFIGS[5:6], ids=[_cfg_id(c) for c in CONFIGS[:3] + CONFIGS[5:6]])
+@pytest.mark.parametrize("config", CONFIGS[:3] + CONFIGS[6:7], ids=[config_id(c) for c in CONFIGS[:3] + CONFIGS[6:7]])
 def test_one_mask_for_every_step_and_batch_entry(config, device):
     """The training forward equals the eval forward with W_hh replaced by mask * W_hh, with the
     mask read back from fastrnn itself: so one effective W_hh served every step and entry."""
     mode, opts = config
     fast, _ = _build(mode, opts, device, 0.5)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     masks = _masks(fast, x, hx, lengths, seed=9)
     fast.train()
     with torch.no_grad():
@@ -272,7 +241,7 @@ def test_one_mask_for_every_step_and_batch_entry(config, device):
 def test_fresh_mask_per_call(device):
     fast, _ = _build("LSTM", {}, device, 0.5)
     fast.train()
-    x, hx, _ = _inputs("LSTM", {}, device)
+    x, hx, _ = option_inputs("LSTM", {}, device)
     torch.manual_seed(0)
     with torch.no_grad():
         a, b = fast(x, hx)[0], fast(x, hx)[0]
@@ -292,7 +261,7 @@ def test_eval_uses_weight_hh_as_is_and_draws_nothing(mode, device):
     fast, plain = _build(mode, opts, device, 0.5)
     fast.eval()
     plain.eval()
-    x, hx, _ = _inputs(mode, opts, device)
+    x, hx, _ = option_inputs(mode, opts, device)
     state = torch.get_rng_state()
     with torch.no_grad():
         got = _flat(fast(x, hx))
@@ -307,7 +276,7 @@ def test_default_is_off(device):
     fast, plain = _build("LSTM", dict(num_layers=2), device, 0.0)
     assert fast.weight_drop == 0.0 and "weight_drop" not in repr(fast)
     assert list(fast.state_dict()) == list(plain.state_dict())
-    x, hx, _ = _inputs("LSTM", dict(num_layers=2), device)
+    x, hx, _ = option_inputs("LSTM", dict(num_layers=2), device)
     fast.train()
     state = torch.get_rng_state()
     with torch.no_grad():
@@ -318,7 +287,7 @@ def test_default_is_off(device):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_p_one_zeroes_weight_hh(mode, device):
     fast, _ = _build(mode, {}, device, 1.0)
-    x, hx, _ = _inputs(mode, {}, device)
+    x, hx, _ = option_inputs(mode, {}, device)
     fast.train()
     out = fast(x, hx)
     zeroed, _ = _build(mode, {}, device, 0.0)
@@ -390,7 +359,7 @@ def test_old_pickle_without_the_attribute_loads_off():
 def test_to_torch_keeps_eval_results(device):
     fast, _ = _build("LSTM", dict(num_layers=2, proj_size=P), device, 0.5)
     fast.eval()
-    x, hx, _ = _inputs("LSTM", dict(num_layers=2, proj_size=P), device)
+    x, hx, _ = option_inputs("LSTM", dict(num_layers=2, proj_size=P), device)
     with torch.no_grad():
         want = _flat(fast(x, hx))
         plain = fastrnn.to_torch(fast, inplace=False)
@@ -411,7 +380,7 @@ def test_script_matches_eager(mode, device):
     fast, _ = _build(mode, opts, device, 0.4)
     fast.train()
     scripted = torch.jit.script(fast)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     leaves = list(fast.parameters())
     got = _outputs_and_grads(_run_fast(scripted, x, hx, lengths, seed=2), leaves)
     want = _outputs_and_grads(_run_fast(fast, x, hx, lengths, seed=2), leaves)
@@ -426,7 +395,7 @@ def test_trace_draws_masks_at_run_time(device):
     opts = dict(num_layers=2, bidirectional=True)
     fast, _ = _build("LSTM", opts, device, 0.4)
     fast.train()
-    x, hx, _ = _inputs("LSTM", opts, device)
+    x, hx, _ = option_inputs("LSTM", opts, device)
     traced = torch.jit.trace(fast, (x, hx), check_trace=False)
     for seed in (2, 3):
         torch.manual_seed(seed)
@@ -459,7 +428,7 @@ def test_packed_sequence_input_takes_the_same_masks(device):
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     fast, _ = _build("LSTM", opts, device, 0.5)
     fast.train()
-    x, hx, lengths = _inputs("LSTM", opts, device)
+    x, hx, lengths = option_inputs("LSTM", opts, device)
     packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
     torch.manual_seed(4)
     y, (h, c) = fast(packed, hx)
@@ -477,7 +446,7 @@ def test_compile_fullgraph_training_matches_eager(mode, device):
     opts = dict(num_layers=2, bidirectional=True)
     fast, _ = _build(mode, opts, device, 0.4)
     fast.train()
-    x, hx, _ = _inputs(mode, opts, device)
+    x, hx, _ = option_inputs(mode, opts, device)
     leaves = list(fast.parameters())
     torch._dynamo.reset()
     try:
@@ -496,7 +465,7 @@ def test_compile_fullgraph_aot_training_draws_masks(device):
     generator; checked on what does not depend on the draw: a mask applies (training differs
     from eval), the gradients reach W_hh, and the dropped share of W_hh's gradient matches p."""
     fast, _ = _build("LSTM", {}, device, 0.5)
-    x, hx, _ = _inputs("LSTM", {}, device)
+    x, hx, _ = option_inputs("LSTM", {}, device)
     torch._dynamo.reset()
     try:
         compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
@@ -514,7 +483,7 @@ def test_export(training, device):
     opts = dict(num_layers=2, bidirectional=True, batch_first=True)
     fast, _ = _build("GRU", opts, device, 0.5)
     fast.train(training)
-    x, hx, _ = _inputs("GRU", opts, device)
+    x, hx, _ = option_inputs("GRU", opts, device)
     ep = torch.export.export(fast, (x, hx))
     fused = sum(getattr(n.target, "namespace", None) == "fastrnn" for n in ep.graph.nodes)
     assert fused == 4

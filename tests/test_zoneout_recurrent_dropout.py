@@ -24,28 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastrnn
+from _generators import OPTION_CONFIGS, OPTION_DIMS, OPTION_LENGTHS, config_id, option_inputs
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
-T, B, I, H, P = 6, 3, 4, 5, 3
-LENGTHS = [4, 6, 2]
+T, B, I, H, P = OPTION_DIMS
+LENGTHS = OPTION_LENGTHS
 # float64 on both sides: each op rounds at 2^-53 ~ 1.1e-16; dot products of <= I + 2H = 14
 # terms over T = 6 steps, with O(1) weights and states and saturating activations, keep the
 # accumulated difference near 1e-14; 1e-10 is a wide margin that a wrong mask, a mask at the
 # wrong time index or a wrong blend (differences O(0.1)) cannot meet.
 TOL64 = dict(rtol=1e-9, atol=1e-10)
 
-# (mode, options) covering lengths, bidirectional, 2 layers, batch_first, proj_size, bias=False,
-# unbatched input
-CONFIGS = [
-    ("LSTM", dict()),
-    ("LSTM", dict(num_layers=2, bidirectional=True, lengths=True)),
-    ("LSTM", dict(proj_size=P, batch_first=True, lengths=True)),
-    ("LSTM", dict(num_layers=2, bias=False, proj_size=P, bidirectional=True)),
-    ("LSTM", dict(unbatched=True, num_layers=2)),
-    ("GRU", dict(num_layers=2, bidirectional=True, lengths=True, batch_first=True)),
-    ("GRU", dict(bias=False, unbatched=True, bidirectional=True)),
-]
+CONFIGS = OPTION_CONFIGS
 
 # the regulariser settings: zoneout, zoneout_cell (LSTM only), recurrent_dropout
 OPTIONS = {
@@ -54,11 +45,6 @@ OPTIONS = {
     "recurrent_dropout": dict(recurrent_dropout=0.35),
     "all": dict(zoneout=0.25, zoneout_cell=0.5, recurrent_dropout=0.3),
 }
-
-
-def _cfg_id(c):
-    mode, opts = c
-    return "-".join([mode.lower()] + [k if v is True else f"{k}{v}" for k, v in opts.items()])
 
 
 def _options(mode, name):
@@ -72,23 +58,6 @@ def _build(mode, opts, device, **options):
     kw = {k: v for k, v in opts.items() if k not in ("lengths", "unbatched")}
     torch.manual_seed(0)
     return getattr(fastrnn, mode)(I, H, device=device, dtype=torch.float64, **kw, **options)
-
-
-def _inputs(mode, opts, device):
-    """x, hx (nn's form) and lengths (or None) for the configuration, float64."""
-    g = torch.Generator().manual_seed(1)
-    D = 2 if opts.get("bidirectional") else 1
-    L = opts.get("num_layers", 1) * D
-    Pw = opts.get("proj_size", 0) or H
-    unbatched = opts.get("unbatched")
-    shape = (T, I) if unbatched else ((B, T, I) if opts.get("batch_first") else (T, B, I))
-    batch = () if unbatched else (B,)
-    x = torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
-    h0 = torch.randn(L, *batch, Pw, generator=g, dtype=torch.float64).to(device)
-    c0 = torch.randn(L, *batch, H, generator=g, dtype=torch.float64).to(device)
-    hx = (h0, c0) if mode == "LSTM" else h0
-    lengths = torch.tensor(LENGTHS) if opts.get("lengths") else None
-    return x, hx, lengths
 
 
 def _flat(out):
@@ -219,14 +188,14 @@ def _run_fast(fast, x, hx, lengths, seed):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("option", list(OPTIONS))
-@pytest.mark.parametrize("config", CONFIGS, ids=[_cfg_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
 def test_forward_and_grads_match_reference(config, option, training, device):
     mode, opts = config
     if mode == "GRU" and option == "zoneout_cell":
         pytest.skip("a GRU has no cell state")
     fast = _build(mode, opts, device, **_options(mode, option))
     fast.train(training)
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     hxs = list(hx) if isinstance(hx, tuple) else [hx]
     x.requires_grad_(True)
     for h in hxs:
@@ -258,7 +227,7 @@ def test_gradcheck_training_forward(mode, device):
         opts["proj_size"] = P
     fast = _build(mode, opts, device, **_options(mode, "all"))
     fast.train()
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     hxs = list(hx) if isinstance(hx, tuple) else [hx]
     names = [n for n, _ in fast.named_parameters()]
     inputs = [t.detach().clone().requires_grad_(True) for t in [x, *hxs, *fast.parameters()]]
@@ -402,7 +371,7 @@ def test_recurrent_dropout_locked_across_time(device, monkeypatch):
     not with a mask redrawn per step."""
     seen = _recorded_masks(monkeypatch)
     fast = _build("GRU", {}, device, recurrent_dropout=0.5).train()
-    x, hx, _ = _inputs("GRU", {}, device)
+    x, hx, _ = option_inputs("GRU", {}, device)
     with torch.no_grad():
         got = _run_fast(fast, x, hx, None, seed=1)[0]
         (_, _, m), = seen
@@ -415,7 +384,7 @@ def test_lengths_finished_entries_keep_their_state(device):
     """Past an entry's end zoneout does not apply: h_n is the output at its last step."""
     opts = dict(bidirectional=True, lengths=True)
     fast = _build("LSTM", opts, device, zoneout=0.5, zoneout_cell=0.5).train()
-    x, hx, lengths = _inputs("LSTM", opts, device)
+    x, hx, lengths = option_inputs("LSTM", opts, device)
     with torch.no_grad():
         y, (h_n, _) = _run_fast(fast, x, hx, lengths, seed=2)
     for b, L in enumerate(LENGTHS):
@@ -431,7 +400,7 @@ def test_lengths_finished_entries_keep_their_state(device):
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_zoneout_one_keeps_the_initial_state(mode, device):
     fast = _build(mode, {}, device, zoneout=1.0, **({"zoneout_cell": 1.0} if mode == "LSTM" else {}))
-    x, hx, _ = _inputs(mode, {}, device)
+    x, hx, _ = option_inputs(mode, {}, device)
     h0 = hx[0] if mode == "LSTM" else hx
     for training in (True, False):
         fast.train(training)
@@ -445,7 +414,7 @@ def test_zoneout_one_keeps_the_initial_state(mode, device):
 def test_recurrent_dropout_one_masks_all_of_h(mode, device):
     """p = 1: the mask is all zero (as F.dropout's), so W_hh sees zeros: the layer with W_hh = 0."""
     fast = _build(mode, {}, device, recurrent_dropout=1.0).train()
-    x, hx, _ = _inputs(mode, {}, device)
+    x, hx, _ = option_inputs(mode, {}, device)
     out = _flat(_run_fast(fast, x, hx, None, seed=0))
     zeroed = _build(mode, {}, device)
     with torch.no_grad():
@@ -462,7 +431,7 @@ def test_default_is_off_and_draws_nothing(device):
     assert fast.zoneout == fast.zoneout_cell == fast.recurrent_dropout == 0.0
     assert repr(fast) == "LSTM(4, 5, num_layers=2)"
     assert list(fast.state_dict()) == list(nn.LSTM(I, H, 2).state_dict())
-    x, hx, _ = _inputs("LSTM", dict(num_layers=2), device)
+    x, hx, _ = option_inputs("LSTM", dict(num_layers=2), device)
     fast.train()
     state = torch.get_rng_state()
     with torch.no_grad():
@@ -567,7 +536,7 @@ def test_torchscript_matches_eager(mode, device):
     opts = dict(num_layers=2, bidirectional=True)
     fast = _build(mode, opts, device, **_options(mode, "all"))
     scripted = torch.jit.script(fast)
-    x, hx, _ = _inputs(mode, opts, device)
+    x, hx, _ = option_inputs(mode, opts, device)
     for training in (True, False):
         fast.train(training)
         scripted.train(training)
@@ -587,7 +556,7 @@ def test_torchscript_matches_eager(mode, device):
 def test_compile_fullgraph(mode, device, allow_rnn):
     opts = dict(num_layers=2, bidirectional=True, lengths=True)
     fast = _build(mode, opts, device, **_options(mode, "all"))
-    x, hx, lengths = _inputs(mode, opts, device)
+    x, hx, lengths = option_inputs(mode, opts, device)
     compiled = torch.compile(fast, fullgraph=True, backend="aot_eager")
     for training in (True, False):
         fast.train(training)
@@ -601,7 +570,7 @@ def test_compile_fullgraph(mode, device, allow_rnn):
 
 def test_export_eval_zoneout(device):
     fast = _build("LSTM", dict(proj_size=P), device, zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.5).eval()
-    x, hx, _ = _inputs("LSTM", dict(proj_size=P), device)
+    x, hx, _ = option_inputs("LSTM", dict(proj_size=P), device)
     ep = torch.export.export(fast, (x, hx))
     for a, b in zip(_flat(ep.module()(x, hx)), _flat(fast(x, hx))):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -676,7 +645,7 @@ def test_to_torch_refuses_zoneout_and_converts_recurrent_dropout(device):
     with pytest.raises(ValueError, match="zoneout"):
         fastrnn.to_torch(fastrnn.GRUCell(I, H, zoneout=0.1))
     fast = _build("LSTM", dict(num_layers=2), device, recurrent_dropout=0.5).eval()
-    x, hx, _ = _inputs("LSTM", dict(num_layers=2), device)
+    x, hx, _ = option_inputs("LSTM", dict(num_layers=2), device)
     with torch.no_grad():
         want = _flat(fast(x, hx))
         plain = fastrnn.to_torch(fast, inplace=False)
