@@ -46,6 +46,18 @@ enum class Order { kLockstep, kRandom, kAhead };
 // Runs n CTAs, each through `iterations` iterations of four phases — 0: wait, 1-3: run(c, i,
 // phase) — interleaved in `order`. CTA c may leave phase 0 of iteration i > 0 only when
 // ready(c, i) (the counter protocol). Raises when no CTA can run and not all have finished.
+// One lane's operand values as the MMAs take them: their hi parts, and for the fp32 split their lo
+// parts (zeros otherwise, so the cross terms add nothing).
+template <typename T, typename Acc, size_t N>
+void split_operand(const T (&v)[N], bool split, Acc (&hi)[N], Acc (&lo)[N]) {
+  using Op = MmaOperand<T>;
+  for (size_t i = 0; i < N; ++i) {
+    const T h = Op::hi(v[i]);
+    hi[i] = Acc(h);
+    lo[i] = sizeof(T) == 4 && split ? Acc(Op::lo(v[i], h)) : Acc(0);
+  }
+}
+
 template <class Ready, class Run>
 void interleave(const char* what, int64_t n, int64_t iterations, Order order, int64_t seed, Ready&& ready, Run&& run) {
   std::vector<int64_t> step(n, 0), phase(n, 0);
@@ -91,7 +103,6 @@ template <typename T>
 void emulate(const PersistentMmaArgs<T>& a, const MmaPartition& part, Order order, int64_t seed, int64_t slack) {
   using Acc = at::opmath_type<T>;
   using S = MmaShape<T>;
-  using Op = MmaOperand<T>;
   constexpr int kBytes = sizeof(T) == 2 ? 2 : 4;
   const int64_t n = part.ctas, nthreads = part.threads, H = a.units, GU = a.G * a.U;
   const int64_t nw = a.ktiles * 32 * S::kA;  // weight fragment elements (one copy)
@@ -137,11 +148,7 @@ void emulate(const PersistentMmaArgs<T>& a, const MmaPartition& part, Order orde
             }
             T b[S::kB];
             mma_load_b(a, hs, nt, kt, lane, b);
-            for (int i = 0; i < S::kB; ++i) {
-              const T hi = Op::hi(b[i]);
-              bh[lane][i] = Acc(hi);
-              bl[lane][i] = sizeof(T) == 4 && a.split ? Acc(Op::lo(b[i], hi)) : Acc(0);
-            }
+            split_operand(b, a.split, bh[lane], bl[lane]);
           }
           if (sizeof(T) == 4 && a.split) {
             mma::emulate_warp_mma<kBytes, Acc>(al, bh, dx[par]);
@@ -214,7 +221,6 @@ void emulate_backward(const PersistentMmaBwdArgs<T>& a, const MmaBwdPartition& p
                       int64_t slack) {
   using Acc = at::opmath_type<T>;
   using S = MmaShape<T>;
-  using Op = MmaOperand<T>;
   constexpr int kBytes = sizeof(T) == 2 ? 2 : 4;
   const int64_t n = part.ctas, nthreads = part.threads, B = a.common.B, steps = a.common.T, K = a.G * a.H;
   const int64_t ugs = a.unit_groups, rows = a.tiles * mma::kN, nw = a.ktiles * 32 * S::kA;
@@ -251,18 +257,12 @@ void emulate_backward(const PersistentMmaBwdArgs<T>& a, const MmaBwdPartition& p
           const int64_t par = (kt - kt0) & 1;
           Acc ah[32][S::kA], al[32][S::kA], bh[32][S::kB], bl[32][S::kB];
           for (int lane = 0; lane < 32; ++lane) {
-            for (int i = 0; i < S::kA; ++i) {
-              const T x = w[(kt * 32 + lane) * S::kA + i], hi = Op::hi(x);
-              ah[lane][i] = Acc(hi);
-              al[lane][i] = sizeof(T) == 4 && a.split ? Acc(Op::lo(x, hi)) : Acc(0);
-            }
+            T x[S::kA];
+            for (int i = 0; i < S::kA; ++i) x[i] = w[(kt * 32 + lane) * S::kA + i];
+            split_operand(x, a.split, ah[lane], al[lane]);
             T b[S::kB];
             mma_bwd_load_b(a, src, nt, kt, lane, b);
-            for (int i = 0; i < S::kB; ++i) {
-              const T hi = Op::hi(b[i]);
-              bh[lane][i] = Acc(hi);
-              bl[lane][i] = sizeof(T) == 4 && a.split ? Acc(Op::lo(b[i], hi)) : Acc(0);
-            }
+            split_operand(b, a.split, bh[lane], bl[lane]);
           }
           if (sizeof(T) == 4 && a.split) {
             mma::emulate_warp_mma<kBytes, Acc>(al, bh, dx[par]);

@@ -242,6 +242,34 @@ __global__ void __launch_bounds__(kMmaWarps * 32) persistent_mma_bwd_kernel(cons
   }
 }
 
+// What both tensor-core kernels need of the current device (compute capability 8.0 or newer,
+// cooperative launch), or why it cannot run them; sets device and optin (the opt-in shared
+// memory per block).
+const char* mma_device_unavailable(int& device, int& optin) {
+  int cooperative = 0, major = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 8) return "the tensor-core kernel needs compute capability 8.0 or newer (mma.sync with bf16 / tf32)";
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+  if (!cooperative) return "the device cannot launch cooperative kernels";
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return nullptr;
+}
+
+// One cooperative launch on the current stream. A device that cannot hold all CTAs at once
+// refuses it although the residency check passed (MPS shares, see docs/DESIGN.md): that is
+// returned as the reason (the dispatch falls back or raises); any other error throws.
+const char* launch_cooperative(const void* kernel, int64_t ctas, int64_t threads, void** kargs, int64_t smem) {
+  const cudaError_t err = cudaLaunchCooperativeKernel(kernel, dim3(unsigned(ctas)), dim3(unsigned(threads)), kargs,
+                                                      size_t(smem), c10::cuda::getCurrentCUDAStream());
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();
+    return "the device refused the cooperative launch: its CTAs cannot all be resident";
+  }
+  C10_CUDA_CHECK(err);
+  return nullptr;
+}
+
 }  // namespace
 
 template <typename T>
@@ -249,13 +277,8 @@ const char* persistent_mma_unavailable(int64_t G, int64_t H, int64_t B, int64_t 
   if constexpr (std::is_same_v<T, double>) {
     return "float64 stays on the step loop";
   } else {
-    int device = 0, cooperative = 0, major = 0, optin = 0, per_sm = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (major < 8) return "the tensor-core kernel needs compute capability 8.0 or newer (mma.sync with bf16 / tf32)";
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
-    if (!cooperative) return "the device cannot launch cooperative kernels";
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    int device = 0, optin = 0, per_sm = 0;
+    if (const char* why = mma_device_unavailable(device, optin)) return why;
     // The shared-memory need first (occupancy is asked for that size)
     const char* why = plan_persistent_mma(G, H, B, int64_t(sizeof(T)), sms, 1 << 20, optin, part);
     if (why != nullptr) return why;
@@ -280,15 +303,8 @@ const char* launch_persistent_mma_forward(const PersistentForwardArgs<T>& args, 
     PersistentMmaArgs<T> a =
         mma_args(args, part, split, reinterpret_cast<unsigned long long*>(counter.mutable_data_ptr<int64_t>()));
     void* kargs[] = {&a};
-    const cudaError_t err = cudaLaunchCooperativeKernel(
-        reinterpret_cast<const void*>(persistent_mma_kernel<T>), dim3(unsigned(part.ctas)), dim3(unsigned(part.threads)),
-        kargs, size_t(part.smem_bytes), c10::cuda::getCurrentCUDAStream());
-    if (err == cudaErrorCooperativeLaunchTooLarge) {
-      (void)cudaGetLastError();
-      return "the device refused the cooperative launch: its CTAs cannot all be resident";
-    }
-    C10_CUDA_CHECK(err);
-    return nullptr;
+    return launch_cooperative(reinterpret_cast<const void*>(persistent_mma_kernel<T>), part.ctas, part.threads, kargs,
+                              part.smem_bytes);
   }
 }
 
@@ -297,13 +313,8 @@ const char* persistent_mma_bwd_unavailable(int64_t G, int64_t H, int64_t B, int6
   if constexpr (std::is_same_v<T, double>) {
     return "float64 stays on the step loop";
   } else {
-    int device = 0, cooperative = 0, major = 0, optin = 0, per_sm = 0;
-    C10_CUDA_CHECK(cudaGetDevice(&device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (major < 8) return "the tensor-core kernel needs compute capability 8.0 or newer (mma.sync with bf16 / tf32)";
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
-    if (!cooperative) return "the device cannot launch cooperative kernels";
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    int device = 0, optin = 0, per_sm = 0;
+    if (const char* why = mma_device_unavailable(device, optin)) return why;
     allow_all_shared_memory<persistent_mma_bwd_kernel<T>>(device);
     // The shared memory depends on the tiles a CTA takes, which depend on the residency: plan for
     // one tile a CTA, ask the occupancy for that size, plan again, and once more if the size grew.
@@ -336,15 +347,8 @@ const char* launch_persistent_mma_backward(const PersistentMmaBwdArgs<T>& args, 
     PersistentMmaBwdArgs<T> a = args;
     a.counters = reinterpret_cast<unsigned long long*>(counters.mutable_data_ptr<int64_t>());
     void* kargs[] = {&a};
-    const cudaError_t err = cudaLaunchCooperativeKernel(
-        reinterpret_cast<const void*>(persistent_mma_bwd_kernel<T>), dim3(unsigned(part.ctas)),
-        dim3(unsigned(part.threads)), kargs, size_t(part.smem_bytes), c10::cuda::getCurrentCUDAStream());
-    if (err == cudaErrorCooperativeLaunchTooLarge) {
-      (void)cudaGetLastError();
-      return "the device refused the cooperative launch: its CTAs cannot all be resident";
-    }
-    C10_CUDA_CHECK(err);
-    return nullptr;
+    return launch_cooperative(reinterpret_cast<const void*>(persistent_mma_bwd_kernel<T>), part.ctas, part.threads,
+                              kargs, part.smem_bytes);
   }
 }
 
