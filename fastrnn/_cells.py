@@ -29,9 +29,10 @@ class CellTraits:
     def backward_op(self) -> str:
         return f"fastrnn::{self.name}_backward"
 
-    def saved_width(self, H, projected=False):
-        """Width W of ws [T, B, W] for hidden size H."""
-        return (self.saved_blocks_projected if projected else self.saved_blocks) * H
+    def saved_width(self, H, projected=False, layer_norm=False):
+        """Width W of ws [T, B, W] for hidden size H; layer_norm adds the raw products h W_hh^T
+        (G*H) after the cell's blocks."""
+        return (self.saved_blocks_projected if projected else self.saved_blocks) * H + (self.gates * H if layer_norm else 0)
 
     def offset(self, block: str, H):
         """Where a saved block starts in a ws row: e.g. LSTM.offset("c", H) is c's block index times H."""

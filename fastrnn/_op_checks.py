@@ -163,7 +163,8 @@ def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, len
     check_same(op, "y", y, x)
     torch._check(ws.numel() != 0, lambda: f"{op}: the forward saved no activations (it ran with save=False, "
                                           f"e.g. under torch.no_grad()), so there is nothing to differentiate")
-    check_shape(op, "ws", ws, (T, B, cell.saved_width(H, w_hr is not None)))
+    ln = bool(options) and options[0] is not None  # ln_ih given: ws holds the raw products too
+    check_shape(op, "ws", ws, (T, B, cell.saved_width(H, w_hr is not None, ln)))
     check_same(op, "ws", ws, x)
     check_lengths(op, lengths, x, B)
     check_options(op, cell, x, T, B, H, P, *options)

@@ -36,15 +36,17 @@ def _gru_options(ln_ih=None, ln_hh=None, zoneout_h=None, rec_mask=None):
 
 @torch.library.register_fake("fastrnn::lstm_forward")
 def _lstm_forward_fake(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, *options, **kw):
-    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *_lstm_options(*options, **kw))
-    ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None))) if save else x.new_empty((0,))
+    opts = _lstm_options(*options, **kw)
+    T, B, _, H, P = check_forward(LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *opts)
+    ws = x.new_empty((T, B, LSTM.saved_width(H, w_hr is not None, opts[0] is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, P)), x.new_empty((B, P)), x.new_empty((B, H)), ws
 
 
 @torch.library.register_fake("fastrnn::gru_forward")
 def _gru_forward_fake(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, *options, **kw):
-    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, *_gru_options(*options, **kw))
-    ws = x.new_empty((T, B, GRU.saved_width(H))) if save else x.new_empty((0,))
+    opts = _gru_options(*options, **kw)
+    T, B, _, H, _ = check_forward(GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, None, lengths, *opts)
+    ws = x.new_empty((T, B, GRU.saved_width(H, layer_norm=opts[0] is not None))) if save else x.new_empty((0,))
     return x.new_empty((T, B, H)), x.new_empty((B, H)), ws
 
 

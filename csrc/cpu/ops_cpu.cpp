@@ -188,6 +188,22 @@ struct CpuKernels {
   static void run(const Step& a) {
     for_each_pair<Point>(a);
   }
+  // A chain of points over one iteration's rows (step_loop.h, run_stages): one parallel pass over
+  // rows, each running every stage on its row while the row is in L1, instead of one pass and
+  // fork/join per stage. row_units: the widest stage's units, for the grain.
+  static constexpr bool kRowStages = true;
+  template <class F>
+  static void for_rows(int64_t rows, int64_t row_units, F&& f) {
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainPairs / std::max<int64_t>(row_units, 1)),
+                     [&](int64_t begin, int64_t end) {
+                       for (int64_t r = begin; r < end; ++r) f(r);
+                     });
+  }
+  template <class Point, class Step>
+  static void run_row(const Step& a, int64_t r) {
+    const int64_t tiles_per_row = (a.units + kTileUnits - 1) / kTileUnits;
+    run_items<Point>(a, tiles_per_row, r * tiles_per_row, (r + 1) * tiles_per_row);
+  }
 };
 
 struct CpuBackend {

@@ -24,6 +24,7 @@ struct CudaKernels {
   static void run(const Step& a) {
     cuda::launch_step<Point>(a);
   }
+  static constexpr bool kRowStages = false;  // run_stages: one launch per stage
 };
 
 using Loop = StepLoop<CudaKernels>;

@@ -26,7 +26,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& x, const T
                                                         const OptTensor& zoneout_h, const OptTensor& zoneout_c,
                                                         const OptTensor& rec_mask) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  ForwardPlan plan(kLstmCell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save);
+  ForwardPlan plan(kLstmCell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask);
   Backend::lstm_forward(plan);
   return plan.lstm_outputs();
@@ -41,7 +41,7 @@ lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Te
               const OptTensor& zoneout_c, const OptTensor& rec_mask) {
   const c10::OptionalDeviceGuard guard(device_of(x));
   BackwardPlan plan(kLstmCell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse,
-                    has_bias);
+                    has_bias, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask);
   Backend::lstm_backward(plan);
   return plan.lstm_outputs();
@@ -55,7 +55,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& x, const Tensor& h0
                                                const OptTensor& zoneout_h, const OptTensor& rec_mask) {
   const c10::OptionalDeviceGuard guard(device_of(x));
   ForwardPlan plan(kGruCell, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh, std::nullopt, lengths,
-                   reverse, save);
+                   reverse, save, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, std::nullopt, std::nullopt, zoneout_h, std::nullopt, rec_mask);
   Backend::gru_forward(plan);
   return plan.gru_outputs();
@@ -68,7 +68,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_b
     const OptTensor& ln_hh, const OptTensor& zoneout_h, const OptTensor& rec_mask) {
   const c10::OptionalDeviceGuard guard(device_of(x));
   BackwardPlan plan(kGruCell, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh,
-                    std::nullopt, y, ws, lengths, reverse, has_bias);
+                    std::nullopt, y, ws, lengths, reverse, has_bias, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, std::nullopt, std::nullopt, zoneout_h, std::nullopt, rec_mask);
   Backend::gru_backward(plan);
   return plan.gru_outputs();

@@ -42,9 +42,12 @@ struct CellInfo {
   HiddenBlock hidden[2];         // the hidden side of the gate grads, in dW_hh's row order
   int64_t hidden_count;
 
-  int64_t saved_width(int64_t H, bool projected) const {
-    return (projected ? saved_blocks_projected : saved_blocks) * H;
+  // With layer_norm G blocks follow the cell's: the raw h_prev W_hh^T of the position, the hidden
+  // norm's input, which the backward reads (docs/DESIGN.md, "Layer norm").
+  int64_t saved_width(int64_t H, bool projected, bool layer_norm = false) const {
+    return (projected ? saved_blocks_projected : saved_blocks) * H + (layer_norm ? gates * H : 0);
   }
+  int64_t ln_raw_hh_col(int64_t H, bool projected) const { return saved_width(H, projected); }
   int64_t gate_width(int64_t H) const { return gates * H; }
   int64_t grad_width(int64_t H) const { return grad_blocks * H; }
   bool has_cell_state() const { return states == 2; }

@@ -245,6 +245,8 @@ struct LayerPlan {
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
   LayerNormArgs ln;       // the layer_norm option (undefined: off)
   Regularisers reg;       // zoneout, recurrent dropout (options())
+  int64_t saved_width;    // W: per (t, b) of the saved activations (ws), cell.saved_width(H, projected(),
+                          // layer norm)
 
   LayerPlan(const CellInfo& cell, const char* op, const Tensor& x, const Tensor& w_ih, const Tensor& w_hh,
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
@@ -276,6 +278,12 @@ struct LayerPlan {
 
   bool masked() const { return lengths.device.defined(); }
   bool projected() const { return w_hr.defined(); }
+  // Layer norm: ws's column where the raw products h_prev W_hh^T start.
+  int64_t ln_raw_hh_col() const { return cell.ln_raw_hh_col(d.H, projected()); }
+  // [T*B, n] view of the columns [col, col + n) of ws [T, B, saved_width].
+  Tensor ws_columns(const Tensor& ws, int64_t col, int64_t n) const {
+    return ws.view({d.T * d.B, saved_width}).narrow(1, col, n);
+  }
 
   // The fields of StepCommon for a launch over `units` per row; s and rows are the loop's.
   template <typename Step>
@@ -287,6 +295,7 @@ struct LayerPlan {
     a.T = d.T;
     a.B = d.B;
     a.units = units;
+    a.ws_width = saved_width;
     a.reverse = reverse;
   }
 };
@@ -295,7 +304,6 @@ struct LayerPlan {
 // states h and c (which start as h0, c0 by row and end as h_n, c_n by row).
 struct ForwardPlan : LayerPlan {
   bool save;
-  int64_t saved_width;    // per (t, b) of `saved`: cell.saved_width(H, projected())
   Tensor h0;              // [B, P] the caller's, contiguous, batch order
   Tensor b_ih, b_hh;      // [G*H] contiguous, or undefined
   Tensor y;               // [T, B, P]  zeros where padded
@@ -305,12 +313,12 @@ struct ForwardPlan : LayerPlan {
 
   ForwardPlan(const CellInfo& cell, const Tensor& x, const Tensor& h0_, const OptTensor& c0, const Tensor& w_ih,
               const Tensor& w_hh, const OptTensor& b_ih_, const OptTensor& b_hh_, const OptTensor& w_hr,
-              const OptTensor& lengths, bool reverse, bool save)
+              const OptTensor& lengths, bool reverse, bool save, bool layer_norm = false)
       : LayerPlan(cell, cell.forward_op, x, w_ih, w_hh, b_ih_, b_hh_, w_hr, reverse), save(save) {
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
     if (c0.has_value()) detail::check_state(op, "c0", *c0, x, d.B, d.H);
     schedule(lengths);
-    saved_width = cell.saved_width(d.H, projected());
+    saved_width = cell.saved_width(d.H, projected(), layer_norm);
     h0 = h0_.contiguous();
     b_ih = detail::contiguous_or_undefined(b_ih_);
     b_hh = detail::contiguous_or_undefined(b_hh_);
@@ -328,16 +336,14 @@ struct ForwardPlan : LayerPlan {
   // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
   Tensor input_projection_buffer() const {
     const int64_t gates = G * d.H;
-    return save ? saved.view({d.T * d.B, saved_width}).narrow(1, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
+    return save ? ws_columns(saved, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
   }
 
-  // out = x W_ih^T + bias, as one GEMM over all steps; with layer norm LN(x W_ih^T; w_ih) + bias,
-  // the norm over all positions at once.
+  // out = x W_ih^T + bias, as one GEMM over all steps. With layer norm only x W_ih^T: the steps
+  // read it through the norm and add the bias after it (ForwardStep::ln).
   void project_input(Tensor out, const Tensor& bias) const {
     const Tensor x2d = x.view({d.T * d.B, d.I});
-    if (ln.on()) {
-      out.copy_(std::get<0>(layer_norm_rows(at::mm(x2d, w_ih.t()), ln.w_ih, bias)));
-    } else if (bias.defined()) {
+    if (bias.defined() && !ln.on()) {
       at::addmm_out(out, bias, x2d, w_ih.t());
     } else {
       at::mm_out(out, x2d, w_ih.t());
@@ -395,7 +401,7 @@ struct BackwardPlan : LayerPlan {
   BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
                const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
-               bool has_bias)
+               bool has_bias, bool layer_norm = false)
       : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse),
         has_bias(has_bias) {
     using detail::check_shape;
@@ -409,7 +415,8 @@ struct BackwardPlan : LayerPlan {
     detail::check_same(op, "y", y_, x);
     TORCH_CHECK(saved_.numel() != 0, op, ": the forward saved no activations (it ran with save=False, ",
                 "e.g. under torch.no_grad()), so there is nothing to differentiate");
-    check_shape(op, "ws", saved_, {d.T, d.B, cell.saved_width(d.H, projected())});
+    saved_width = cell.saved_width(d.H, projected(), layer_norm);
+    check_shape(op, "ws", saved_, {d.T, d.B, saved_width});
     detail::check_same(op, "ws", saved_, x);
     schedule(lengths);
     dgates_width = cell.grad_width(d.H);
@@ -451,16 +458,19 @@ struct BackwardPlan : LayerPlan {
     });
   }
 
-  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The backward recomputes what the norms read
-  // instead of saving it: the raw products with one GEMM each, and their statistics.
+  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The hidden norm's input, the raw products
+  // h_prev W_hh^T, is in ws (ln_raw_hh_col); the input norm's is recomputed (input_raw); the
+  // backend computes their row statistics.
+
+  // x W_ih^T [T*B, G*H], contiguous.
+  Tensor input_raw() const { return at::mm(x.view({d.T * d.B, d.I}), w_ih.t()); }
 
   // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]).
   struct HiddenNorm {
     Tensor h_prev;      // [T, B, P]   the state row r's product read at iteration s (times rec_mask with
                         //             recurrent dropout); zero where inactive
-    Tensor raw;         // [T, B, G*H] h_prev W_hh^T
-    Tensor mean, rstd;  // [T*B]       its row statistics (opmath)
-    Tensor draw;        // [T, B, G*H] grads of raw, written per iteration (zero where inactive)
+    Tensor stats;       // [T, B, 2]   time order: mean, rstd of the raw products (opmath), by the backend
+    Tensor draw;        // [T, B, G*H] grads of the raw products, written per iteration (zero where inactive)
     Tensor param;       // [T, B, G*H] the weight grad's terms (opmath), summed after the loop
   };
 
@@ -476,12 +486,11 @@ struct BackwardPlan : LayerPlan {
     hn.h_prev[0].copy_(h0.index_select(0, entry));
     hn.h_prev.mul_((s < len.unsqueeze(0)).unsqueeze(2).to(x.scalar_type()));
     if (reg.rec_rows.defined()) hn.h_prev.mul_(reg.rec_rows);  // recurrent dropout: the product read m * h_prev
-    hn.raw = at::mm(hn.h_prev.view({d.T * d.B, d.P}), w_hh.t()).view({d.T, d.B, G * d.H});
-    std::tie(hn.mean, hn.rstd) = layer_norm_stats(hn.raw.view({d.T * d.B, G * d.H}));
     // rows past an iteration's active prefix (host lengths) are never written: zeros there
     const bool partial = !sched.active.empty();
     hn.draw = detail::zeros_if(partial, {d.T, d.B, G * d.H}, x);
-    hn.param = partial ? at::zeros({d.T, d.B, G * d.H}, hn.mean.options()) : at::empty({d.T, d.B, G * d.H}, hn.mean.options());
+    const auto aopts = x.options().dtype(at::toOpMathType(x.scalar_type()));
+    hn.param = partial ? at::zeros({d.T, d.B, G * d.H}, aopts) : at::empty({d.T, d.B, G * d.H}, aopts);
     return hn;
   }
 
@@ -492,13 +501,13 @@ struct BackwardPlan : LayerPlan {
   }
 
   // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the
-  // input norm's weight grad (dW_hh: finish_hidden_norm).
-  void fold_gate_grads_layer_norm(const Tensor& dg) {
+  // input norm's weight grad (dW_hh: finish_hidden_norm); raw: input_raw(), stats [T*B, 2]
+  // (opmath) its rows' mean and rstd.
+  void fold_gate_grads_layer_norm(const Tensor& dg, const Tensor& raw, const Tensor& stats) {
     const int64_t M = d.T * d.B, GH = G * d.H;
     const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.view({M, d.I});
-    const Tensor raw = at::mm(x2d, w_ih.t());
-    const auto [mean, rstd] = layer_norm_stats(raw);
-    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), raw, mean, rstd, ln.w_ih, true);
+    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), raw, stats.select(1, 0).contiguous(),
+                                                        stats.select(1, 1).contiguous(), ln.w_ih, true);
     const Tensor draw = draw_op.to(x.scalar_type());
     Tensor dx2d = dx.view({M, d.I});
     at::mm_out(dx2d, draw, w_ih);

@@ -71,6 +71,16 @@ void fill_forward_step(ForwardPlan& p, ForwardStep<T>& a, const Tensor& xproj, c
   a.y = p.y.mutable_data_ptr<T>();
   a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
   a.zoneout_h = Regularisers::keep<T>(p.reg.zoneout_h);
+  a.ln.hh = p.ln.on() && p.save ? p.saved.mutable_data_ptr<T>() + p.ln_raw_hh_col() : nullptr;
+}
+
+// Layer norm's input side: xproj holds x W_ih^T alone; the steps read it through the norm (the
+// statistics of its rows, x_stats [T*B, 2] alive for the loop) and add bias after it.
+template <typename T>
+void input_norm(const ForwardPlan& p, ForwardStep<T>& a, const Tensor& x_stats, const Tensor& bias) {
+  a.ln.x_stats = x_stats.const_data_ptr<at::opmath_type<T>>();
+  a.ln.w_ih = p.ln.w_ih.const_data_ptr<T>();
+  a.ln.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
 }
 
 // hfull [B, H] by row with a projection, else undefined.
@@ -107,6 +117,7 @@ RowStatsStep<T> row_stats_step(const LayerPlan& p, const Tensor& x, int64_t n, c
   p.fill_common(st, 1);
   st.x = x.const_data_ptr<T>();
   st.n = n;
+  st.ld = n;
   st.stats = stats.mutable_data_ptr<at::opmath_type<T>>();
   return st;
 }
@@ -116,18 +127,57 @@ RowStatsStep<T> row_stats_step(const LayerPlan& p, const Tensor& x, int64_t n, c
 template <typename T>
 RowStatsStep<T> hidden_row_stats(const ForwardPlan& p, ForwardStep<T>& a, const Tensor& hproj, const Tensor& stats) {
   const RowStatsStep<T> st = row_stats_step<T>(p, hproj, p.G * p.d.H, stats);
-  a.ln_h_stats = st.stats;
-  a.ln_hh_w = p.ln.w_hh.const_data_ptr<T>();
+  a.ln.h_stats = st.stats;
+  a.ln.w_hh = p.ln.w_hh.const_data_ptr<T>();
   return st;
 }
 
-// A row point's launch at iteration s over n rows.
-template <class Kernels, class Step>
-void run_rows(Step& st, int64_t s, int64_t n) {
-  st.s = s;
-  st.rows = n;
-  Kernels::template run<std::conditional_t<std::is_same_v<Step, RowStatsStep<typename Step::scalar_type>>,
-                                           RowStatsPoint, RowMeansPoint>>(st);
+// The statistics of a raw product at every position, x [T*B, G*H] (rows x.stride(0) apart: the
+// input projection, or a raw block of ws): [T*B, 2] (opmath) time order, mean and rstd. Padded
+// positions (zeros) get finite values, never read.
+template <class Kernels, typename T>
+Tensor position_row_stats(const LayerPlan& p, const Tensor& x) {
+  const Tensor stats = at::empty({p.d.T * p.d.B, 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
+  RowStatsStep<T> st{};
+  p.fill_common(st, 1);
+  st.rows = p.d.T * p.d.B;
+  st.x = x.const_data_ptr<T>();
+  st.n = x.size(1);
+  st.ld = x.stride(0);
+  st.stats = stats.mutable_data_ptr<at::opmath_type<T>>();
+  Kernels::template run<RowStatsPoint>(st);
+  return stats;
+}
+
+// Points run in order over one iteration's rows, where each reads only its own row of what the
+// earlier ones wrote (layer norm's row statistics between the cell's points). A backend with
+// Kernels::kRowStages (the CPU) runs the whole chain row by row in one parallel pass
+// (Kernels::for_rows, Kernels::run_row); the others launch stage after stage (Kernels::run).
+// Each step's s and rows must be set.
+template <class Point, class Step>
+struct Stage {
+  using point = Point;
+  const Step& step;
+};
+template <class Point, class Step>
+Stage<Point, Step> stage(const Step& step) {
+  return {step};
+}
+
+template <class Kernels, class... S>
+void run_stages(int64_t rows, const S&... stages) {
+  if constexpr (Kernels::kRowStages) {
+    const int64_t units = std::max({stages.step.units...});
+    Kernels::for_rows(rows, units, [&](int64_t r) { (Kernels::template run_row<typename S::point>(stages.step, r), ...); });
+  } else {
+    (Kernels::template run<typename S::point>(stages.step), ...);
+  }
+}
+
+// Sets the iteration s and its n rows on each step.
+template <class... Step>
+void at_iteration(int64_t s, int64_t n, Step&... steps) {
+  ((steps.s = s, steps.rows = n), ...);
 }
 
 // The hidden norm of a backward: per iteration the hidden-side gate grads dgates_step [B, G*H]
@@ -142,29 +192,24 @@ LnBackwardStep<T> hidden_norm_backward_step(const BackwardPlan& p, const Backwar
   b.w = p.ln.w_hh.const_data_ptr<T>();
   b.gmeans = gmeans.mutable_data_ptr<A>();
   b.n = p.G * p.d.H;
-  b.x = hn.raw.const_data_ptr<T>();
-  b.mean = hn.mean.const_data_ptr<A>();
-  b.rstd = hn.rstd.const_data_ptr<A>();
+  b.x = p.saved.const_data_ptr<T>() + p.ln_raw_hh_col();
+  b.stats = hn.stats.const_data_ptr<A>();
   b.dx = hn.draw.mutable_data_ptr<T>();
   b.param = hn.param.mutable_data_ptr<A>();
   return b;
 }
 
-// Iteration s of it, over n rows: returns draw[s] [B, G*H] for the recurrent GEMM.
-template <class Kernels, typename T>
-Tensor hidden_norm_backward(LnBackwardStep<T> b, const BackwardPlan::HiddenNorm& hn, int64_t s, int64_t n) {
+// Its two stages at iteration s over n rows: the row means (units = 1), then the elements
+// (units = G*H), which write draw[s].
+template <typename T>
+std::pair<LnBackwardStep<T>, LnBackwardStep<T>> hidden_norm_backward_at(LnBackwardStep<T> b, int64_t s, int64_t n) {
   const int64_t off = s * b.B;  // (s, r) order: iteration s's rows start at row s * B
-  b.x += off * b.n;
-  b.mean += off;
-  b.rstd += off;
   b.dx += off * b.n;
   b.param += off * b.n;
-  b.s = s;
-  b.rows = n;
-  Kernels::template run<LnGradMeansPoint>(b);
-  b.units = b.n;
-  Kernels::template run<LnInputGradPoint>(b);
-  return hn.draw[s];
+  at_iteration(s, n, b);
+  LnBackwardStep<T> e = b;
+  e.units = b.n;
+  return {b, e};
 }
 
 template <class Kernels>
@@ -200,8 +245,8 @@ struct StepLoop {
 
   static void lstm_forward(ForwardPlan& p) {
     const Dims& d = p.d;
-    const Tensor xproj = p.input_projection_buffer();
-    p.project_input(xproj, p.input_bias());
+    const Tensor xproj = p.input_projection_buffer(), bias = p.input_bias();
+    p.project_input(xproj, bias);
     Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     Tensor hfull, hnew;
     std::optional<typename Kernels::Gemm> gemm_hr;
@@ -214,10 +259,13 @@ struct StepLoop {
     const bool ln = p.ln.on();
     const Tensor ln_o = ln ? at::empty({d.B, d.H}, p.x.options()) : Tensor();  // phase 1's o, by row
     const Tensor h_stats = ln ? layer_norm_row_stats(p) : Tensor(), c_stats = ln ? layer_norm_row_stats(p) : Tensor();
+    Tensor x_stats;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_forward", [&] {
       auto a = lstm_forward_step<scalar_t>(p, xproj, hproj, hfull);
       RowStatsStep<scalar_t> hs{}, cs{};
       if (ln) {
+        x_stats = position_row_stats<Kernels, scalar_t>(p, xproj);
+        input_norm<scalar_t>(p, a, x_stats, bias);
         hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
         cs = row_stats_step<scalar_t>(p, p.c, d.H, c_stats);
         a.ln_o = ln_o.mutable_data_ptr<scalar_t>();
@@ -238,13 +286,13 @@ struct StepLoop {
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
-        if (ln) run_rows<Kernels>(hs, s, n);  // the product's row statistics
-        a.s = s;
-        a.rows = n;
-        Kernels::template run<LstmForwardPoint>(a);
-        if (ln) {  // h = o tanh(LN(c)) over the rows' new c (steps.h, LstmLnOutPoint)
-          run_rows<Kernels>(cs, s, n);
-          Kernels::template run<LstmLnOutPoint>(a);
+        at_iteration(s, n, a);
+        if (ln) {  // the product's row statistics, the cell, c's, then h = o tanh(LN(c)) (LstmLnOutPoint)
+          at_iteration(s, n, hs, cs);
+          run_stages<Kernels>(n, stage<RowStatsPoint>(hs), stage<LstmForwardPoint>(a), stage<RowStatsPoint>(cs),
+                              stage<LstmLnOutPoint>(a));
+        } else {
+          Kernels::template run<LstmForwardPoint>(a);
         }
         if (p.projected()) {
           (*gemm_hr)(hnew, hfull, n, false);
@@ -259,24 +307,31 @@ struct StepLoop {
 
   static void gru_forward(ForwardPlan& p) {
     const Dims& d = p.d;
-    const Tensor xproj = p.input_projection_buffer();
-    p.project_input(xproj, p.input_bias());
+    const Tensor xproj = p.input_projection_buffer(), bias = p.input_bias();
+    p.project_input(xproj, bias);
     const Tensor b_hn = p.hidden_n_bias();
     Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
     const Tensor h_stats = p.ln.on() ? layer_norm_row_stats(p) : Tensor();
+    Tensor x_stats;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
       auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
       RowStatsStep<scalar_t> hs{};
-      if (p.ln.on()) hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
+      if (p.ln.on()) {
+        x_stats = position_row_stats<Kernels, scalar_t>(p, xproj);
+        input_norm<scalar_t>(p, a, x_stats, bias);
+        hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
+      }
       Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
-        if (p.ln.on()) run_rows<Kernels>(hs, s, n);
-        a.s = s;
-        a.rows = n;
-        Kernels::template run<GruForwardPoint>(a);
+        at_iteration(s, n, a, hs);
+        if (p.ln.on()) {
+          run_stages<Kernels>(n, stage<RowStatsPoint>(hs), stage<GruForwardPoint>(a));
+        } else {
+          Kernels::template run<GruForwardPoint>(a);
+        }
       }
     });
     PathLog::record(p.op, kPathName);
@@ -304,18 +359,23 @@ struct StepLoop {
     // of every saved c, and the buffers of the two phases of the c norm's backward.
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor c_mean, c_rstd, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
+    Tensor c_stats, ih_raw, ih_stats, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
     if (ln) {
       hn = p.hidden_norm();
-      const int64_t W = p.saved.size(2);
-      std::tie(c_mean, c_rstd) = layer_norm_stats(p.saved.view({d.T * d.B, W}).narrow(1, LstmCell::kC * d.H, d.H));
-      ln_gw = at::empty({d.B, 2, d.H}, c_mean.options());
-      ln_gw_mean = at::empty({d.B, 2}, c_mean.options());
-      ln_c_param = at::zeros({d.T, d.B, 2 * d.H}, c_mean.options());
-      h_gmeans = at::empty({d.B, 2}, c_mean.options());
+      ih_raw = p.input_raw();
+      const auto aopts = opts.dtype(at::toOpMathType(p.x.scalar_type()));
+      ln_gw = at::empty({d.B, 2, d.H}, aopts);
+      ln_gw_mean = at::empty({d.B, 2}, aopts);
+      ln_c_param = at::zeros({d.T, d.B, 2 * d.H}, aopts);
+      h_gmeans = at::empty({d.B, 2}, aopts);
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      if (ln) {
+        c_stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, LstmCell::kC * d.H, d.H));
+        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, p.ln_raw_hh_col(), p.G * d.H));
+        ih_stats = position_row_stats<Kernels, scalar_t>(p, ih_raw);
+      }
       LstmBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
       a.dy = p.dy.const_data_ptr<scalar_t>();
@@ -331,8 +391,7 @@ struct StepLoop {
       a.zoneout_c = Regularisers::keep<scalar_t>(p.reg.zoneout_c);
       if (!p.projected()) a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       if (ln) {
-        a.ln_c_mean = c_mean.const_data_ptr<acc_t>();
-        a.ln_c_rstd = c_rstd.const_data_ptr<acc_t>();
+        a.ln_c_stats = c_stats.const_data_ptr<acc_t>();
         a.ln_c_w = p.ln.w_c.const_data_ptr<scalar_t>();
         a.ln_c_b = p.ln.b_c.const_data_ptr<scalar_t>();
         a.ln_gw = ln_gw.mutable_data_ptr<acc_t>();
@@ -379,14 +438,16 @@ struct StepLoop {
           if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
           continue;
         }
-        Kernels::template run<LstmLnOutBackwardPoint>(a);
-        run_rows<Kernels>(gm, s, n);
-        Kernels::template run<LstmLnCellBackwardPoint>(a);
-        hidden_grad(p, gemm_hh, hidden_norm_backward<Kernels>(hb, hn, s, n), n, direct, tmp);
+        at_iteration(s, n, gm);
+        const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n);
+        run_stages<Kernels>(n, stage<LstmLnOutBackwardPoint>(a), stage<RowMeansPoint>(gm),
+                            stage<LstmLnCellBackwardPoint>(a), stage<LnGradMeansPoint>(hb_means),
+                            stage<LnInputGradPoint>(hb_elems));
+        hidden_grad(p, gemm_hh, hn.draw[s], n, direct, tmp);
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates);
+      p.fold_gate_grads_layer_norm(dgates, ih_raw, ih_stats);
       p.finish_hidden_norm(hn);
       const Tensor sums = ln_c_param.view({d.T * d.B, 2 * d.H}).sum(0).to(p.x.scalar_type());
       p.d_ln_c_w = sums.narrow(0, 0, d.H);
@@ -408,12 +469,17 @@ struct StepLoop {
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor h_gmeans;
+    Tensor h_gmeans, ih_raw, ih_stats;
     if (ln) {  // see lstm_backward
       hn = p.hidden_norm();
-      h_gmeans = at::empty({d.B, 2}, hn.mean.options());
+      ih_raw = p.input_raw();
+      h_gmeans = at::empty({d.B, 2}, opts.dtype(at::toOpMathType(p.x.scalar_type())));
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
+      if (ln) {
+        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, p.ln_raw_hh_col(), p.G * d.H));
+        ih_stats = position_row_stats<Kernels, scalar_t>(p, ih_raw);
+      }
       GruBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
       a.dy = p.dy.const_data_ptr<scalar_t>();
@@ -433,15 +499,21 @@ struct StepLoop {
         chunks.enter(s, a, dgates);
         a.s = s;
         a.rows = n;
-        Kernels::template run<GruBackwardPoint>(a);
         // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh), with layer
         // norm the grads of those products through the norm
-        hidden_grad(p, gemm_hh, ln ? hidden_norm_backward<Kernels>(hb, hn, s, n) : dgates_step, n, true, tmp);
+        if (ln) {
+          const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n);
+          run_stages<Kernels>(n, stage<GruBackwardPoint>(a), stage<LnGradMeansPoint>(hb_means),
+                              stage<LnInputGradPoint>(hb_elems));
+        } else {
+          Kernels::template run<GruBackwardPoint>(a);
+        }
+        hidden_grad(p, gemm_hh, ln ? hn.draw[s] : dgates_step, n, true, tmp);
         if (!ln && chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates);
+      p.fold_gate_grads_layer_norm(dgates, ih_raw, ih_stats);
       p.finish_hidden_norm(hn);
     } else {
       p.fold_first_step(dgates_step);

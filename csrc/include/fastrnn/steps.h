@@ -57,6 +57,7 @@ struct StepCommon {
   int64_t T, B;
   int64_t units;           // units per row: the launch covers rows x units pairs (H for the cell
                            // steps, P for the projection steps)
+  int64_t ws_width;        // W: the width of a position's row of the saved activations (ws)
   bool reverse;
 };
 
@@ -97,6 +98,35 @@ struct KeepWeights {
   }
 };
 
+// Layer norm of the gate inputs in a forward step (docs/DESIGN.md, "Layer norm"): every gate's
+// pre-activation is LN(x W_ih^T; w_ih) + bias + LN(h_prev W_hh^T; w_hh) (the GRU's n: its hidden
+// part inside r * ...).
+template <typename T>
+struct LnGates {
+  using A = at::opmath_type<T>;
+  const A* x_stats;  // [T, B, 2] time order: mean, rstd of the rows of x W_ih^T; nullptr: no layer norm
+  const A* h_stats;  // [B, 2] by row: the same of this iteration's h_prev W_hh^T
+  const T* w_ih;     // [G*H] the norms' weights
+  const T* w_hh;
+  const T* bias;     // [G*H] the biases that join the input side, or nullptr
+  T* hh;             // ws from the column of the raw h_prev W_hh^T blocks (position tb's row at
+                     // tb * W), which the backward reads; nullptr when not saving
+  C10_HOST_DEVICE FASTRNN_INLINE bool on() const { return x_stats != nullptr; }
+};
+
+// v through a norm whose row has statistics stats[0..1] (mean, rstd), weight element *w.
+template <typename V, typename T, typename A>
+C10_HOST_DEVICE FASTRNN_INLINE V ln_in(V v, const A* stats, const T* w) {
+  return layer_norm_value<V>(v, V(stats[0]), V(stats[1]), Lanes<V>::load(w));
+}
+
+// The input side of gate block off (q * H), unit j, position tb: LN(raw) w_ih + bias.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V ln_input(const LnGates<T>& g, V raw, int64_t tb, int64_t off_j) {
+  const V n = ln_in(raw, g.x_stats + 2 * tb, g.w_ih + off_j);
+  return g.bias != nullptr ? n + Lanes<V>::load(g.bias + off_j) : n;
+}
+
 // ---------------------------------------------------------------------------------------------
 // LSTM
 
@@ -106,7 +136,8 @@ struct ForwardStep : StepCommon {  // units = H
   using scalar_type = scalar_t;
   scalar_t* xproj;            // [T, B, G*H] x_t W_ih^T + the biases that join it (see the cell),
                               //            time order, positions xstride apart; when it lives in
-                              //            `saved`, the step overwrites it with the activations
+                              //            `saved`'s gate columns, the step overwrites it with the
+                              //            activations. With layer norm: x_t W_ih^T alone
   int64_t xstride;
   const scalar_t* hproj;      // [rows, G*H] h_{s-1} W_hh^T for this iteration
   scalar_t* h;                // [B, H]     running hidden state by row, updated in place (LSTM
@@ -117,19 +148,33 @@ struct ForwardStep : StepCommon {  // units = H
                               //            nullptr: save nothing
   KeepWeights<scalar_t> zoneout_h;  // [T, B, H] on h (not used by an LSTM step with projection:
                                     //            lstm_proj_commit zones the projected state)
-  // Layer norm of the recurrent product (docs/DESIGN.md, "Layer norm"): hproj is read as
-  // LN(hproj; ln_hh_w) with its rows' statistics (RowStatsPoint).
-  const at::opmath_type<scalar_t>* ln_h_stats;  // [B, 2] by row: mean, rstd of hproj's row; nullptr: no norm
-  const scalar_t* ln_hh_w;                      // [G*H] the norm's weight
+  LnGates<scalar_t> ln;       // layer norm: xproj is x W_ih^T alone, read through the input norm;
+                              // hproj through the hidden norm (h_stats by row, RowStatsPoint)
 };
+
+// Element off (block q's q * H) of unit j of position tb's input projection (xp: its start plus
+// j), through the input norm when there is one.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V input_in(const ForwardStep<T>& a, const T* xp, int64_t tb, int64_t j, int64_t off) {
+  const V v = Lanes<V>::load(xp + off);
+  return a.ln.on() ? ln_input<V>(a.ln, v, tb, off + j) : v;
+}
+
+// With layer norm and saving: the raw recurrent product of unit j (G blocks from hp, the row's
+// start plus j) into ws at position tb, where the backward reads it.
+template <typename V, int G, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE void save_hidden_raw(const ForwardStep<T>& a, const T* hp, int64_t tb, int64_t j) {
+  if (a.ln.hh == nullptr) return;
+  T* out = a.ln.hh + tb * a.ws_width + j;
+  for (int q = 0; q < G; ++q) Lanes<V>::store(out + q * a.units, Lanes<V>::load(hp + q * a.units));
+}
 
 // Element off (block q's q * H) of unit j of row r's recurrent product (hp: the row's start plus
 // j), through the hidden norm when there is one.
 template <typename V, typename T>
 C10_HOST_DEVICE FASTRNN_INLINE V hidden_in(const ForwardStep<T>& a, const T* hp, int64_t r, int64_t j, int64_t off) {
   const V v = Lanes<V>::load(hp + off);
-  if (a.ln_h_stats == nullptr) return v;
-  return layer_norm_value<V>(v, V(a.ln_h_stats[2 * r]), V(a.ln_h_stats[2 * r + 1]), Lanes<V>::load(a.ln_hh_w + off + j));
+  return a.ln.on() ? ln_in(v, a.ln.h_stats + 2 * r, a.ln.w_hh + off + j) : v;
 }
 
 // xproj = x W_ih^T + b_ih + b_hh; saved: i, f, g, o, c (and o * tanh(c) with projection).
@@ -159,16 +204,17 @@ struct LstmForwardPoint {
     const T* xp = a.xproj + tb * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
     const V c_prev = L::load(a.c + k);
-    auto v = lstm_cell_forward<V>(L::load(xp + C::kI * H) + hidden_in<V>(a, hp, r, j, C::kI * H),
-                                  L::load(xp + C::kF * H) + hidden_in<V>(a, hp, r, j, C::kF * H),
-                                  L::load(xp + C::kG * H) + hidden_in<V>(a, hp, r, j, C::kG * H),
-                                  L::load(xp + C::kO * H) + hidden_in<V>(a, hp, r, j, C::kO * H), c_prev);
+    save_hidden_raw<V, C::kGates>(a, hp, tb, j);
+    auto v = lstm_cell_forward<V>(input_in<V>(a, xp, tb, j, C::kI * H) + hidden_in<V>(a, hp, r, j, C::kI * H),
+                                  input_in<V>(a, xp, tb, j, C::kF * H) + hidden_in<V>(a, hp, r, j, C::kF * H),
+                                  input_in<V>(a, xp, tb, j, C::kG * H) + hidden_in<V>(a, hp, r, j, C::kG * H),
+                                  input_in<V>(a, xp, tb, j, C::kO * H) + hidden_in<V>(a, hp, r, j, C::kO * H), c_prev);
     // Zoneout on c: the state (and the saved c) is the zoned one; v.h stays o * tanh(c~).
     if (a.zoneout_c.on()) v.c = zoneout_blend(a.zoneout_c.template load<V>(tb, H, j), c_prev, v.c);
     L::store(a.c + k, v.c);
     if (a.ln_o != nullptr) {  // layer norm of c: h waits for phase 2 (LstmLnOutPoint)
       L::store(a.ln_o + k, v.o);
-      if (a.saved != nullptr) C::store_saved(a.saved + tb * C::saved_width(H, a.hfull != nullptr) + j, H, v, false);
+      if (a.saved != nullptr) C::store_saved(a.saved + tb * a.ws_width + j, H, v, false);
       return;
     }
     if (a.hfull != nullptr) {
@@ -180,7 +226,7 @@ struct LstmForwardPoint {
     }
     if (a.saved != nullptr) {
       const bool projected = a.hfull != nullptr;
-      C::store_saved(a.saved + tb * C::saved_width(H, projected) + j, H, v, projected);
+      C::store_saved(a.saved + tb * a.ws_width + j, H, v, projected);
     }
   }
 };
@@ -200,7 +246,7 @@ struct LstmLnOutPoint {
     const V h = lstm_ln_hidden<V>(L::load(a.ln_o + p.k), cn);
     if (a.hfull != nullptr) {
       L::store(a.hfull + p.k, h);
-      if (a.saved != nullptr) L::store(a.saved + p.tb * C::saved_width(H, true) + C::kHFull * H + j, h);
+      if (a.saved != nullptr) L::store(a.saved + p.tb * a.ws_width + C::kHFull * H + j, h);
     } else {
       const V hz = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(p.tb, H, j), L::load(a.h + p.k), h) : h;
       L::store(a.h + p.k, hz);
@@ -236,8 +282,7 @@ struct LstmBackwardStep : StepCommon {  // units = H
   // through h = o tanh(LN(c)) to d_o and to the grad of LN(c); RowMeansPoint takes the row means of ln_gw;
   // phase B (LstmLnCellBackwardPoint) finishes dc through the norm and runs the cell backward.
   using acc_t = at::opmath_type<scalar_t>;
-  const acc_t* ln_c_mean;     // [T, B]     time order: mean and rstd of each saved c row
-  const acc_t* ln_c_rstd;
+  const acc_t* ln_c_stats;    // [T, B, 2]  time order: mean and rstd of each saved c row
   const scalar_t* ln_c_w;     // [H]        the norm's weight and bias
   const scalar_t* ln_c_b;
   acc_t* ln_gw;               // [B, 2, H]  by row: g * w_c and g * w_c * chat (g: grad of LN(c))
@@ -256,7 +301,7 @@ C10_HOST_DEVICE FASTRNN_INLINE V lstm_step_dh(const LstmBackwardStep<T>& a, cons
 // The normalised saved c of position p (before w_c, b_c).
 template <typename V, typename T>
 C10_HOST_DEVICE FASTRNN_INLINE V lstm_ln_chat(const LstmBackwardStep<T>& a, const Position& p, const T* w) {
-  return (Lanes<V>::load(w + LstmCell::kC * a.units) - V(a.ln_c_mean[p.tb])) * V(a.ln_c_rstd[p.tb]);
+  return (Lanes<V>::load(w + LstmCell::kC * a.units) - V(a.ln_c_stats[2 * p.tb])) * V(a.ln_c_stats[2 * p.tb + 1]);
 }
 
 struct LstmBackwardPoint {
@@ -274,7 +319,7 @@ struct LstmBackwardPoint {
     // The entry's last step gets the final-state grads; earlier ones what the recurrence carried.
     V dh = lstm_step_dh<V>(a, p, j);
     V dc = p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k);
-    const int64_t width = C::saved_width(H, a.dh_full != nullptr);
+    const int64_t width = a.ws_width;
     const T* w = a.saved + p.tb * width + j;
     const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
                               : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
@@ -319,7 +364,7 @@ struct LstmLnOutBackwardPoint {
       L::store(gw + H, V(0));
       return;
     }
-    const T* w = a.saved + p.tb * C::saved_width(H, a.dh_full != nullptr) + j;
+    const T* w = a.saved + p.tb * a.ws_width + j;
     const V chat = lstm_ln_chat<V>(a, p, w), cw = L::load(a.ln_c_w + j);
     V dh = lstm_step_dh<V>(a, p, j);
     if (a.zoneout_h.on() && a.dh_full == nullptr) {  // as in LstmBackwardPoint
@@ -347,10 +392,11 @@ struct LstmLnCellBackwardPoint {
     const int64_t H = a.units;
     Position p;
     if (!locate(a, r, j, p)) return;  // phase A zeroed the row's dgates_step
-    const int64_t width = C::saved_width(H, a.dh_full != nullptr);
+    const int64_t width = a.ws_width;
     const T* w = a.saved + p.tb * width + j;
     const V dc_norm = layer_norm_input_grad<V>(L::load(a.ln_gw + r * 2 * H + j), lstm_ln_chat<V>(a, p, w),
-                                               V(a.ln_c_rstd[p.tb]), V(a.ln_gw_mean[2 * r]), V(a.ln_gw_mean[2 * r + 1]));
+                                               V(a.ln_c_stats[2 * p.tb + 1]), V(a.ln_gw_mean[2 * r]),
+                                               V(a.ln_gw_mean[2 * r + 1]));
     const V dc = (p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k)) + dc_norm;
     const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
                               : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
@@ -453,13 +499,14 @@ struct GruForwardPoint {
     const V hn_raw = hidden_in<V>(a, hp, r, j, C::kN * H);
     const V hn = a.b_hn != nullptr ? hn_raw + L::load(a.b_hn + j) : hn_raw;
     const V h_prev = L::load(a.h + k);
-    const auto v = gru_cell_forward<V>(L::load(xp + C::kR * H) + hidden_in<V>(a, hp, r, j, C::kR * H),
-                                       L::load(xp + C::kZ * H) + hidden_in<V>(a, hp, r, j, C::kZ * H),
-                                       L::load(xp + C::kN * H), hn, h_prev);
+    save_hidden_raw<V, C::kGates>(a, hp, tb, j);
+    const auto v = gru_cell_forward<V>(input_in<V>(a, xp, tb, j, C::kR * H) + hidden_in<V>(a, hp, r, j, C::kR * H),
+                                       input_in<V>(a, xp, tb, j, C::kZ * H) + hidden_in<V>(a, hp, r, j, C::kZ * H),
+                                       input_in<V>(a, xp, tb, j, C::kN * H), hn, h_prev);
     const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), h_prev, v.h) : v.h;
     L::store(a.h + k, h);
     L::store(a.y + tb * H + j, h);
-    if (a.saved != nullptr) C::store_saved(a.saved + tb * C::saved_width(H) + j, H, v);
+    if (a.saved != nullptr) C::store_saved(a.saved + tb * a.ws_width + j, H, v);
   }
 };
 
@@ -501,7 +548,7 @@ struct GruBackwardPoint {
       dh = z.fresh;
       dh_zoned = z.prev;
     }
-    const T* w = a.saved + p.tb * C::saved_width(H) + j;
+    const T* w = a.saved + p.tb * a.ws_width + j;
     const V h_prev = a.s == 0 ? L::load(a.h0 + p.kb) : L::load(a.y + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * H + j);
     const auto d = gru_cell_backward<V>(dh, L::load(w + C::kR * H), L::load(w + C::kZ * H), L::load(w + C::kN * H),
                                         L::load(w + C::kHn * H), h_prev);
@@ -523,19 +570,20 @@ struct GruBackwardPoint {
 // on the calling thread (fewer items than a task's grain), on CUDA one thread a row. They compute
 // for every launched row, finished ones included (their values are finite and unused).
 
-// Mean and rstd of each row of x.
+// Mean and rstd of each row of x: a step's rows, or (in the backward) every position of a saved
+// block of ws.
 template <typename scalar_t>
 struct RowStatsStep : StepCommon {  // units = 1
   using scalar_type = scalar_t;
-  const scalar_t* x;                      // [rows, n] by row
-  int64_t n;
-  at::opmath_type<scalar_t>* stats;       // [B, 2] by row: mean, rstd (biased variance, eps)
+  const scalar_t* x;                      // [rows, n], rows ld apart
+  int64_t n, ld;
+  at::opmath_type<scalar_t>* stats;       // [rows, 2]: mean, rstd (biased variance, eps)
 };
 
 struct RowStatsPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const RowStatsStep<T>& a, int64_t r, int64_t) {
-    layer_norm_stats(a.x + r * a.n, a.n, a.stats[2 * r], a.stats[2 * r + 1]);
+    layer_norm_stats(a.x + r * a.ld, a.n, a.stats[2 * r], a.stats[2 * r + 1]);
   }
 };
 
@@ -559,22 +607,22 @@ struct RowMeansPoint {
   }
 };
 
-// The backward of a layer norm without bias over rows of n: given g, the grad of its output, and
-// its input x with the statistics, dx = rstd (g w - mean(g w) - xhat mean(g w xhat)); the weight's
-// grad terms g xhat are stored per element (summed after the loop). LnGradMeansPoint (units = 1)
-// takes the two row means, then LnInputGradPoint (units = n) the elements.
+// The backward of the hidden norm (without bias, over rows of n = G*H) at one iteration: given g,
+// the grad of its output, and its input x (the raw product the forward saved in ws) with the
+// statistics, dx = rstd (g w - mean(g w) - xhat mean(g w xhat)); the weight's grad terms g xhat
+// are stored per element (summed after the loop). LnGradMeansPoint (units = 1) takes the two row
+// means, then LnInputGradPoint (units = n) the elements. Rows of finished entries get zeros.
 template <typename scalar_t>
 struct LnBackwardStep : StepCommon {
   using scalar_type = scalar_t;
   using acc_t = at::opmath_type<scalar_t>;
-  const scalar_t* g;          // [rows, n] by row
-  const scalar_t* x;          // [rows, n] by row
-  const acc_t* mean;          // [rows]    by row
-  const acc_t* rstd;
+  const scalar_t* g;          // [rows, n]  by row
+  const scalar_t* x;          // [T, B, W]  ws from the raw products' column: position tb's row at tb * W
+  const acc_t* stats;         // [T, B, 2]  time order: mean, rstd of x's rows
   const scalar_t* w;          // [n]
-  acc_t* gmeans;              // [B, 2]    by row: mean(g w), mean(g w xhat)
-  scalar_t* dx;               // [rows, n] by row
-  acc_t* param;               // [rows, n] by row: g xhat
+  acc_t* gmeans;              // [B, 2]     by row: mean(g w), mean(g w xhat)
+  scalar_t* dx;               // [rows, n]  by row
+  acc_t* param;               // [rows, n]  by row: g xhat
   int64_t n;
 };
 
@@ -582,9 +630,11 @@ struct LnGradMeansPoint {
   template <typename V, typename T>
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LnBackwardStep<T>& a, int64_t r, int64_t) {
     using A = at::opmath_type<T>;
+    Position p;
+    if (!locate(a, r, 0, p)) return;
     const T* g = a.g + r * a.n;
-    const T* x = a.x + r * a.n;
-    const A mean = a.mean[r], rstd = a.rstd[r];
+    const T* x = a.x + p.tb * a.ws_width;
+    const A mean = a.stats[2 * p.tb], rstd = a.stats[2 * p.tb + 1];
     const T* w = a.w;
     a.gmeans[2 * r] = row_sum<A>(a.n, [&](int64_t i) { return A(g[i]) * A(w[i]); }) / A(a.n);
     a.gmeans[2 * r + 1] = row_sum<A>(a.n, [&](int64_t i) { return A(g[i]) * A(w[i]) * (A(x[i]) - mean) * rstd; }) / A(a.n);
@@ -596,8 +646,14 @@ struct LnInputGradPoint {
   C10_HOST_DEVICE FASTRNN_INLINE static void run(const LnBackwardStep<T>& a, int64_t r, int64_t j) {
     using L = Lanes<V>;
     const int64_t e = r * a.n + j;
-    const V rstd(a.rstd[r]);
-    const V g = L::load(a.g + e), xhat = (L::load(a.x + e) - V(a.mean[r])) * rstd;
+    Position p;
+    if (!locate(a, r, j, p)) {
+      L::store(a.dx + e, V(0));
+      L::store(a.param + e, V(0));
+      return;
+    }
+    const V rstd(a.stats[2 * p.tb + 1]);
+    const V g = L::load(a.g + e), xhat = (L::load(a.x + p.tb * a.ws_width + j) - V(a.stats[2 * p.tb])) * rstd;
     L::store(a.dx + e, layer_norm_input_grad<V>(g * L::load(a.w + j), xhat, rstd, V(a.gmeans[2 * r]),
                                                 V(a.gmeans[2 * r + 1])));
     L::store(a.param + e, g * xhat);
