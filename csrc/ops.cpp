@@ -33,8 +33,9 @@ TORCH_LIBRARY(fastrnn, m) {
       "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor x, Tensor h0, Tensor c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor y, Tensor ws, Tensor? lengths, bool reverse, "
       "bool has_bias, Tensor? ln_ih=None, Tensor? ln_hh=None, Tensor? ln_c_w=None, Tensor? ln_c_b=None, "
-      "Tensor? zoneout_h=None, Tensor? zoneout_c=None, Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? zoneout_h=None, Tensor? zoneout_c=None, Tensor? rec_mask=None, Tensor? b_ih=None, "
+      "Tensor? b_hh=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor)");
   m.def(
       "gru_forward(Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "Tensor? lengths, bool reverse, bool save, Tensor? ln_ih=None, Tensor? ln_hh=None, "
@@ -42,8 +43,8 @@ TORCH_LIBRARY(fastrnn, m) {
   m.def(
       "gru_backward(Tensor dy, Tensor dh_n, Tensor x, Tensor h0, Tensor w_ih, Tensor w_hh, "
       "Tensor y, Tensor ws, Tensor? lengths, bool reverse, bool has_bias, Tensor? ln_ih=None, "
-      "Tensor? ln_hh=None, Tensor? zoneout_h=None, Tensor? rec_mask=None) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? ln_hh=None, Tensor? zoneout_h=None, Tensor? rec_mask=None, Tensor? b_ih=None, "
+      "Tensor? b_hh=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -146,11 +146,11 @@ def check_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *optio
     return T, B, I, H, P
 
 
-def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *options):
+def check_backward(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *options, b_ih=None, b_hh=None):
     """The BackwardPlan constructor's checks, then the options (see check_forward). Returns
     (T, B, I, H, P)."""
     op = cell.backward_op
-    T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, None, None, w_hr)
+    T, B, I, H, P = check_layer(op, cell, x, w_ih, w_hh, b_ih, b_hh, w_hr)
     check_state(op, "h0", h0, x, B, P)
     if c0 is not None:
         check_state(op, "c0", c0, x, B, H)

@@ -20,7 +20,8 @@ _lib = torch.ops.fastrnn
 
 
 # The options every op takes after its own arguments, in the schema's order (ops.cpp): the layer
-# norm's parameters, then the zoneout and recurrent-dropout masks. None: off.
+# norm's parameters, then the zoneout and recurrent-dropout masks. None: off. The backward ops
+# then take b_ih, b_hh (read only with layer norm, whose backward recomputes the activations).
 LSTM_OPTIONS = ("ln_ih", "ln_hh", "ln_c_w", "ln_c_b", "zoneout_h", "zoneout_c", "rec_mask")
 GRU_OPTIONS = ("ln_ih", "ln_hh", "zoneout_h", "rec_mask")
 
@@ -32,6 +33,13 @@ def _lstm_options(ln_ih=None, ln_hh=None, ln_c_w=None, ln_c_b=None, zoneout_h=No
 def _gru_options(ln_ih=None, ln_hh=None, zoneout_h=None, rec_mask=None):
     # in check_options' order (ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask)
     return ln_ih, ln_hh, None, None, zoneout_h, None, rec_mask
+
+
+def _backward_options(options_of, names, options, kw):
+    """A backward op's trailing arguments, positional or by keyword: (the options in
+    check_options' order, b_ih, b_hh)."""
+    given = dict(zip((*names, "b_ih", "b_hh"), options), **kw)
+    return options_of(**{n: given.get(n) for n in names}), given.get("b_ih"), given.get("b_hh")
 
 
 @torch.library.register_fake("fastrnn::lstm_forward")
@@ -69,16 +77,16 @@ def _fresh_or_empty(t, x):
 @torch.library.register_fake("fastrnn::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse, has_bias, *options,
                         **kw):
-    opts = _lstm_options(*options, **kw)
-    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *opts)[3]
+    opts, b_ih, b_hh = _backward_options(_lstm_options, LSTM_OPTIONS, options, kw)
+    H = check_backward(LSTM, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, *opts, b_ih=b_ih, b_hh=b_hh)[3]
     return (_fresh(x), _fresh(h0), _fresh(c0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, LSTM, H, has_bias),
             _fresh_or_empty(w_hr, x), *(_fresh_or_empty(t, x) for t in opts[:4]))
 
 
 @torch.library.register_fake("fastrnn::gru_backward")
 def _gru_backward_fake(dy, dh_n, x, h0, w_ih, w_hh, y, ws, lengths, reverse, has_bias, *options, **kw):
-    opts = _gru_options(*options, **kw)
-    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, *opts)[3]
+    opts, b_ih, b_hh = _backward_options(_gru_options, GRU_OPTIONS, options, kw)
+    H = check_backward(GRU, dy, dh_n, None, x, h0, None, w_ih, w_hh, None, y, ws, lengths, *opts, b_ih=b_ih, b_hh=b_hh)[3]
     return (_fresh(x), _fresh(h0), _fresh(w_ih), _fresh(w_hh), *_bias_grads(x, GRU, H, has_bias),
             *(_fresh_or_empty(t, x) for t in opts[:2]))
 
@@ -124,7 +132,7 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dws):
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, *dln = _lib.lstm_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), _or_zeros(dc_n, c0), x, h0, c0, w_ih, w_hh, w_hr, y, ws,
-        lengths, ctx.reverse, has_ih or has_hh, *options)
+        lengths, ctx.reverse, has_ih or has_hh, *options, **_biases_if(layer_norm, b_ih, b_hh))
     return (dx, dh0, dc0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
             dw_hr if w_hr is not None else None, None, None, None, *(d if layer_norm else None for d in dln),
             None, None, None)
@@ -153,9 +161,14 @@ def _gru_backward(ctx, dy, dh_n, _dws):
     has_ih, has_hh = b_ih is not None, b_hh is not None
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *dln = _lib.gru_backward(
         _or_zeros(dy, y), _or_zeros(dh_n, h0), x, h0, w_ih, w_hh, y, ws, lengths, ctx.reverse,
-        has_ih or has_hh, *options)
+        has_ih or has_hh, *options, **_biases_if(layer_norm, b_ih, b_hh))
     return (dx, dh0, dw_ih, dw_hh, db_ih if has_ih else None, db_hh if has_hh else None,
             None, None, None, *(d if layer_norm else None for d in dln), None, None)
+
+
+def _biases_if(layer_norm, b_ih, b_hh):
+    # the backward ops read the biases only with layer norm (they recompute the activations)
+    return {"b_ih": b_ih, "b_hh": b_hh} if layer_norm else {}
 
 
 def _recorded_backward(ctx, layer, inputs, grads):

@@ -307,7 +307,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> persistent_mm
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& y, const Tensor& ws, const OptTensor& lengths, bool reverse,
     bool has_bias, bool split, int64_t ctas, c10::string_view order, int64_t seed, int64_t wait_slack) {
   const CellInfo& cell = c0.has_value() ? kLstmCell : kGruCell;
-  BackwardPlan p(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, std::nullopt, y, ws, lengths, reverse, has_bias);
+  BackwardPlan p(cell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, std::nullopt, y, ws, lengths,
+                 reverse, has_bias);
   const Order o = parse_order(order);
   MmaBwdPartition mp;
   const int64_t big = std::numeric_limits<int32_t>::max();

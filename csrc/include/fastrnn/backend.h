@@ -38,9 +38,9 @@ lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n, const Te
               const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr, const Tensor& y,
               const Tensor& ws, const OptTensor& lengths, bool reverse, bool has_bias, const OptTensor& ln_ih,
               const OptTensor& ln_hh, const OptTensor& ln_c_w, const OptTensor& ln_c_b, const OptTensor& zoneout_h,
-              const OptTensor& zoneout_c, const OptTensor& rec_mask) {
+              const OptTensor& zoneout_c, const OptTensor& rec_mask, const OptTensor& b_ih, const OptTensor& b_hh) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  BackwardPlan plan(kLstmCell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, w_hr, y, ws, lengths, reverse,
+  BackwardPlan plan(kLstmCell, dy, dh_n, dc_n, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, ws, lengths, reverse,
                     has_bias, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, ln_c_w, ln_c_b, zoneout_h, zoneout_c, rec_mask);
   Backend::lstm_backward(plan);
@@ -65,9 +65,10 @@ template <class Backend>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& dy, const Tensor& dh_n, const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& y, const Tensor& ws, const OptTensor& lengths, bool reverse, bool has_bias, const OptTensor& ln_ih,
-    const OptTensor& ln_hh, const OptTensor& zoneout_h, const OptTensor& rec_mask) {
+    const OptTensor& ln_hh, const OptTensor& zoneout_h, const OptTensor& rec_mask, const OptTensor& b_ih,
+    const OptTensor& b_hh) {
   const c10::OptionalDeviceGuard guard(device_of(x));
-  BackwardPlan plan(kGruCell, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh,
+  BackwardPlan plan(kGruCell, dy, dh_n, std::nullopt, x, h0, std::nullopt, w_ih, w_hh, b_ih, b_hh,
                     std::nullopt, y, ws, lengths, reverse, has_bias, ln_ih.has_value());
   plan.options(ln_ih, ln_hh, std::nullopt, std::nullopt, zoneout_h, std::nullopt, rec_mask);
   Backend::gru_backward(plan);

@@ -42,8 +42,9 @@ struct CellInfo {
   HiddenBlock hidden[2];         // the hidden side of the gate grads, in dW_hh's row order
   int64_t hidden_count;
 
-  // With layer_norm G blocks follow the cell's: the raw h_prev W_hh^T of the position, the hidden
-  // norm's input, which the backward reads (docs/DESIGN.md, "Layer norm").
+  // With layer_norm the gate blocks hold the raw x W_ih^T instead of the activations, and G blocks
+  // of the raw h_prev W_hh^T follow the cell's: the norms' inputs, from which the backward
+  // recomputes the activations (docs/DESIGN.md, "Layer norm").
   int64_t saved_width(int64_t H, bool projected, bool layer_norm = false) const {
     return (projected ? saved_blocks_projected : saved_blocks) * H + (layer_norm ? gates * H : 0);
   }
@@ -85,6 +86,11 @@ struct LstmCell {
     L::store(w + kC * H, v.c);
     if (projected) L::store(w + kHFull * H, v.h);
   }
+  // With layer norm the gate blocks keep the raw x W_ih^T: only c (h_full: LstmLnOutPoint).
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void store_saved_layer_norm(T* w, int64_t H, const LstmActivations<V>& v) {
+    Lanes<V>::store(w + kC * H, v.c);
+  }
 };
 
 inline constexpr CellInfo kLstmCell{"lstm", "LSTM", "fastrnn::lstm_forward", "fastrnn::lstm_backward",
@@ -119,6 +125,11 @@ struct GruCell {
     L::store(w + kZ * H, v.z);
     L::store(w + kN * H, v.n);
     L::store(w + kHn * H, v.hn);
+  }
+  // With layer norm the gate blocks keep the raw x W_ih^T: only hn.
+  template <typename V, typename T>
+  C10_HOST_DEVICE FASTRNN_INLINE static void store_saved_layer_norm(T* w, int64_t H, const GruActivations<V>& v) {
+    Lanes<V>::store(w + kHn * H, v.hn);
   }
 };
 

@@ -243,6 +243,7 @@ struct LayerPlan {
   Tensor w_ih;            // [G*H, I]  contiguous
   Tensor w_hh;            // [G*H, P]  contiguous
   Tensor w_hr;            // [P, H]    contiguous, or undefined (no projection)
+  Tensor b_ih, b_hh;      // [G*H]     contiguous, or undefined (a backward receives them only with layer norm)
   LayerNormArgs ln;       // the layer_norm option (undefined: off)
   Regularisers reg;       // zoneout, recurrent dropout (options())
   int64_t saved_width;    // W: per (t, b) of the saved activations (ws), cell.saved_width(H, projected(),
@@ -252,7 +253,8 @@ struct LayerPlan {
             const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, bool reverse)
       : cell(cell), op(op), G(cell.gates), d(check_layer(op, G, x, w_ih, w_hh, b_ih, b_hh, w_hr)), reverse(reverse),
         x(x.contiguous()),
-        w_ih(w_ih.contiguous()), w_hh(w_hh.contiguous()), w_hr(detail::contiguous_or_undefined(w_hr)) {}
+        w_ih(w_ih.contiguous()), w_hh(w_hh.contiguous()), w_hr(detail::contiguous_or_undefined(w_hr)),
+        b_ih(detail::contiguous_or_undefined(b_ih)), b_hh(detail::contiguous_or_undefined(b_hh)) {}
 
   // After the other checks (so that a bad call reports its first problem in argument order).
   void schedule(const OptTensor& lengths_) {
@@ -285,6 +287,24 @@ struct LayerPlan {
     return ws.view({d.T * d.B, saved_width}).narrow(1, col, n);
   }
 
+  // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
+  // of b_hh (LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0): b_hn stays inside the reset product,
+  // see hidden_n_bias).
+  Tensor input_bias() const {
+    if (!cell.has_hidden_bias()) return b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
+    if (!b_hh.defined()) return b_ih;
+    const int64_t joined = cell.hh_bias_input_blocks * d.H;
+    const Tensor bias = at::cat({b_hh.narrow(0, 0, joined), at::zeros({G * d.H - joined}, b_hh.options())});
+    return b_ih.defined() ? bias + b_ih : bias;
+  }
+  // The rest of b_hh, which the cell adds itself (GRU: b_hn [H]), contiguous; undefined when the
+  // cell has none or there is no b_hh.
+  Tensor hidden_n_bias() const {
+    if (!cell.has_hidden_bias() || !b_hh.defined()) return Tensor();
+    const int64_t joined = cell.hh_bias_input_blocks * d.H;
+    return b_hh.narrow(0, joined, G * d.H - joined).contiguous();
+  }
+
   // The fields of StepCommon for a launch over `units` per row; s and rows are the loop's.
   template <typename Step>
   void fill_common(Step& a, int64_t units) const {
@@ -305,7 +325,6 @@ struct LayerPlan {
 struct ForwardPlan : LayerPlan {
   bool save;
   Tensor h0;              // [B, P] the caller's, contiguous, batch order
-  Tensor b_ih, b_hh;      // [G*H] contiguous, or undefined
   Tensor y;               // [T, B, P]  zeros where padded
   Tensor saved;           // [T, B, saved_width] activations for backward ([0] when !save); zeros where padded
   Tensor h;               // [B, P] by row
@@ -320,8 +339,6 @@ struct ForwardPlan : LayerPlan {
     schedule(lengths);
     saved_width = cell.saved_width(d.H, projected(), layer_norm);
     h0 = h0_.contiguous();
-    b_ih = detail::contiguous_or_undefined(b_ih_);
-    b_hh = detail::contiguous_or_undefined(b_hh_);
     // Padded positions are never written by the steps; zero them so every output is
     // deterministic (and the saved o * tanh(c), read there by the projection's weight grad
     // times a zero grad, is finite).
@@ -348,24 +365,6 @@ struct ForwardPlan : LayerPlan {
     } else {
       at::mm_out(out, x2d, w_ih.t());
     }
-  }
-
-  // The bias the input projection adds: b_ih plus the leading cell.hh_bias_input_blocks blocks
-  // of b_hh (LSTM b_ih + b_hh; GRU b_ih + (b_hr, b_hz, 0): b_hn stays inside the reset product,
-  // see hidden_n_bias).
-  Tensor input_bias() const {
-    if (!cell.has_hidden_bias()) return b_ih.defined() && b_hh.defined() ? b_ih + b_hh : (b_ih.defined() ? b_ih : b_hh);
-    if (!b_hh.defined()) return b_ih;
-    const int64_t joined = cell.hh_bias_input_blocks * d.H;
-    const Tensor bias = at::cat({b_hh.narrow(0, 0, joined), at::zeros({G * d.H - joined}, b_hh.options())});
-    return b_ih.defined() ? bias + b_ih : bias;
-  }
-  // The rest of b_hh, which the cell adds itself (GRU: b_hn [H]), contiguous; undefined when the
-  // cell has none or there is no b_hh.
-  Tensor hidden_n_bias() const {
-    if (!cell.has_hidden_bias() || !b_hh.defined()) return Tensor();
-    const int64_t joined = cell.hh_bias_input_blocks * d.H;
-    return b_hh.narrow(0, joined, G * d.H - joined).contiguous();
   }
 
   std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_outputs() const {
@@ -400,9 +399,9 @@ struct BackwardPlan : LayerPlan {
 
   BackwardPlan(const CellInfo& cell, const Tensor& dy_, const Tensor& dh_n_, const OptTensor& dc_n_,
                const Tensor& x, const Tensor& h0_, const OptTensor& c0_, const Tensor& w_ih, const Tensor& w_hh,
-               const OptTensor& w_hr, const Tensor& y_, const Tensor& saved_, const OptTensor& lengths, bool reverse,
-               bool has_bias, bool layer_norm = false)
-      : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, std::nullopt, std::nullopt, w_hr, reverse),
+               const OptTensor& b_ih, const OptTensor& b_hh, const OptTensor& w_hr, const Tensor& y_,
+               const Tensor& saved_, const OptTensor& lengths, bool reverse, bool has_bias, bool layer_norm = false)
+      : LayerPlan(cell, cell.backward_op, x, w_ih, w_hh, b_ih, b_hh, w_hr, reverse),
         has_bias(has_bias) {
     using detail::check_shape;
     detail::check_state(op, "h0", h0_, x, d.B, d.P);
@@ -458,12 +457,12 @@ struct BackwardPlan : LayerPlan {
     });
   }
 
-  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The hidden norm's input, the raw products
-  // h_prev W_hh^T, is in ws (ln_raw_hh_col); the input norm's is recomputed (input_raw); the
-  // backend computes their row statistics.
+  // ---- Layer norm (docs/DESIGN.md, "Layer norm"). The norms' inputs are in ws: x W_ih^T in the
+  // gate blocks, h_prev W_hh^T from ln_raw_hh_col; the backend computes their row statistics.
 
-  // x W_ih^T [T*B, G*H], contiguous.
-  Tensor input_raw() const { return at::mm(x.view({d.T * d.B, d.I}), w_ih.t()); }
+  // [T*B, G*H] views of them.
+  Tensor input_raw() const { return ws_columns(saved, 0, G * d.H); }
+  Tensor hidden_raw() const { return ws_columns(saved, ln_raw_hh_col(), G * d.H); }
 
   // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]).
   struct HiddenNorm {
@@ -501,12 +500,12 @@ struct BackwardPlan : LayerPlan {
   }
 
   // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the
-  // input norm's weight grad (dW_hh: finish_hidden_norm); raw: input_raw(), stats [T*B, 2]
-  // (opmath) its rows' mean and rstd.
-  void fold_gate_grads_layer_norm(const Tensor& dg, const Tensor& raw, const Tensor& stats) {
+  // input norm's weight grad (dW_hh: finish_hidden_norm); stats [T*B, 2] (opmath): the mean and
+  // rstd of input_raw()'s rows.
+  void fold_gate_grads_layer_norm(const Tensor& dg, const Tensor& stats) {
     const int64_t M = d.T * d.B, GH = G * d.H;
     const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.view({M, d.I});
-    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), raw, stats.select(1, 0).contiguous(),
+    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), input_raw(), stats.select(1, 0).contiguous(),
                                                         stats.select(1, 1).contiguous(), ln.w_ih, true);
     const Tensor draw = draw_op.to(x.scalar_type());
     Tensor dx2d = dx.view({M, d.I});

@@ -180,6 +180,21 @@ void at_iteration(int64_t s, int64_t n, Step&... steps) {
   ((steps.s = s, steps.rows = n), ...);
 }
 
+// A backward's view of the norms, to recompute the activations from ws: x_stats [T*B, 2] of
+// the raw x W_ih^T, hn.stats of the raw h_prev W_hh^T, bias: input_bias() (or undefined), alive
+// for the loop.
+template <typename T>
+void saved_gates_norm(const BackwardPlan& p, LnGates<T>& g, const BackwardPlan::HiddenNorm& hn, const Tensor& x_stats,
+                      const Tensor& bias) {
+  using A = at::opmath_type<T>;
+  g.x_stats = x_stats.const_data_ptr<A>();
+  g.h_stats = hn.stats.const_data_ptr<A>();
+  g.w_ih = p.ln.w_ih.const_data_ptr<T>();
+  g.w_hh = p.ln.w_hh.const_data_ptr<T>();
+  g.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  g.hh = p.saved.data_ptr<T>() + p.ln_raw_hh_col();  // read only
+}
+
 // The hidden norm of a backward: per iteration the hidden-side gate grads dgates_step [B, G*H]
 // through the norm into hn.draw (hidden_norm_backward).
 template <typename T>
@@ -192,7 +207,7 @@ LnBackwardStep<T> hidden_norm_backward_step(const BackwardPlan& p, const Backwar
   b.w = p.ln.w_hh.const_data_ptr<T>();
   b.gmeans = gmeans.mutable_data_ptr<A>();
   b.n = p.G * p.d.H;
-  b.x = p.saved.const_data_ptr<T>() + p.ln_raw_hh_col();
+  b.x = p.saved.const_data_ptr<T>() + p.ln_raw_hh_col();  // its input, the raw h_prev W_hh^T
   b.stats = hn.stats.const_data_ptr<A>();
   b.dx = hn.draw.mutable_data_ptr<T>();
   b.param = hn.param.mutable_data_ptr<A>();
@@ -359,10 +374,10 @@ struct StepLoop {
     // of every saved c, and the buffers of the two phases of the c norm's backward.
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor c_stats, ih_raw, ih_stats, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
+    Tensor c_stats, ih_stats, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
+    const Tensor bias = ln ? p.input_bias() : Tensor();
     if (ln) {
       hn = p.hidden_norm();
-      ih_raw = p.input_raw();
       const auto aopts = opts.dtype(at::toOpMathType(p.x.scalar_type()));
       ln_gw = at::empty({d.B, 2, d.H}, aopts);
       ln_gw_mean = at::empty({d.B, 2}, aopts);
@@ -373,8 +388,8 @@ struct StepLoop {
       using acc_t = at::opmath_type<scalar_t>;
       if (ln) {
         c_stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, LstmCell::kC * d.H, d.H));
-        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, p.ln_raw_hh_col(), p.G * d.H));
-        ih_stats = position_row_stats<Kernels, scalar_t>(p, ih_raw);
+        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.hidden_raw());
+        ih_stats = position_row_stats<Kernels, scalar_t>(p, p.input_raw());
       }
       LstmBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
@@ -392,6 +407,7 @@ struct StepLoop {
       if (!p.projected()) a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       if (ln) {
         a.ln_c_stats = c_stats.const_data_ptr<acc_t>();
+        saved_gates_norm<scalar_t>(p, a.ln, hn, ih_stats, bias);
         a.ln_c_w = p.ln.w_c.const_data_ptr<scalar_t>();
         a.ln_c_b = p.ln.b_c.const_data_ptr<scalar_t>();
         a.ln_gw = ln_gw.mutable_data_ptr<acc_t>();
@@ -447,7 +463,7 @@ struct StepLoop {
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates, ih_raw, ih_stats);
+      p.fold_gate_grads_layer_norm(dgates, ih_stats);
       p.finish_hidden_norm(hn);
       const Tensor sums = ln_c_param.view({d.T * d.B, 2 * d.H}).sum(0).to(p.x.scalar_type());
       p.d_ln_c_w = sums.narrow(0, 0, d.H);
@@ -469,16 +485,16 @@ struct StepLoop {
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor h_gmeans, ih_raw, ih_stats;
+    Tensor h_gmeans, ih_stats;
+    const Tensor bias = ln ? p.input_bias() : Tensor();
     if (ln) {  // see lstm_backward
       hn = p.hidden_norm();
-      ih_raw = p.input_raw();
       h_gmeans = at::empty({d.B, 2}, opts.dtype(at::toOpMathType(p.x.scalar_type())));
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
       if (ln) {
-        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.ws_columns(p.saved, p.ln_raw_hh_col(), p.G * d.H));
-        ih_stats = position_row_stats<Kernels, scalar_t>(p, ih_raw);
+        hn.stats = position_row_stats<Kernels, scalar_t>(p, p.hidden_raw());
+        ih_stats = position_row_stats<Kernels, scalar_t>(p, p.input_raw());
       }
       GruBackwardStep<scalar_t> a{};
       p.fill_common(a, d.H);
@@ -493,7 +509,10 @@ struct StepLoop {
       a.zoneout_h = Regularisers::keep<scalar_t>(p.reg.zoneout_h);
       Tensor tmp;
       LnBackwardStep<scalar_t> hb{};
-      if (ln) hb = hidden_norm_backward_step<scalar_t>(p, hn, dgates_step, h_gmeans);
+      if (ln) {
+        saved_gates_norm<scalar_t>(p, a.ln, hn, ih_stats, bias);
+        hb = hidden_norm_backward_step<scalar_t>(p, hn, dgates_step, h_gmeans);
+      }
       for (int64_t s = d.T - 1; s >= 0; --s) {
         const int64_t n = p.sched.rows(s, d.B);
         chunks.enter(s, a, dgates);
@@ -513,7 +532,7 @@ struct StepLoop {
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates, ih_raw, ih_stats);
+      p.fold_gate_grads_layer_norm(dgates, ih_stats);
       p.finish_hidden_norm(hn);
     } else {
       p.fold_first_step(dgates_step);

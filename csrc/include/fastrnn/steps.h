@@ -98,19 +98,21 @@ struct KeepWeights {
   }
 };
 
-// Layer norm of the gate inputs in a forward step (docs/DESIGN.md, "Layer norm"): every gate's
-// pre-activation is LN(x W_ih^T; w_ih) + bias + LN(h_prev W_hh^T; w_hh) (the GRU's n: its hidden
-// part inside r * ...).
+// Layer norm of the gate inputs (docs/DESIGN.md, "Layer norm"): every gate's pre-activation is
+// LN(x W_ih^T; w_ih) + bias + LN(h_prev W_hh^T; w_hh) (the GRU's n: its hidden part inside r * ...).
+// With it, ws's gate blocks keep the raw x W_ih^T instead of the activations, and the raw
+// h_prev W_hh^T follows the cell's blocks: the backward recomputes the activations from both.
 template <typename T>
 struct LnGates {
   using A = at::opmath_type<T>;
   const A* x_stats;  // [T, B, 2] time order: mean, rstd of the rows of x W_ih^T; nullptr: no layer norm
-  const A* h_stats;  // [B, 2] by row: the same of this iteration's h_prev W_hh^T
+  const A* h_stats;  // the same of h_prev W_hh^T: forward [B, 2] by row (this iteration's product),
+                     // backward [T, B, 2] time order
   const T* w_ih;     // [G*H] the norms' weights
   const T* w_hh;
   const T* bias;     // [G*H] the biases that join the input side, or nullptr
   T* hh;             // ws from the column of the raw h_prev W_hh^T blocks (position tb's row at
-                     // tb * W), which the backward reads; nullptr when not saving
+                     // tb * W): the forward writes it when saving (else nullptr), the backward reads it
   C10_HOST_DEVICE FASTRNN_INLINE bool on() const { return x_stats != nullptr; }
 };
 
@@ -125,6 +127,17 @@ template <typename V, typename T>
 C10_HOST_DEVICE FASTRNN_INLINE V ln_input(const LnGates<T>& g, V raw, int64_t tb, int64_t off_j) {
   const V n = ln_in(raw, g.x_stats + 2 * tb, g.w_ih + off_j);
   return g.bias != nullptr ? n + Lanes<V>::load(g.bias + off_j) : n;
+}
+
+// The backward's gate inputs from ws at position tb (w: tb's ws row plus unit j; W: its width),
+// block off (q * H): the input side, and the hidden side LN(h_prev W_hh^T) w_hh.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V ln_saved_input(const LnGates<T>& g, const T* w, int64_t tb, int64_t j, int64_t off) {
+  return ln_input<V>(g, Lanes<V>::load(w + off), tb, off + j);
+}
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE V ln_saved_hidden(const LnGates<T>& g, int64_t W, int64_t tb, int64_t j, int64_t off) {
+  return ln_in(Lanes<V>::load(g.hh + tb * W + off + j), g.h_stats + 2 * tb, g.w_hh + off + j);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,7 +227,7 @@ struct LstmForwardPoint {
     L::store(a.c + k, v.c);
     if (a.ln_o != nullptr) {  // layer norm of c: h waits for phase 2 (LstmLnOutPoint)
       L::store(a.ln_o + k, v.o);
-      if (a.saved != nullptr) C::store_saved(a.saved + tb * a.ws_width + j, H, v, false);
+      if (a.saved != nullptr) C::store_saved_layer_norm(a.saved + tb * a.ws_width + j, H, v);
       return;
     }
     if (a.hfull != nullptr) {
@@ -288,6 +301,7 @@ struct LstmBackwardStep : StepCommon {  // units = H
   acc_t* ln_gw;               // [B, 2, H]  by row: g * w_c and g * w_c * chat (g: grad of LN(c))
   const acc_t* ln_gw_mean;    // [B, 2]     by row: the row means of both
   acc_t* ln_c_param;          // [T, B, 2H] time order: g * chat and g, summed into dw_c, db_c
+  LnGates<scalar_t> ln;       // the gate inputs' norms (lstm_ln_gates)
 };
 
 // dh of this iteration's h (before any projection), as LstmBackwardPoint reads it.
@@ -302,6 +316,20 @@ C10_HOST_DEVICE FASTRNN_INLINE V lstm_step_dh(const LstmBackwardStep<T>& a, cons
 template <typename V, typename T>
 C10_HOST_DEVICE FASTRNN_INLINE V lstm_ln_chat(const LstmBackwardStep<T>& a, const Position& p, const T* w) {
   return (Lanes<V>::load(w + LstmCell::kC * a.units) - V(a.ln_c_stats[2 * p.tb])) * V(a.ln_c_stats[2 * p.tb + 1]);
+}
+
+// Layer norm: the gate activations of position tb recomputed from ws's raw products (w: tb's ws
+// row plus unit j); c and h of the result are not meaningful.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE LstmActivations<V> lstm_ln_gates(const LstmBackwardStep<T>& a, int64_t tb, const T* w,
+                                                                int64_t j) {
+  using C = LstmCell;
+  const int64_t H = a.units;
+  V pre[C::kGates];
+  for (int q = 0; q < C::kGates; ++q) {
+    pre[q] = ln_saved_input<V>(a.ln, w, tb, j, q * H) + ln_saved_hidden<V>(a.ln, a.ws_width, tb, j, q * H);
+  }
+  return lstm_cell_forward<V>(pre[C::kI], pre[C::kF], pre[C::kG], pre[C::kO], V(0));
 }
 
 struct LstmBackwardPoint {
@@ -372,7 +400,7 @@ struct LstmLnOutBackwardPoint {
       dh = z.fresh;
       L::store(a.dh + p.k, z.prev);
     }
-    const auto d = lstm_ln_out_backward<V>(dh, L::load(w + C::kO * H), chat * cw + L::load(a.ln_c_b + j));
+    const auto d = lstm_ln_out_backward<V>(dh, lstm_ln_gates<V>(a, p.tb, w, j).o, chat * cw + L::load(a.ln_c_b + j));
     L::store(a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + C::kO * H + j, d.d_o);
     L::store(dstep + C::kO * H, d.d_o);
     L::store(gw, d.dcn * cw);
@@ -400,7 +428,8 @@ struct LstmLnCellBackwardPoint {
     const V dc = (p.last ? L::load(a.dc_n + p.kb) : L::load(a.dc + p.k)) + dc_norm;
     const V c_prev = a.s == 0 ? L::load(a.c0 + p.kb)
                               : L::load(a.saved + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * width + C::kC * H + j);
-    const auto d = lstm_ln_cell_backward<V>(dc, L::load(w + C::kI * H), L::load(w + C::kF * H), L::load(w + C::kG * H), c_prev);
+    const auto v = lstm_ln_gates<V>(a, p.tb, w, j);
+    const auto d = lstm_ln_cell_backward<V>(dc, v.i, v.f, v.g, c_prev);
     L::store(a.dc + p.k, d.dc_prev);
     T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
     T* dstep = a.dgates_step + r * C::kGates * H + j;
@@ -506,7 +535,13 @@ struct GruForwardPoint {
     const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), h_prev, v.h) : v.h;
     L::store(a.h + k, h);
     L::store(a.y + tb * H + j, h);
-    if (a.saved != nullptr) C::store_saved(a.saved + tb * a.ws_width + j, H, v);
+    if (a.saved != nullptr) {
+      if (a.ln.on()) {
+        C::store_saved_layer_norm(a.saved + tb * a.ws_width + j, H, v);
+      } else {
+        C::store_saved(a.saved + tb * a.ws_width + j, H, v);
+      }
+    }
   }
 };
 
@@ -527,7 +562,23 @@ struct GruBackwardStep : StepCommon {  // units = H
                               //            zero for finished entries; the next GEMM adds it times
                               //            W_hh to dh
   KeepWeights<scalar_t> zoneout_h;  // [T, B, H] the forward's
+  LnGates<scalar_t> ln;       // layer norm: r, z, n recomputed from ws's raw products (gru_saved)
 };
+
+// The saved activations of position tb (w: its ws row plus unit j): loaded, or with layer norm
+// recomputed from the raw products and the saved hn; h of the result is not meaningful.
+template <typename V, typename T>
+C10_HOST_DEVICE FASTRNN_INLINE GruActivations<V> gru_saved(const GruBackwardStep<T>& a, int64_t tb, const T* w, int64_t j) {
+  using L = Lanes<V>;
+  using C = GruCell;
+  const int64_t H = a.units;
+  const V hn = L::load(w + C::kHn * H);
+  if (!a.ln.on()) return {L::load(w + C::kR * H), L::load(w + C::kZ * H), L::load(w + C::kN * H), hn, V(0)};
+  const auto pre = [&](int64_t q) {
+    return ln_saved_input<V>(a.ln, w, tb, j, q * H) + ln_saved_hidden<V>(a.ln, a.ws_width, tb, j, q * H);
+  };
+  return gru_cell_forward<V>(pre(C::kR), pre(C::kZ), ln_saved_input<V>(a.ln, w, tb, j, C::kN * H), hn, V(0));
+}
 
 struct GruBackwardPoint {
   template <typename V, typename T>
@@ -550,8 +601,8 @@ struct GruBackwardPoint {
     }
     const T* w = a.saved + p.tb * a.ws_width + j;
     const V h_prev = a.s == 0 ? L::load(a.h0 + p.kb) : L::load(a.y + ((a.reverse ? p.t + 1 : p.t - 1) * a.B + p.b) * H + j);
-    const auto d = gru_cell_backward<V>(dh, L::load(w + C::kR * H), L::load(w + C::kZ * H), L::load(w + C::kN * H),
-                                        L::load(w + C::kHn * H), h_prev);
+    const auto v = gru_saved<V>(a, p.tb, w, j);
+    const auto d = gru_cell_backward<V>(dh, v.r, v.z, v.n, v.hn, h_prev);
     L::store(a.dh + p.k, a.zoneout_h.on() ? d.dh_direct + dh_zoned : d.dh_direct);
     T* dt = a.dgates + ((p.t - a.dgates_t0) * a.B + p.b) * C::kGradBlocks * H + j;
     L::store(dt + C::kR * H, d.dr);
