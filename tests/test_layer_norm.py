@@ -139,6 +139,45 @@ def test_forward_and_grads_match_reference(config, device):
     assert fastrnn._C.last_path(f"{mode.lower()}_backward")["path"].endswith("step_loop")
 
 
+# The CPU backward keeps its gate grads, and with layer norm the hidden norm's grads and weight
+# terms and the c norm's terms, in chunks of steps (step_loop.h: GradChunks, 8 MiB). At T=40,
+# B=64, H=128 in float64 a step holds 64 rows of 14H (LSTM: 4H gate grads, 2 x 4H hidden norm, 2H
+# c norm) or 10H (GRU) elements: chunks of 9 (LSTM) or 12 (GRU) steps, so boundaries fall
+# mid-sequence and with lengths the buffers are re-zeroed. Reverse with lengths keeps all steps.
+# Tolerance: TOL64's argument with longer chains (dot products of <= 2H + I = 265 terms, row means
+# over G*H <= 512): still ~1e-12.
+CHUNK_DIMS = (40, 64, 9, 128)  # T, B, I, H
+
+
+@pytest.mark.parametrize("mode,chunks", [("LSTM", 5), ("GRU", 4)])
+@pytest.mark.parametrize("lengths", [False, True], ids=["nolen", "lengths"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["fwd", "bidir"])
+def test_backward_in_chunks_matches_reference(mode, chunks, lengths, bidirectional, device):
+    T, B, I_, H_ = CHUNK_DIMS
+    torch.manual_seed(0)
+    m = getattr(fastrnn, mode)(I_, H_, layer_norm=True, bidirectional=bidirectional, device=device,
+                               dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "_ln_" in name:
+                p.add_(0.3 * torch.randn(p.shape, dtype=p.dtype).to(device))
+    g = torch.Generator().manual_seed(1)
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, B, I_, generator=g, dtype=torch.float64).to(device)
+    h0, c0 = (0.5 * torch.randn(D, B, H_, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+    hx = (h0, c0) if mode == "LSTM" else h0
+    lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
+    if lens is not None:
+        lens[0] = T
+    x, hx, leaves = _leaves(m, x, hx)
+    got = _outputs_and_grads(m(x, hx, lengths=lens), leaves)
+    if device.type == "cpu" and not bidirectional:
+        assert fastrnn._C.last_path(f"{mode.lower()}_backward") == {"path": "cpu.step_loop", "grad_chunks": chunks}
+    want = _outputs_and_grads(_reference_stack(m, x, hx, lens), leaves)
+    for a, b in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a, b, **TOL64)
+
+
 def test_padded_positions_are_zero_and_get_no_gradient(device):
     m = _build("LSTM", dict(bidirectional=True), device)
     x, hx, _ = _ln_inputs("LSTM", dict(bidirectional=True), device)

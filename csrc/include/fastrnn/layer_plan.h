@@ -464,16 +464,19 @@ struct BackwardPlan : LayerPlan {
   Tensor input_raw() const { return ws_columns(saved, 0, G * d.H); }
   Tensor hidden_raw() const { return ws_columns(saved, ln_raw_hh_col(), G * d.H); }
 
-  // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]).
+  // The hidden side by iteration and row ((s, r) order: row r of iteration s at [s, r]); draw
+  // and param hold the iterations of one chunk of the gate grads (GradChunks), [lo, lo + n).
   struct HiddenNorm {
-    Tensor h_prev;      // [T, B, P]   the state row r's product read at iteration s (times rec_mask with
-                        //             recurrent dropout); zero where inactive
-    Tensor stats;       // [T, B, 2]   time order: mean, rstd of the raw products (opmath), by the backend
-    Tensor draw;        // [T, B, G*H] grads of the raw products, written per iteration (zero where inactive)
-    Tensor param;       // [T, B, G*H] the weight grad's terms (opmath), summed after the loop
+    Tensor h_prev;      // [T, B, P]     the state row r's product read at iteration s (times rec_mask with
+                        //               recurrent dropout); zero where inactive
+    Tensor stats;       // [T, B, 2]     time order: mean, rstd of the raw products (opmath), by the backend
+    Tensor draw;        // [n, B, G*H]   grads of the raw products, written per iteration (zero where inactive)
+    Tensor param;       // [n, B, G*H]   the weight grad's terms (opmath), summed per chunk
+    Tensor d_ln;        // [G*H]         their sum so far (opmath)
   };
 
-  HiddenNorm hidden_norm() const {
+  // steps: the chunk length.
+  HiddenNorm hidden_norm(int64_t steps) const {
     HiddenNorm hn;
     const auto lopts = x.options().dtype(at::kLong);
     const Tensor entry = sched.order.defined() ? sched.order : at::arange(d.B, lopts);  // row -> entry
@@ -487,32 +490,48 @@ struct BackwardPlan : LayerPlan {
     if (reg.rec_rows.defined()) hn.h_prev.mul_(reg.rec_rows);  // recurrent dropout: the product read m * h_prev
     // rows past an iteration's active prefix (host lengths) are never written: zeros there
     const bool partial = !sched.active.empty();
-    hn.draw = detail::zeros_if(partial, {d.T, d.B, G * d.H}, x);
+    hn.draw = detail::zeros_if(partial, {steps, d.B, G * d.H}, x);
     const auto aopts = x.options().dtype(at::toOpMathType(x.scalar_type()));
-    hn.param = partial ? at::zeros({d.T, d.B, G * d.H}, aopts) : at::empty({d.T, d.B, G * d.H}, aopts);
+    hn.param = partial ? at::zeros({steps, d.B, G * d.H}, aopts) : at::empty({steps, d.B, G * d.H}, aopts);
+    hn.d_ln = at::zeros({G * d.H}, aopts);
     return hn;
   }
 
-  // After the loop: dW_hh and the hidden norm's weight grad.
-  void finish_hidden_norm(const HiddenNorm& hn) {
-    dw_hh.addmm_(hn.draw.view({d.T * d.B, G * d.H}).t(), hn.h_prev.view({d.T * d.B, d.P}));
-    d_ln_hh = hn.param.view({d.T * d.B, G * d.H}).sum(0).to(x.scalar_type());
+  // A chunk of iterations [lo, lo + n) done: dW_hh and the hidden norm's weight grad from its
+  // draw and param. (The next chunk's earlier iterations run at least as many rows as this one's
+  // at the same slot, so nothing stale survives in the rows they leave: no clearing.)
+  void fold_hidden_norm(HiddenNorm& hn, int64_t lo, int64_t n) {
+    const int64_t GH = G * d.H;
+    dw_hh.addmm_(hn.draw.narrow(0, 0, n).view({n * d.B, GH}).t(), hn.h_prev.narrow(0, lo, n).view({n * d.B, d.P}));
+    hn.d_ln.add_(hn.param.narrow(0, 0, n).view({n * d.B, GH}).sum(0));
   }
 
-  // The gate grads dg [T, B, dgates_width] of all steps into dx, dW_ih, the bias sums and the
-  // input norm's weight grad (dW_hh: finish_hidden_norm); stats [T*B, 2] (opmath): the mean and
-  // rstd of input_raw()'s rows.
-  void fold_gate_grads_layer_norm(const Tensor& dg, const Tensor& stats) {
-    const int64_t M = d.T * d.B, GH = G * d.H;
-    const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.view({M, d.I});
-    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), input_raw(), stats.select(1, 0).contiguous(),
-                                                        stats.select(1, 1).contiguous(), ln.w_ih, true);
+  // After the last chunk: the norms' weight grads from their sums.
+  void finish_layer_norm(const Tensor& d_ln_ih_sum, const HiddenNorm& hn) {
+    d_ln_ih = d_ln_ih_sum.to(x.scalar_type());
+    d_ln_hh = hn.d_ln.to(x.scalar_type());
+  }
+
+  // The gate grads dg [n, B, dgates_width] of the times [t0, t0 + n) into dx, dW_ih, the bias sums
+  // and the input norm's weight grad, accumulated in d_ln (opmath; dW_hh: fold_hidden_norm);
+  // stats [T*B, 2] (opmath): the mean and rstd of input_raw()'s rows.
+  void fold_gate_grads_layer_norm(const Tensor& dg, int64_t t0, const Tensor& stats, Tensor& d_ln) {
+    const int64_t n = dg.size(0), M = n * d.B, GH = G * d.H;
+    const Tensor dg2d = dg.view({M, dgates_width}), x2d = x.narrow(0, t0, n).view({M, d.I});
+    const Tensor st = stats.narrow(0, t0 * d.B, M);
+    const auto [draw_op, dw] = layer_norm_rows_backward(dg2d.narrow(1, 0, GH), input_raw().narrow(0, t0 * d.B, M),
+                                                        st.select(1, 0).contiguous(), st.select(1, 1).contiguous(),
+                                                        ln.w_ih, true);
     const Tensor draw = draw_op.to(x.scalar_type());
-    Tensor dx2d = dx.view({M, d.I});
-    at::mm_out(dx2d, draw, w_ih);
+    Tensor dx_part = dx.narrow(0, t0, n).view({M, d.I});
+    at::mm_out(dx_part, draw, w_ih);
     dw_ih.addmm_(draw.t(), x2d);
     if (has_bias) bias_sums.add_(dg2d.sum(0));
-    d_ln_ih = dw.to(x.scalar_type());
+    if (d_ln.defined()) {
+      d_ln.add_(dw);
+    } else {
+      d_ln = dw;
+    }
   }
 
   // Iteration 0 is every entry's first step (all rows active), whose h_prev is h0 (times

@@ -29,15 +29,15 @@ namespace fastrnn {
 // Chunks are runs of iterations; they are runs of time indices when every entry reads the same
 // time at an iteration — forward (t = s), or reverse without lengths (t = T-1-s) — so reverse
 // with lengths keeps all T steps. Half and bfloat16 keep all steps too: summing chunk results in
-// those types would round once per chunk; and so does layer norm, whose backward recomputes
-// whole-sequence products anyway (docs/DESIGN.md, "Layer norm").
+// those types would round once per chunk. Layer norm's backward keeps its other per-step buffers
+// (the hidden norm's grads, the c norm's parameter terms) in the same chunks.
 struct GradChunks {
   static constexpr int64_t kMinGemmRows = 512;  // rows (chunk steps x B) of the fold GEMMs
   int64_t steps, T;
   bool reverse, masked;
   GradChunks(int64_t budget_bytes, const LayerPlan& p, int64_t width)
       : steps(p.d.T), T(p.d.T), reverse(p.reverse), masked(p.masked()) {
-    if (budget_bytes > 0 && !(reverse && masked) && !p.ln.on() && !at::isReducedFloatingType(p.x.scalar_type())) {
+    if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(p.x.scalar_type())) {
       const int64_t B = p.d.B;
       const int64_t min_steps = std::min(T, (kMinGemmRows + B - 1) / B);
       steps = std::clamp(budget_bytes / (B * width * int64_t(p.x.element_size())), min_steps, T);
@@ -49,13 +49,14 @@ struct GradChunks {
   bool starts(int64_t s) const { return s == lo(s) + length(s) - 1; }  // iterations run downwards
   bool ends(int64_t s) const { return s == lo(s); }
   int64_t t0(int64_t s) const { return reverse ? T - lo(s) - length(s) : lo(s); }  // its first time index
-  // Before iteration s: where a new chunk starts, point the step at it and clear the buffer of
-  // the previous chunk's grads where padded positions will not overwrite them.
-  template <typename Step>
-  void enter(int64_t s, Step& a, at::Tensor& buffer) const {
+  // Before iteration s: where a new chunk starts, point the step at it and clear the buffers (in
+  // time order; undefined: none) of the previous chunk where padded positions will not overwrite
+  // them.
+  template <typename Step, typename... Buffer>
+  void enter(int64_t s, Step& a, Buffer&... buffers) const {
     if (!starts(s)) return;
     a.dgates_t0 = t0(s);
-    if (masked && s != T - 1) buffer.zero_();
+    if (masked && s != T - 1) ((buffers.defined() ? void(buffers.zero_()) : void()), ...);
   }
 };
 
@@ -214,11 +215,12 @@ LnBackwardStep<T> hidden_norm_backward_step(const BackwardPlan& p, const Backwar
   return b;
 }
 
-// Its two stages at iteration s over n rows: the row means (units = 1), then the elements
-// (units = G*H), which write draw[s].
+// Its two stages at iteration s over n rows of the chunk from iteration lo: the row means
+// (units = 1), then the elements (units = G*H), which write draw[s - lo].
 template <typename T>
-std::pair<LnBackwardStep<T>, LnBackwardStep<T>> hidden_norm_backward_at(LnBackwardStep<T> b, int64_t s, int64_t n) {
-  const int64_t off = s * b.B;  // (s, r) order: iteration s's rows start at row s * B
+std::pair<LnBackwardStep<T>, LnBackwardStep<T>> hidden_norm_backward_at(LnBackwardStep<T> b, int64_t s, int64_t n,
+                                                                        int64_t lo) {
+  const int64_t off = (s - lo) * b.B;  // (s, r) order: iteration s's rows start at row (s - lo) * B
   b.dx += off * b.n;
   b.param += off * b.n;
   at_iteration(s, n, b);
@@ -352,11 +354,18 @@ struct StepLoop {
     PathLog::record(p.op, kPathName);
   }
 
+  // Elements a step of the backward keeps per row in its chunks (GradChunks): the gate
+  // grads, and with layer norm the hidden norm's grads and weight terms and the c norm's terms.
+  static int64_t grad_chunk_width(const BackwardPlan& p) {
+    if (!p.ln.on()) return p.dgates_width;
+    return p.dgates_width + 2 * p.G * p.d.H + (p.cell.has_cell_state() ? 2 * p.d.H : 0);
+  }
+
   static void lstm_backward(BackwardPlan& p) {
     const Dims& d = p.d;
     const auto opts = p.x.options();
     // Padded positions are never written by the steps; their grads must read as zero.
-    const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
+    const GradChunks chunks(Kernels::kGradChunkBytes, p, grad_chunk_width(p));
     Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);
     Tensor dgates_step = at::empty({d.B, p.G * d.H}, opts);  // hidden-side grads, dW_hh's rows
     p.dh = at::zeros({d.B, d.P}, opts);
@@ -374,14 +383,15 @@ struct StepLoop {
     // of every saved c, and the buffers of the two phases of the c norm's backward.
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor c_stats, ih_stats, ln_gw, ln_gw_mean, ln_c_param, h_gmeans;
+    Tensor c_stats, ih_stats, ln_gw, ln_gw_mean, ln_c_param, h_gmeans, d_ln_ih, d_ln_c;
     const Tensor bias = ln ? p.input_bias() : Tensor();
     if (ln) {
-      hn = p.hidden_norm();
+      hn = p.hidden_norm(chunks.steps);
       const auto aopts = opts.dtype(at::toOpMathType(p.x.scalar_type()));
       ln_gw = at::empty({d.B, 2, d.H}, aopts);
       ln_gw_mean = at::empty({d.B, 2}, aopts);
-      ln_c_param = at::zeros({d.T, d.B, 2 * d.H}, aopts);
+      ln_c_param = detail::zeros_if(p.masked(), {chunks.steps, d.B, 2 * d.H}, ln_gw);
+      d_ln_c = at::zeros({2 * d.H}, aopts);
       h_gmeans = at::empty({d.B, 2}, aopts);
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_backward", [&] {
@@ -439,7 +449,7 @@ struct StepLoop {
       Tensor tmp;
       for (int64_t s = d.T - 1; s >= 0; --s) {
         const int64_t n = p.sched.rows(s, d.B);
-        chunks.enter(s, a, dgates);
+        chunks.enter(s, a, dgates, ln_c_param);
         if (p.projected()) {
           pb.s = s;
           pb.rows = n;
@@ -455,17 +465,23 @@ struct StepLoop {
           continue;
         }
         at_iteration(s, n, gm);
-        const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n);
+        const int64_t lo = chunks.lo(s);
+        const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n, lo);
         run_stages<Kernels>(n, stage<LstmLnOutBackwardPoint>(a), stage<RowMeansPoint>(gm),
                             stage<LstmLnCellBackwardPoint>(a), stage<LnGradMeansPoint>(hb_means),
                             stage<LnInputGradPoint>(hb_elems));
-        hidden_grad(p, gemm_hh, hn.draw[s], n, direct, tmp);
+        hidden_grad(p, gemm_hh, hn.draw[s - lo], n, direct, tmp);
+        if (chunks.ends(s)) {
+          const int64_t len = chunks.length(s);
+          p.fold_gate_grads_layer_norm(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih);
+          p.fold_hidden_norm(hn, lo, len);
+          d_ln_c.add_(ln_c_param.narrow(0, 0, len).view({len * d.B, 2 * d.H}).sum(0));
+        }
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates, ih_stats);
-      p.finish_hidden_norm(hn);
-      const Tensor sums = ln_c_param.view({d.T * d.B, 2 * d.H}).sum(0).to(p.x.scalar_type());
+      p.finish_layer_norm(d_ln_ih, hn);
+      const Tensor sums = d_ln_c.to(p.x.scalar_type());
       p.d_ln_c_w = sums.narrow(0, 0, d.H);
       p.d_ln_c_b = sums.narrow(0, d.H, d.H);
     } else {
@@ -478,17 +494,17 @@ struct StepLoop {
   static void gru_backward(BackwardPlan& p) {
     const Dims& d = p.d;
     const auto opts = p.x.options();
-    const GradChunks chunks(Kernels::kGradChunkBytes, p, p.dgates_width);
+    const GradChunks chunks(Kernels::kGradChunkBytes, p, grad_chunk_width(p));
     Tensor dgates = detail::zeros_if(p.masked(), {chunks.steps, d.B, p.dgates_width}, p.x);  // see lstm_backward
     Tensor dgates_step = at::empty({d.B, p.G * d.H}, opts);  // see lstm_backward
     p.dh = at::zeros({d.B, d.H}, opts);
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/false, d.B, d.T);
     const bool ln = p.ln.on();
     BackwardPlan::HiddenNorm hn;
-    Tensor h_gmeans, ih_stats;
+    Tensor h_gmeans, ih_stats, d_ln_ih;
     const Tensor bias = ln ? p.input_bias() : Tensor();
     if (ln) {  // see lstm_backward
-      hn = p.hidden_norm();
+      hn = p.hidden_norm(chunks.steps);
       h_gmeans = at::empty({d.B, 2}, opts.dtype(at::toOpMathType(p.x.scalar_type())));
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_backward", [&] {
@@ -520,20 +536,26 @@ struct StepLoop {
         a.rows = n;
         // dh_{s-1} = z * dh_s (+ zoneout's z_h dh_s) + rec_mask * ([dr, dz, dn*r] W_hh), with layer
         // norm the grads of those products through the norm
-        if (ln) {
-          const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n);
-          run_stages<Kernels>(n, stage<GruBackwardPoint>(a), stage<LnGradMeansPoint>(hb_means),
-                              stage<LnInputGradPoint>(hb_elems));
-        } else {
+        if (!ln) {
           Kernels::template run<GruBackwardPoint>(a);
+          hidden_grad(p, gemm_hh, dgates_step, n, true, tmp);
+          if (chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+          continue;
         }
-        hidden_grad(p, gemm_hh, ln ? hn.draw[s] : dgates_step, n, true, tmp);
-        if (!ln && chunks.ends(s)) p.fold_gate_grads(dgates.narrow(0, 0, chunks.length(s)), chunks.t0(s));
+        const int64_t lo = chunks.lo(s);
+        const auto [hb_means, hb_elems] = hidden_norm_backward_at(hb, s, n, lo);
+        run_stages<Kernels>(n, stage<GruBackwardPoint>(a), stage<LnGradMeansPoint>(hb_means),
+                            stage<LnInputGradPoint>(hb_elems));
+        hidden_grad(p, gemm_hh, hn.draw[s - lo], n, true, tmp);
+        if (chunks.ends(s)) {
+          const int64_t len = chunks.length(s);
+          p.fold_gate_grads_layer_norm(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih);
+          p.fold_hidden_norm(hn, lo, len);
+        }
       }
     });
     if (ln) {
-      p.fold_gate_grads_layer_norm(dgates, ih_stats);
-      p.finish_hidden_norm(hn);
+      p.finish_layer_norm(d_ln_ih, hn);
     } else {
       p.fold_first_step(dgates_step);
     }

@@ -300,7 +300,7 @@ struct LstmBackwardStep : StepCommon {  // units = H
   const scalar_t* ln_c_b;
   acc_t* ln_gw;               // [B, 2, H]  by row: g * w_c and g * w_c * chat (g: grad of LN(c))
   const acc_t* ln_gw_mean;    // [B, 2]     by row: the row means of both
-  acc_t* ln_c_param;          // [T, B, 2H] time order: g * chat and g, summed into dw_c, db_c
+  acc_t* ln_c_param;          // [n, B, 2H] time order, the times of dgates: g * chat and g, summed into dw_c, db_c
   LnGates<scalar_t> ln;       // the gate inputs' norms (lstm_ln_gates)
 };
 
@@ -405,7 +405,7 @@ struct LstmLnOutBackwardPoint {
     L::store(dstep + C::kO * H, d.d_o);
     L::store(gw, d.dcn * cw);
     L::store(gw + H, d.dcn * cw * chat);
-    auto* param = a.ln_c_param + p.tb * 2 * H + j;
+    auto* param = a.ln_c_param + ((p.t - a.dgates_t0) * a.B + p.b) * 2 * H + j;
     L::store(param, d.dcn * chat);
     L::store(param + H, d.dcn);
   }
