@@ -206,6 +206,35 @@ def test_backward_in_chunks_matches_nn_and_reference(device, kind, lengths, reve
         assert ran["path"] == "cuda.step_loop"
 
 
+# Inference (no saved activations) projects the input a chunk of steps at a time, with the
+# backward's chunk budget (8 MiB on the CPU; step_loop.h: StepLoop::input_chunks): at T=40, B=96,
+# H=128 in float64 a step of the projection is 96 x G*H x 8 bytes, so chunks of 21 steps (LSTM) or
+# 28 (GRU) and a boundary mid-sequence. Reverse with lengths keeps all steps (its iterations read
+# different times per entry). Checked against torch.nn, reference.py and the training forward
+# (which projects all steps at once) with assert_match's float64 tolerance.
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), (None, True), ("mixed", False), ("mixed", True)],
+                         ids=["nolen-fwd", "nolen-rev", "mixed-fwd", "mixed-rev"])
+def test_inference_in_chunks_matches_nn_and_reference(device, kind, lengths, reverse):
+    T, B, I, H = 40, 96, 9, 128
+    torch.manual_seed(5)
+    mod = nn_module(kind, I, H, True, reverse, f64, device)
+    p = layer_params(mod, reverse, True)
+    lens = make_lengths(lengths, T, B)
+    x = torch.randn(T, B, I, dtype=f64, device=device)
+    h0 = torch.randn(B, H, dtype=f64, device=device)
+    c0 = torch.randn(B, H, dtype=f64, device=device) if kind == "lstm" else None
+    with torch.no_grad():
+        got = run_fast(kind, p, x, h0, c0, lens, reverse)
+        want_nn = run_nn(kind, mod, x, h0, c0, lens, reverse)
+        want_ref = run_ref(kind, p, x, h0, c0, lens, reverse)
+    trained = run_fast(kind, p, x.requires_grad_(), h0, c0, lens, reverse)
+    names = ["y", "h_n"] + (["c_n"] if kind == "lstm" else [])
+    assert_match(list(got), list(want_nn), names, f64, "vs torch.nn")
+    assert_match(list(got), list(want_ref), names, f64, "vs reference")
+    assert_match(list(got), [t.detach() for t in trained], names, f64, "vs the training forward")
+
+
 @pytest.mark.parametrize("T,B,I,H,P,bias,lengths,reverse", PROJ_GRID)
 def test_lstm_projection_matches_nn_and_reference(device, T, B, I, H, P, bias, lengths, reverse):
     compare_layer("lstm", device, T, B, I, H, bias, lengths, reverse, f64, proj=P)

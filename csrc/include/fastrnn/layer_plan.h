@@ -350,16 +350,19 @@ struct ForwardPlan : LayerPlan {
 
   // The input projection of all steps, [T*B, G*H] (positions xproj.stride(0) apart). When
   // activations are saved it is a view of the gate columns of `saved`, where each step then
-  // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer.
-  Tensor input_projection_buffer() const {
+  // overwrites its pre-activations with the activations: no separate [T, B, G*H] buffer. Without
+  // saving, [steps*B, G*H] for a chunk of that many steps.
+  Tensor input_projection_buffer(std::optional<int64_t> steps = std::nullopt) const {
     const int64_t gates = G * d.H;
-    return save ? ws_columns(saved, 0, gates) : at::empty({d.T * d.B, gates}, x.options());
+    return save ? ws_columns(saved, 0, gates) : at::empty({steps.value_or(d.T) * d.B, gates}, x.options());
   }
 
-  // out = x W_ih^T + bias, as one GEMM over all steps. With layer norm only x W_ih^T: the steps
-  // read it through the norm and add the bias after it (ForwardStep::ln).
-  void project_input(Tensor out, const Tensor& bias) const {
-    const Tensor x2d = x.view({d.T * d.B, d.I});
+  // out = x W_ih^T + bias, as one GEMM over the n steps of times [t0, t0 + n) (default: all).
+  // With layer norm only x W_ih^T: the steps read it through the norm and add the bias after it
+  // (ForwardStep::ln).
+  void project_input(Tensor out, const Tensor& bias, int64_t t0 = 0, std::optional<int64_t> n_ = std::nullopt) const {
+    const int64_t n = n_.value_or(d.T);
+    const Tensor x2d = x.narrow(0, t0, n).view({n * d.B, d.I});
     if (bias.defined() && !ln.on()) {
       at::addmm_out(out, bias, x2d, w_ih.t());
     } else {

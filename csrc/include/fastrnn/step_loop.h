@@ -35,9 +35,11 @@ struct GradChunks {
   static constexpr int64_t kMinGemmRows = 512;  // rows (chunk steps x B) of the fold GEMMs
   int64_t steps, T;
   bool reverse, masked;
-  GradChunks(int64_t budget_bytes, const LayerPlan& p, int64_t width)
+  // sums: the chunks' results are summed (the backward's parameter grads), which keeps half types
+  // unchunked.
+  GradChunks(int64_t budget_bytes, const LayerPlan& p, int64_t width, bool sums = true)
       : steps(p.d.T), T(p.d.T), reverse(p.reverse), masked(p.masked()) {
-    if (budget_bytes > 0 && !(reverse && masked) && !at::isReducedFloatingType(p.x.scalar_type())) {
+    if (budget_bytes > 0 && !(reverse && masked) && !(sums && at::isReducedFloatingType(p.x.scalar_type()))) {
       const int64_t B = p.d.B;
       const int64_t min_steps = std::min(T, (kMinGemmRows + B - 1) / B);
       steps = std::clamp(budget_bytes / (B * width * int64_t(p.x.element_size())), min_steps, T);
@@ -76,7 +78,7 @@ void fill_forward_step(ForwardPlan& p, ForwardStep<T>& a, const Tensor& xproj, c
 }
 
 // Layer norm's input side: xproj holds x W_ih^T alone; the steps read it through the norm (the
-// statistics of its rows, x_stats [T*B, 2] alive for the loop) and add bias after it.
+// statistics of its rows, x_stats [rows of xproj, 2] alive for the loop) and add bias after it.
 template <typename T>
 void input_norm(const ForwardPlan& p, ForwardStep<T>& a, const Tensor& x_stats, const Tensor& bias) {
   a.ln.x_stats = x_stats.const_data_ptr<at::opmath_type<T>>();
@@ -133,15 +135,15 @@ RowStatsStep<T> hidden_row_stats(const ForwardPlan& p, ForwardStep<T>& a, const 
   return st;
 }
 
-// The statistics of a raw product at every position, x [T*B, G*H] (rows x.stride(0) apart: the
-// input projection, or a raw block of ws): [T*B, 2] (opmath) time order, mean and rstd. Padded
-// positions (zeros) get finite values, never read.
+// The statistics of a raw product at every position it holds, x [M, G*H] (rows x.stride(0) apart:
+// the input projection, or a raw block of ws), into stats [>= M, 2] (opmath; default: a new
+// [M, 2]), mean and rstd, rows in x's order. Padded positions (zeros) get finite values, never read.
 template <class Kernels, typename T>
-Tensor position_row_stats(const LayerPlan& p, const Tensor& x) {
-  const Tensor stats = at::empty({p.d.T * p.d.B, 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
+Tensor position_row_stats(const LayerPlan& p, const Tensor& x, Tensor stats = Tensor()) {
+  if (!stats.defined()) stats = at::empty({x.size(0), 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
   RowStatsStep<T> st{};
   p.fill_common(st, 1);
-  st.rows = p.d.T * p.d.B;
+  st.rows = x.size(0);
   st.x = x.const_data_ptr<T>();
   st.n = x.size(1);
   st.ld = x.stride(0);
@@ -260,10 +262,35 @@ struct StepLoop {
     }
   }
 
+  // The forward's input projection: with saving all T steps in ws; without, a chunk of steps at
+  // a time (the backward's chunk sizes), so that its buffer comes back from the heap rather than
+  // as fresh pages on every call, and stays in cache.
+  static GradChunks input_chunks(const ForwardPlan& p) {
+    return GradChunks(p.save ? 0 : Kernels::kGradChunkBytes, p, p.G * p.d.H, /*sums=*/false);
+  }
+  // Layer norm: the statistics of xproj's rows (opmath), else undefined.
+  static Tensor input_stats_buffer(const ForwardPlan& p, const Tensor& xproj) {
+    return p.ln.on() ? at::empty({xproj.size(0), 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())))
+                     : Tensor();
+  }
+  // Where iteration s starts a chunk: its times' input projection into xproj (with layer norm,
+  // their statistics into x_stats), and the step pointed at them.
+  template <typename T>
+  static void enter_input_chunk(const ForwardPlan& p, const GradChunks& xc, int64_t s, const Tensor& xproj,
+                                const Tensor& bias, ForwardStep<T>& a, const Tensor& x_stats) {
+    if (s != xc.lo(s)) return;
+    const int64_t t0 = xc.t0(s), n = xc.length(s);
+    const Tensor part = xproj.narrow(0, 0, n * p.d.B);
+    p.project_input(part, bias, t0, n);
+    a.xproj_t0 = t0;
+    if (p.ln.on()) position_row_stats<Kernels, T>(p, part, x_stats);
+  }
+
   static void lstm_forward(ForwardPlan& p) {
     const Dims& d = p.d;
-    const Tensor xproj = p.input_projection_buffer(), bias = p.input_bias();
-    p.project_input(xproj, bias);
+    const GradChunks xc = input_chunks(p);
+    const Tensor xproj = p.input_projection_buffer(xc.steps), bias = p.input_bias();
+    const Tensor x_stats = input_stats_buffer(p, xproj);
     Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     Tensor hfull, hnew;
     std::optional<typename Kernels::Gemm> gemm_hr;
@@ -276,12 +303,10 @@ struct StepLoop {
     const bool ln = p.ln.on();
     const Tensor ln_o = ln ? at::empty({d.B, d.H}, p.x.options()) : Tensor();  // phase 1's o, by row
     const Tensor h_stats = ln ? layer_norm_row_stats(p) : Tensor(), c_stats = ln ? layer_norm_row_stats(p) : Tensor();
-    Tensor x_stats;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "lstm_forward", [&] {
       auto a = lstm_forward_step<scalar_t>(p, xproj, hproj, hfull);
       RowStatsStep<scalar_t> hs{}, cs{};
       if (ln) {
-        x_stats = position_row_stats<Kernels, scalar_t>(p, xproj);
         input_norm<scalar_t>(p, a, x_stats, bias);
         hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
         cs = row_stats_step<scalar_t>(p, p.c, d.H, c_stats);
@@ -302,6 +327,7 @@ struct StepLoop {
       Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
+        enter_input_chunk<scalar_t>(p, xc, s, xproj, bias, a, x_stats);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
         at_iteration(s, n, a);
         if (ln) {  // the product's row statistics, the cell, c's, then h = o tanh(LN(c)) (LstmLnOutPoint)
@@ -324,24 +350,24 @@ struct StepLoop {
 
   static void gru_forward(ForwardPlan& p) {
     const Dims& d = p.d;
-    const Tensor xproj = p.input_projection_buffer(), bias = p.input_bias();
-    p.project_input(xproj, bias);
+    const GradChunks xc = input_chunks(p);
+    const Tensor xproj = p.input_projection_buffer(xc.steps), bias = p.input_bias();
+    const Tensor x_stats = input_stats_buffer(p, xproj);
     const Tensor b_hn = p.hidden_n_bias();
     Tensor hproj = at::empty({d.B, p.G * d.H}, p.x.options());
     const typename Kernels::Gemm gemm_hh(p.w_hh, /*transpose=*/true, d.B, d.T);
     const Tensor h_stats = p.ln.on() ? layer_norm_row_stats(p) : Tensor();
-    Tensor x_stats;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.x.scalar_type(), "gru_forward", [&] {
       auto a = gru_forward_step<scalar_t>(p, xproj, hproj, b_hn);
       RowStatsStep<scalar_t> hs{};
       if (p.ln.on()) {
-        x_stats = position_row_stats<Kernels, scalar_t>(p, xproj);
         input_norm<scalar_t>(p, a, x_stats, bias);
         hs = hidden_row_stats<scalar_t>(p, a, hproj, h_stats);
       }
       Tensor hm;
       for (int64_t s = 0; s < d.T; ++s) {
         const int64_t n = p.sched.rows(s, d.B);
+        enter_input_chunk<scalar_t>(p, xc, s, xproj, bias, a, x_stats);
         gemm_hh(hproj, recurrent_input(p, p.h, hm, n), n, false);
         at_iteration(s, n, a, hs);
         if (p.ln.on()) {

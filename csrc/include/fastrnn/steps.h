@@ -105,7 +105,8 @@ struct KeepWeights {
 template <typename T>
 struct LnGates {
   using A = at::opmath_type<T>;
-  const A* x_stats;  // [T, B, 2] time order: mean, rstd of the rows of x W_ih^T; nullptr: no layer norm
+  const A* x_stats;  // [T, B, 2] time order: mean, rstd of the rows of x W_ih^T (forward: of xproj's
+                     // rows, indexed like it); nullptr: no layer norm
   const A* h_stats;  // the same of h_prev W_hh^T: forward [B, 2] by row (this iteration's product),
                      // backward [T, B, 2] time order
   const T* w_ih;     // [G*H] the norms' weights
@@ -152,6 +153,7 @@ struct ForwardStep : StepCommon {  // units = H
                               //            `saved`'s gate columns, the step overwrites it with the
                               //            activations. With layer norm: x_t W_ih^T alone
   int64_t xstride;
+  int64_t xproj_t0;           // the first time index xproj holds (inference keeps a chunk of steps)
   const scalar_t* hproj;      // [rows, G*H] h_{s-1} W_hh^T for this iteration
   scalar_t* h;                // [B, H]     running hidden state by row, updated in place (LSTM
                               //            with projection: lstm_proj_commit writes it)
@@ -165,12 +167,12 @@ struct ForwardStep : StepCommon {  // units = H
                               // hproj through the hidden norm (h_stats by row, RowStatsPoint)
 };
 
-// Element off (block q's q * H) of unit j of position tb's input projection (xp: its start plus
-// j), through the input norm when there is one.
+// Element off (block q's q * H) of unit j of the input projection's position xt (xp: its start
+// plus j), through the input norm when there is one (its statistics indexed like xproj).
 template <typename V, typename T>
-C10_HOST_DEVICE FASTRNN_INLINE V input_in(const ForwardStep<T>& a, const T* xp, int64_t tb, int64_t j, int64_t off) {
+C10_HOST_DEVICE FASTRNN_INLINE V input_in(const ForwardStep<T>& a, const T* xp, int64_t xt, int64_t j, int64_t off) {
   const V v = Lanes<V>::load(xp + off);
-  return a.ln.on() ? ln_input<V>(a.ln, v, tb, off + j) : v;
+  return a.ln.on() ? ln_input<V>(a.ln, v, xt, off + j) : v;
 }
 
 // With layer norm and saving: the raw recurrent product of unit j (G blocks from hp, the row's
@@ -214,14 +216,15 @@ struct LstmForwardPoint {
     if (!locate(a, r, j, p)) return;
     const int64_t H = a.units, tb = p.tb, k = p.k;
     using C = LstmCell;
-    const T* xp = a.xproj + tb * a.xstride + j;
+    const int64_t xt = tb - a.xproj_t0 * a.B;  // position in xproj
+    const T* xp = a.xproj + xt * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
     const V c_prev = L::load(a.c + k);
     save_hidden_raw<V, C::kGates>(a, hp, tb, j);
-    auto v = lstm_cell_forward<V>(input_in<V>(a, xp, tb, j, C::kI * H) + hidden_in<V>(a, hp, r, j, C::kI * H),
-                                  input_in<V>(a, xp, tb, j, C::kF * H) + hidden_in<V>(a, hp, r, j, C::kF * H),
-                                  input_in<V>(a, xp, tb, j, C::kG * H) + hidden_in<V>(a, hp, r, j, C::kG * H),
-                                  input_in<V>(a, xp, tb, j, C::kO * H) + hidden_in<V>(a, hp, r, j, C::kO * H), c_prev);
+    auto v = lstm_cell_forward<V>(input_in<V>(a, xp, xt, j, C::kI * H) + hidden_in<V>(a, hp, r, j, C::kI * H),
+                                  input_in<V>(a, xp, xt, j, C::kF * H) + hidden_in<V>(a, hp, r, j, C::kF * H),
+                                  input_in<V>(a, xp, xt, j, C::kG * H) + hidden_in<V>(a, hp, r, j, C::kG * H),
+                                  input_in<V>(a, xp, xt, j, C::kO * H) + hidden_in<V>(a, hp, r, j, C::kO * H), c_prev);
     // Zoneout on c: the state (and the saved c) is the zoned one; v.h stays o * tanh(c~).
     if (a.zoneout_c.on()) v.c = zoneout_blend(a.zoneout_c.template load<V>(tb, H, j), c_prev, v.c);
     L::store(a.c + k, v.c);
@@ -523,15 +526,16 @@ struct GruForwardPoint {
     if (!locate(a, r, j, p)) return;
     const int64_t H = a.units, tb = p.tb, k = p.k;
     using C = GruCell;
-    const T* xp = a.xproj + tb * a.xstride + j;
+    const int64_t xt = tb - a.xproj_t0 * a.B;  // position in xproj
+    const T* xp = a.xproj + xt * a.xstride + j;
     const T* hp = a.hproj + r * C::kGates * H + j;
     const V hn_raw = hidden_in<V>(a, hp, r, j, C::kN * H);
     const V hn = a.b_hn != nullptr ? hn_raw + L::load(a.b_hn + j) : hn_raw;
     const V h_prev = L::load(a.h + k);
     save_hidden_raw<V, C::kGates>(a, hp, tb, j);
-    const auto v = gru_cell_forward<V>(input_in<V>(a, xp, tb, j, C::kR * H) + hidden_in<V>(a, hp, r, j, C::kR * H),
-                                       input_in<V>(a, xp, tb, j, C::kZ * H) + hidden_in<V>(a, hp, r, j, C::kZ * H),
-                                       input_in<V>(a, xp, tb, j, C::kN * H), hn, h_prev);
+    const auto v = gru_cell_forward<V>(input_in<V>(a, xp, xt, j, C::kR * H) + hidden_in<V>(a, hp, r, j, C::kR * H),
+                                       input_in<V>(a, xp, xt, j, C::kZ * H) + hidden_in<V>(a, hp, r, j, C::kZ * H),
+                                       input_in<V>(a, xp, xt, j, C::kN * H), hn, h_prev);
     const V h = a.zoneout_h.on() ? zoneout_blend(a.zoneout_h.template load<V>(tb, H, j), h_prev, v.h) : v.h;
     L::store(a.h + k, h);
     L::store(a.y + tb * H + j, h);
