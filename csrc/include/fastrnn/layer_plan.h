@@ -509,6 +509,14 @@ struct BackwardPlan : LayerPlan {
     hn.d_ln.add_(hn.param.narrow(0, 0, n).view({n * d.B, GH}).sum(0));
   }
 
+  // A chunk done: its gate grads dg [n, B, dgates_width] of the times [t0, t0 + n) and the hidden
+  // norm's buffers of the iterations [lo, lo + n).
+  void fold_layer_norm_chunk(const Tensor& dg, int64_t t0, const Tensor& ih_stats, Tensor& d_ln_ih_sum,
+                             HiddenNorm& hn, int64_t lo) {
+    fold_gate_grads_layer_norm(dg, t0, ih_stats, d_ln_ih_sum);
+    fold_hidden_norm(hn, lo, dg.size(0));
+  }
+
   // After the last chunk: the norms' weight grads from their sums.
   void finish_layer_norm(const Tensor& d_ln_ih_sum, const HiddenNorm& hn) {
     d_ln_ih = d_ln_ih_sum.to(x.scalar_type());

@@ -499,8 +499,7 @@ struct StepLoop {
         hidden_grad(p, gemm_hh, hn.draw[s - lo], n, direct, tmp);
         if (chunks.ends(s)) {
           const int64_t len = chunks.length(s);
-          p.fold_gate_grads_layer_norm(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih);
-          p.fold_hidden_norm(hn, lo, len);
+          p.fold_layer_norm_chunk(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih, hn, lo);
           d_ln_c.add_(ln_c_param.narrow(0, 0, len).view({len * d.B, 2 * d.H}).sum(0));
         }
       }
@@ -575,8 +574,7 @@ struct StepLoop {
         hidden_grad(p, gemm_hh, hn.draw[s - lo], n, true, tmp);
         if (chunks.ends(s)) {
           const int64_t len = chunks.length(s);
-          p.fold_gate_grads_layer_norm(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih);
-          p.fold_hidden_norm(hn, lo, len);
+          p.fold_layer_norm_chunk(dgates.narrow(0, 0, len), chunks.t0(s), ih_stats, d_ln_ih, hn, lo);
         }
       }
     });
