@@ -74,16 +74,17 @@ void fill_forward_step(ForwardPlan& p, ForwardStep<T>& a, const Tensor& xproj, c
   a.y = p.y.mutable_data_ptr<T>();
   a.saved = p.save ? p.saved.mutable_data_ptr<T>() : nullptr;
   a.zoneout_h = Regularisers::keep<T>(p.reg.zoneout_h);
-  a.ln.hh = p.ln.on() && p.save ? p.saved.mutable_data_ptr<T>() + p.ln_raw_hh_col() : nullptr;
 }
 
 // Layer norm's input side: xproj holds x W_ih^T alone; the steps read it through the norm (the
 // statistics of its rows, x_stats [rows of xproj, 2] alive for the loop) and add bias after it.
+// When saving, the steps also keep the raw recurrent products in ws.
 template <typename T>
 void input_norm(const ForwardPlan& p, ForwardStep<T>& a, const Tensor& x_stats, const Tensor& bias) {
   a.ln.x_stats = x_stats.const_data_ptr<at::opmath_type<T>>();
   a.ln.w_ih = p.ln.w_ih.const_data_ptr<T>();
   a.ln.bias = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
+  a.ln.hh = p.save ? p.saved.mutable_data_ptr<T>() + p.ln_raw_hh_col() : nullptr;
 }
 
 // hfull [B, H] by row with a projection, else undefined.
@@ -108,9 +109,9 @@ GruForwardStep<T> gru_forward_step(ForwardPlan& p, const Tensor& xproj, const Te
 
 // ---- Layer norm's per-step pieces (docs/DESIGN.md, "Layer norm"): row points of steps.h.
 
-// [B, 2] opmath: a buffer of row statistics (mean, rstd).
-inline Tensor layer_norm_row_stats(const LayerPlan& p) {
-  return at::empty({p.d.B, 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
+// [rows, 2] opmath (default B rows): a buffer of row statistics (mean, rstd).
+inline Tensor layer_norm_row_stats(const LayerPlan& p, std::optional<int64_t> rows = std::nullopt) {
+  return at::empty({rows.value_or(p.d.B), 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
 }
 
 // The statistics of x's rows [B, n] (by row) into stats.
@@ -140,7 +141,7 @@ RowStatsStep<T> hidden_row_stats(const ForwardPlan& p, ForwardStep<T>& a, const 
 // [M, 2]), mean and rstd, rows in x's order. Padded positions (zeros) get finite values, never read.
 template <class Kernels, typename T>
 Tensor position_row_stats(const LayerPlan& p, const Tensor& x, Tensor stats = Tensor()) {
-  if (!stats.defined()) stats = at::empty({x.size(0), 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())));
+  if (!stats.defined()) stats = layer_norm_row_stats(p, x.size(0));
   RowStatsStep<T> st{};
   p.fill_common(st, 1);
   st.rows = x.size(0);
@@ -270,8 +271,7 @@ struct StepLoop {
   }
   // Layer norm: the statistics of xproj's rows (opmath), else undefined.
   static Tensor input_stats_buffer(const ForwardPlan& p, const Tensor& xproj) {
-    return p.ln.on() ? at::empty({xproj.size(0), 2}, p.x.options().dtype(at::toOpMathType(p.x.scalar_type())))
-                     : Tensor();
+    return p.ln.on() ? layer_norm_row_stats(p, xproj.size(0)) : Tensor();
   }
   // Where iteration s starts a chunk: its times' input projection into xproj (with layer norm,
   // their statistics into x_stats), and the step pointed at them.
